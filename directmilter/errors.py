@@ -1,0 +1,101 @@
+"""The one error hierarchy of directmilter.
+
+Every failure the product can meet is one of these types. Each carries a message written for the HISP operator
+(addresses, certificate subject/issuer/serial, algorithm names, file and key names) and never any message content.
+Whether a failure is temporary (the sender should retry: 4.x.x) or permanent (5.x.x) is decided by the type, and
+the translation into SMTP replies and process exit codes happens in one place: :mod:`directmilter.replies`.
+"""
+
+from __future__ import annotations
+
+
+class DirectMilterError(Exception):
+    """Base of all errors directmilter raises on purpose."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+# --- configuration -------------------------------------------------------------------------------------------
+
+
+class ConfigError(DirectMilterError):
+    """The configuration (or a file it names) is unusable; the message names the file and the key."""
+
+
+# --- temporary: retry later ----------------------------------------------------------------------------------
+
+
+class TemporaryFailure(DirectMilterError):
+    """A dependency failed (DNS, LDAP, HTTP, an internal error): the message must be deferred, never accepted."""
+
+
+class DependencyTimeout(TemporaryFailure):
+    """A dependency did not answer in time."""
+
+
+# --- permanent: the message (or one recipient) is refused ----------------------------------------------------
+
+
+class PermanentFailure(DirectMilterError):
+    """The message cannot be processed as it is; retrying will not help."""
+
+
+class MalformedMessage(PermanentFailure):
+    """The input is not a valid RFC 5322 / MIME message (Applicability Statement 2.1)."""
+
+
+class CMSError(PermanentFailure):
+    """A CMS / S/MIME structure is malformed, truncated or inconsistent."""
+
+
+class ForbiddenAlgorithm(CMSError):
+    """The message uses an algorithm the Applicability Statement forbids (2.6, 2.7): MD5, 3DES, DES, RC2, ..."""
+
+
+class NotEncrypted(CMSError):
+    """An incoming Direct message is not an S/MIME EnvelopedData."""
+
+
+class NotSigned(CMSError):
+    """The decrypted content is not a well-formed multipart/signed entity (agent algorithm, Process Incoming)."""
+
+
+class NoSignerCertificate(CMSError):
+    """A SignerInfo refers to a certificate the SignedData does not carry (AS 2.5.2, 4.2.2)."""
+
+
+class SignatureInvalid(CMSError):
+    """A signature or its message digest does not verify: the content was changed or the signature is broken."""
+
+
+class DecryptionFailed(CMSError):
+    """None of the recipient's private keys opens the envelope."""
+
+
+class NotEncryptedForRecipient(DecryptionFailed):
+    """The envelope has no RecipientInfo for any of the recipient's certificates."""
+
+
+class TrustError(PermanentFailure):
+    """A certificate is not trusted: no path to an anchor, expired, revoked, not bound to the address, ..."""
+
+
+class NoCertificate(TrustError):
+    """No certificate could be found for an address."""
+
+
+class SenderNotConfigured(PermanentFailure):
+    """The envelope sender has no usable private key and certificate here (agent algorithm, Process Outgoing)."""
+
+
+class NoTrustedRecipients(PermanentFailure):
+    """Every recipient was removed; the whole message is refused."""
+
+    def __init__(self, reason: str, rejected: dict[str, str]) -> None:
+        super().__init__(reason)
+        self.rejected = rejected
