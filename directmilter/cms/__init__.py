@@ -1,0 +1,87 @@
+"""The CMS / S/MIME layer: bytes in, bytes out. No addresses, trust, configuration or I/O live here.
+
+:func:`secure` is the whole outgoing transformation (wrap, sign, encrypt); incoming messages are taken apart in
+steps (:func:`parse_secured`, :meth:`Envelope.decrypt`, :func:`read_signed`, :func:`unwrap`) because the agent
+decides between the steps, per recipient.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from directmilter.cms import algorithms
+from directmilter.cms.enveloped import Envelope, encrypt
+from directmilter.cms.mime import Entity, canonicalize, parse_entity, validate_structure
+from directmilter.cms.signed import SignatureReport, SignatureResult, sign_detached, verify_detached
+from directmilter.cms.smime import SignedEntity, build_enveloped, build_signed, envelope_der, split_signed
+from directmilter.cms.wrap import unwrap, wrap
+from directmilter.keys.identity import PrivateIdentity
+
+__all__ = [
+    "Entity",
+    "Envelope",
+    "Secured",
+    "SignatureReport",
+    "SignatureResult",
+    "SignedEntity",
+    "canonicalize",
+    "parse_message",
+    "parse_secured",
+    "read_signed",
+    "secure",
+    "unwrap",
+]
+
+
+def parse_message(message: bytes, *, what: str = "message") -> Entity:
+    """Parse a plain RFC 5322 message and check it is well-formed MIME (Applicability Statement 2.1)."""
+    entity = parse_entity(message, what=what)
+    validate_structure(entity, what=what)
+    return entity
+
+
+def secure(
+    message: Entity,
+    signers: Sequence[PrivateIdentity],
+    recipients: Sequence[x509.Certificate],
+    *,
+    digest: str = "sha256",
+    cipher: str = "aes256-cbc",
+    key_transport: str = "rsa-pkcs1v15",
+    recipient_id: str = "issuer-serial",
+) -> bytes:
+    """Wrap, sign and encrypt a message: the agent algorithm's Process Outgoing steps 4 to 6."""
+    outer_headers, wrapped = wrap(message)
+    signature = sign_detached(wrapped, signers, digest)
+    envelope = encrypt(
+        build_signed(wrapped, signature, digest),
+        recipients,
+        cipher=cipher,
+        key_transport=key_transport,
+        recipient_id=recipient_id,
+    )
+    return build_enveloped(outer_headers, envelope, aead=algorithms.cipher(cipher).aead)
+
+
+@dataclass(frozen=True)
+class Secured:
+    """An incoming S/MIME message: its outer entity and its (not yet decrypted) envelope."""
+
+    outer: Entity
+    envelope: Envelope
+
+
+def parse_secured(message: bytes, accepted_ciphers: frozenset[str] | tuple[str, ...]) -> Secured:
+    outer = parse_entity(message, what="message")
+    return Secured(outer, Envelope.parse(envelope_der(outer), accepted_ciphers))
+
+
+def read_signed(
+    plaintext: bytes, accepted_digests: frozenset[str] | tuple[str, ...]
+) -> tuple[SignedEntity, SignatureReport]:
+    """Check the decrypted content is multipart/signed and verify each of its signatures."""
+    signed = split_signed(plaintext)
+    return signed, verify_detached(signed.content, signed.signature_der, accepted_digests)

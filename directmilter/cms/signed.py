@@ -1,0 +1,293 @@
+"""CMS SignedData (RFC 5652 section 5) for detached S/MIME signatures.
+
+Built on asn1crypto structures and ``cryptography`` primitives because ``cryptography``'s own PKCS#7 module has no
+verification API. Signing always includes the signer's certificate and chain (AS 2.5.2) and the signed attributes
+RFC 5751 2.5 asks for; verification checks every SignerInfo independently and reports each result, because the
+agent needs *one* valid signature whose certificate the recipient trusts (agent algorithm, Process Incoming).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from asn1crypto import algos, cms, core
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from directmilter.cms import algorithms
+from directmilter.errors import (
+    CMSError,
+    ForbiddenAlgorithm,
+    NoSignerCertificate,
+    SignatureInvalid,
+)
+from directmilter.keys.identity import PrivateIdentity
+
+#: Advertised in every signature (RFC 5751 2.5.2): the ciphers we prefer to receive, strongest first.
+_CAPABILITIES = ("aes256_cbc", "aes128_cbc", "aes256_gcm", "aes128_gcm")
+
+
+# --- signing ---------------------------------------------------------------------------------------------------
+
+
+def sign_detached(content: bytes, signers: Sequence[PrivateIdentity], digest: str) -> bytes:
+    """A DER ContentInfo holding a detached SignedData over ``content``, one SignerInfo per identity."""
+    if digest not in algorithms.DIGESTS_SEND:
+        raise ForbiddenAlgorithm(f"digest {digest} may not be used for signing (Applicability Statement 2.6)")
+    if not signers:
+        raise CMSError("no signing key given")
+    content_digest = _hash(digest, content)
+    signer_infos = [_signer_info(identity, digest, content_digest) for identity in signers]
+    certificates = _unique_der(
+        der for identity in signers for der in _der_chain(identity.certificate, identity.chain)
+    )
+    signed_data = cms.SignedData(
+        {
+            "version": "v1",
+            "digest_algorithms": [{"algorithm": algorithms.asn1_digest(digest)}],
+            "encap_content_info": {"content_type": "data"},
+            "certificates": [asn1_x509.Certificate.load(der) for der in certificates],
+            "signer_infos": signer_infos,
+        }
+    )
+    return bytes(cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump())
+
+
+def _signer_info(identity: PrivateIdentity, digest: str, content_digest: bytes) -> cms.SignerInfo:
+    cert = asn1_x509.Certificate.load(identity.certificate.public_bytes(serialization.Encoding.DER))
+    attrs = cms.CMSAttributes(
+        [
+            {"type": "content_type", "values": ["data"]},
+            {"type": "signing_time", "values": [cms.Time({"utc_time": datetime.now(UTC)})]},
+            {"type": "message_digest", "values": [content_digest]},
+            {
+                "type": "smime_capabilities",
+                "values": [[{"capability_id": cap} for cap in _CAPABILITIES]],
+            },
+        ]
+    )
+    to_sign = attrs.dump()  # the DER of the SET OF, as RFC 5652 5.4 requires
+    key = identity.private_key
+    hash_algorithm = algorithms.hash_for(digest)
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(to_sign, padding.PKCS1v15(), hash_algorithm)
+        signature_algorithm = {"algorithm": "rsassa_pkcs1v15"}
+    else:
+        signature = key.sign(to_sign, ec.ECDSA(hash_algorithm))
+        signature_algorithm = {"algorithm": f"{algorithms.asn1_digest(digest)}_ecdsa"}
+    return cms.SignerInfo(
+        {
+            "version": "v1",
+            "sid": cms.SignerIdentifier(
+                {
+                    "issuer_and_serial_number": {
+                        "issuer": cert.issuer,
+                        "serial_number": cert.serial_number,
+                    }
+                }
+            ),
+            "digest_algorithm": {"algorithm": algorithms.asn1_digest(digest)},
+            "signed_attrs": attrs,
+            "signature_algorithm": signature_algorithm,
+            "signature": signature,
+        }
+    )
+
+
+def _der_chain(cert: x509.Certificate, chain: Iterable[x509.Certificate]) -> list[bytes]:
+    return [c.public_bytes(serialization.Encoding.DER) for c in (cert, *chain)]
+
+
+def _unique_der(ders: Iterable[bytes]) -> list[bytes]:
+    return list(dict.fromkeys(ders))
+
+
+def _hash(digest: str, data: bytes) -> bytes:
+    return hashlib.new(digest, data).digest()
+
+
+# --- verification ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignatureResult:
+    """The outcome for one SignerInfo: ``error`` is None when the signature verifies."""
+
+    certificate: x509.Certificate | None
+    digest: str | None
+    error: CMSError | None
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class SignatureReport:
+    """Every SignerInfo's result, and all certificates the SignedData carried (for path building)."""
+
+    results: tuple[SignatureResult, ...]
+    certificates: tuple[x509.Certificate, ...]
+
+    @property
+    def valid(self) -> tuple[SignatureResult, ...]:
+        return tuple(r for r in self.results if r.valid)
+
+
+def verify_detached(
+    content: bytes,
+    signature_der: bytes,
+    accepted_digests: frozenset[str] | tuple[str, ...] = algorithms.DIGESTS_ACCEPT,
+) -> SignatureReport:
+    """Check each SignerInfo of a detached SignedData against the exact ``content`` bytes.
+
+    Structural problems (not a SignedData, embedded content, no SignerInfo) raise; per-signer problems (unknown or
+    forbidden digest, missing certificate, digest mismatch, bad signature) are reported in the result.
+    """
+    signed_data = _load_signed_data(signature_der)
+    try:
+        certs = [
+            choice.chosen for choice in signed_data["certificates"] or [] if choice.name == "certificate"
+        ]
+        crypto_certs = tuple(x509.load_der_x509_certificate(c.dump()) for c in certs)
+        encap = signed_data["encap_content_info"]
+        if encap["content"].native is not None:
+            raise CMSError("signature is not detached: SignedData carries its own content (AS 2.5.1)")
+        content_type = encap["content_type"].native
+        signer_infos = list(signed_data["signer_infos"])
+    except (ValueError, TypeError, KeyError) as exc:
+        raise CMSError(f"signature: malformed SignedData ({exc})") from exc
+    if not signer_infos:
+        raise SignatureInvalid("signature: SignedData has no SignerInfo")
+    results = tuple(
+        _verify_one(info, content, content_type, certs, crypto_certs, accepted_digests) for info in signer_infos
+    )
+    return SignatureReport(results=results, certificates=crypto_certs)
+
+
+def _load_signed_data(der: bytes) -> cms.SignedData:
+    try:
+        info = cms.ContentInfo.load(der, strict=False)
+        if info["content_type"].native != "signed_data":
+            raise CMSError(f"signature part holds {info['content_type'].native}, not SignedData")
+        signed_data = info["content"]
+        signed_data.native  # noqa: B018 -- force a full parse now, so truncation shows here, not later
+    except CMSError:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise CMSError(f"signature: not a valid CMS SignedData ({exc})") from exc
+    return signed_data
+
+
+def _verify_one(
+    info: cms.SignerInfo,
+    content: bytes,
+    content_type: str,
+    certs: list[asn1_x509.Certificate],
+    crypto_certs: tuple[x509.Certificate, ...],
+    accepted_digests: frozenset[str] | tuple[str, ...],
+) -> SignatureResult:
+    index = _find_signer(info["sid"], certs)
+    cert = crypto_certs[index] if index is not None else None
+    digest: str | None = None
+    try:
+        digest = algorithms.digest_name(info["digest_algorithm"]["algorithm"].native, accepted_digests)
+        if cert is None:
+            raise NoSignerCertificate(
+                f"signature carries no signer certificate for {_describe_sid(info['sid'])} (AS 2.5.2)"
+            )
+        signed = _signed_bytes(info, content, content_type, digest)
+        _check_signature(cert, info, signed, digest)
+    except CMSError as exc:
+        return SignatureResult(certificate=cert, digest=digest, error=exc)
+    except (ValueError, TypeError, KeyError) as exc:
+        return SignatureResult(certificate=cert, digest=digest, error=CMSError(f"malformed SignerInfo ({exc})"))
+    return SignatureResult(certificate=cert, digest=digest, error=None)
+
+
+def _find_signer(sid: cms.SignerIdentifier, certs: list[asn1_x509.Certificate]) -> int | None:
+    for index, cert in enumerate(certs):
+        if sid.name == "issuer_and_serial_number":
+            wanted = sid.chosen
+            if cert.serial_number == wanted["serial_number"].native and cert.issuer == wanted["issuer"]:
+                return index
+        elif cert.key_identifier is not None and cert.key_identifier == sid.chosen.native:
+            return index
+    return None
+
+
+def _describe_sid(sid: cms.SignerIdentifier) -> str:
+    if sid.name == "issuer_and_serial_number":
+        issuer = sid.chosen["issuer"].human_friendly
+        return f"issuer {issuer}, serial {sid.chosen['serial_number'].native:X}"
+    return f"subject key identifier {sid.chosen.native.hex()}"
+
+
+def _signed_bytes(info: cms.SignerInfo, content: bytes, content_type: str, digest: str) -> bytes:
+    """What the signature value covers: the DER SET of the signed attributes, or the content itself."""
+    attrs = info["signed_attrs"]
+    if not attrs:
+        if content_type != "data":
+            raise SignatureInvalid("signature without signed attributes over non-data content (RFC 5652 5.3)")
+        return content
+    found: dict[str, list[object]] = {}
+    for attr in attrs:
+        found.setdefault(attr["type"].native, []).append(attr["values"])
+    for required in ("content_type", "message_digest"):
+        if len(found.get(required, [])) != 1:
+            raise SignatureInvalid(f"signed attribute {required} must occur exactly once (RFC 5652 5.3)")
+    if _single_value(attrs, "content_type") != content_type:
+        raise SignatureInvalid("signed contentType attribute does not match the content (RFC 5652 11.1)")
+    if _single_value(attrs, "message_digest") != _hash(digest, content):
+        raise SignatureInvalid("message digest does not match: the signed content was changed")
+    # Re-tag the received [0] IMPLICIT bytes as a SET, keeping them exactly as the signer encoded them.
+    return bytes(core.SetOf(contents=attrs.contents).dump())
+
+
+def _single_value(attrs: cms.CMSAttributes, name: str) -> object:
+    for attr in attrs:
+        if attr["type"].native == name:
+            values = attr["values"]
+            if len(values) != 1:
+                raise SignatureInvalid(f"signed attribute {name} must have exactly one value")
+            return values[0].native
+    return None
+
+
+def _check_signature(cert: x509.Certificate, info: cms.SignerInfo, signed: bytes, digest: str) -> None:
+    algorithm: algos.SignedDigestAlgorithm = info["signature_algorithm"]
+    name = algorithm["algorithm"].native
+    if name.startswith(("md2", "md5")):
+        raise ForbiddenAlgorithm(f"signature algorithm {name} uses MD5/MD2 (Applicability Statement 2.6)")
+    signature = info["signature"].native
+    public_key = cert.public_key()
+    hash_algorithm = algorithms.hash_for(digest)
+    try:
+        if isinstance(public_key, rsa.RSAPublicKey) and name == "rsassa_pss":
+            public_key.verify(signature, signed, _pss_padding(algorithm, digest), hash_algorithm)
+        elif isinstance(public_key, rsa.RSAPublicKey) and (name == "rsassa_pkcs1v15" or name.endswith("_rsa")):
+            public_key.verify(signature, signed, padding.PKCS1v15(), hash_algorithm)
+        elif isinstance(public_key, ec.EllipticCurvePublicKey) and (name == "ecdsa" or name.endswith("_ecdsa")):
+            public_key.verify(signature, signed, ec.ECDSA(hash_algorithm))
+        else:
+            raise SignatureInvalid(
+                f"signature algorithm {name} does not fit the signer's {type(public_key).__name__} key"
+            )
+    except InvalidSignature as exc:
+        raise SignatureInvalid("signature value does not verify with the signer's certificate") from exc
+
+
+def _pss_padding(algorithm: algos.SignedDigestAlgorithm, digest: str) -> padding.PSS:
+    params = algorithm["parameters"]
+    pss_hash = algorithms.digest_name(params["hash_algorithm"]["algorithm"].native)
+    mgf_hash = algorithms.digest_name(params["mask_gen_algorithm"]["parameters"]["algorithm"].native)
+    if pss_hash != digest:
+        raise SignatureInvalid(f"RSA-PSS hash {pss_hash} differs from the signer's digest {digest}")
+    salt = params["salt_length"].native
+    return padding.PSS(mgf=padding.MGF1(algorithms.hash_for(mgf_hash)), salt_length=salt)
