@@ -89,6 +89,18 @@ class NoCertificate(TrustError):
     """No certificate could be found for an address."""
 
 
+class CertificateExpired(TrustError):
+    """A certificate of the path is outside its validity period at the validation time: expired or not yet valid."""
+
+
+class CertificateRevoked(TrustError):
+    """A certificate of the path is revoked (CRL or OCSP)."""
+
+
+class NoTrustPath(TrustError):
+    """No path from the certificate to one of the configured trust anchors (or no anchors configured at all)."""
+
+
 class SenderNotConfigured(PermanentFailure):
     """The envelope sender has no usable private key and certificate here (agent algorithm, Process Outgoing)."""
 
@@ -96,6 +108,15 @@ class SenderNotConfigured(PermanentFailure):
 class NoTrustedRecipients(PermanentFailure):
     """Every recipient was removed; the whole message is refused."""
 
-    def __init__(self, reason: str, rejected: dict[str, str]) -> None:
+    def __init__(self, reason: str, rejected: dict[str, DirectMilterError]) -> None:
         super().__init__(reason)
         self.rejected = rejected
+
+    @classmethod
+    def of(cls, rejected: dict[str, DirectMilterError]) -> NoTrustedRecipients:
+        """One reason when every recipient fell for the same one, else each recipient's reason."""
+        reasons = list(dict.fromkeys(exc.reason for exc in rejected.values()))
+        if len(reasons) == 1:
+            return cls(reasons[0], rejected)
+        return cls("no recipient can receive the message: " + "; ".join(reasons), rejected)
+

@@ -1,1 +1,60 @@
-"""agent"""
+"""The agent: the spec's ProcessOutgoing and ProcessIncoming, from an envelope to a decision and a new message.
+
+It never speaks SMTP and never imports pymilter; it asks discovery, trust and the configuration through small
+interfaces so a test can hand it a fixed set of certificates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from directmilter.agent.context import AgentContext
+from directmilter.agent.envelope import IncomingMessage, MessageEnvelope, OutgoingMessage
+from directmilter.agent.incoming import process_incoming
+from directmilter.agent.outgoing import process_outgoing, recipient_certificates, sender_identities
+from directmilter.config import Config
+from directmilter.discovery import CertificateSource, ChainedSources, LocalCertificates
+from directmilter.trust.validator import TrustValidator
+
+__all__ = ["Agent", "IncomingMessage", "MessageEnvelope", "OutgoingMessage"]
+
+
+class Agent:
+    """One configured STA: call :meth:`outgoing` for hosted senders' mail and :meth:`incoming` for mail to them."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sources: Sequence[CertificateSource] = (),
+        validator: TrustValidator | None = None,
+    ) -> None:
+        hosted = LocalCertificates(i.certificate for party in (*config.domains.values(), *config.addresses.values())
+            for i in party.identities)
+        local = LocalCertificates(config.certificates)
+        self._owns_validator = validator is None
+        self.context = AgentContext(
+            config=config,
+            source=ChainedSources(hosted, local, *sources),
+            validator=validator or TrustValidator(allow_sha1=config.crypto.certificate_sha1),
+            intermediates=tuple(config.certificates),
+        )
+
+    def outgoing(self, envelope: MessageEnvelope, *, moment: datetime | None = None) -> OutgoingMessage:
+        return process_outgoing(self.context, envelope, moment)
+
+    def incoming(self, envelope: MessageEnvelope, *, moment: datetime | None = None) -> IncomingMessage:
+        return process_incoming(self.context, envelope, moment)
+
+    def check_sender(self, sender: str, *, moment: datetime | None = None) -> None:
+        """Raise unless ``sender`` may send secured mail from here (for decisions at MAIL FROM time)."""
+        sender_identities(self.context, sender, moment)
+
+    def check_recipient(self, sender: str, recipient: str, *, moment: datetime | None = None) -> None:
+        """Raise unless ``sender`` trusts a certificate of ``recipient`` (for decisions at RCPT TO time)."""
+        recipient_certificates(self.context, sender, recipient, moment)
+
+    def close(self) -> None:
+        if self._owns_validator:
+            self.context.validator.close()

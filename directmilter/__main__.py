@@ -1,0 +1,5 @@
+"""``python -m directmilter``."""
+
+from directmilter.cli import main
+
+raise SystemExit(main())

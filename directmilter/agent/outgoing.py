@@ -1,0 +1,113 @@
+"""Process Outgoing (agent algorithm): the sender must be configured, only trusted recipients get the message."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from cryptography import x509
+
+from directmilter import cms
+from directmilter.agent.context import AgentContext
+from directmilter.agent.envelope import MessageEnvelope, OutgoingMessage
+from directmilter.agent.trust_model import trusted_certificates
+from directmilter.cms.mime import CRLF
+from directmilter.errors import (
+    DirectMilterError,
+    MalformedMessage,
+    NoCertificate,
+    NoTrustedRecipients,
+    SenderNotConfigured,
+    TrustError,
+)
+from directmilter.keys.identity import PrivateIdentity
+from directmilter.trust.binding import describe_certificate, split_address
+
+
+def process_outgoing(ctx: AgentContext, envelope: MessageEnvelope, moment: datetime | None = None) -> OutgoingMessage:
+    """Resolve keys and certificates, enforce trust, then wrap, sign and encrypt (steps 1 to 6)."""
+    signers = sender_identities(ctx, envelope.sender, moment)
+    message = _prepare(cms.canonicalize(envelope.message), envelope.sender)
+    accepted: list[str] = []
+    certificates: list[x509.Certificate] = []
+    rejected: dict[str, DirectMilterError] = {}
+    for recipient in envelope.recipients:
+        try:
+            found = recipient_certificates(ctx, envelope.sender, recipient, moment)
+        except TrustError as exc:
+            rejected[recipient] = exc
+            continue
+        accepted.append(recipient)
+        certificates.extend(c for c in found if c not in certificates)
+    if not accepted:
+        raise NoTrustedRecipients.of(rejected)
+    crypto = ctx.config.crypto
+    secured = cms.secure(
+        message,
+        signers,
+        certificates,
+        digest=crypto.digest,
+        cipher=crypto.cipher,
+        key_transport=crypto.key_transport,
+        recipient_id=crypto.recipient_id,
+    )
+    return OutgoingMessage(
+        message=secured, recipients=tuple(accepted), rejected=rejected, certificates=tuple(certificates)
+    )
+
+
+def sender_identities(ctx: AgentContext, sender: str, moment: datetime | None = None) -> list[PrivateIdentity]:
+    """The sender's signing identities that are valid now; the sender is "not configured" without one (ALG-3)."""
+    identities = ctx.config.identities_for(sender)
+    if not identities:
+        raise SenderNotConfigured(f"sender {sender or '<>'}: no private key and certificate configured here")
+    when = moment or datetime.now(UTC)
+    valid = [i for i in identities if _valid_at(i.certificate, when)]
+    if not valid:
+        first = identities[0].certificate
+        raise SenderNotConfigured(
+            f"sender {sender}: signing certificate expired {first.not_valid_after_utc:%Y-%m-%d} or not yet valid "
+            f"({describe_certificate(first)})"
+        )
+    return valid
+
+
+def recipient_certificates(
+    ctx: AgentContext, sender: str, recipient: str, moment: datetime | None = None
+) -> list[x509.Certificate]:
+    """The recipient's certificates the sender trusts: address certificates first, else the domain's (AS 5.2)."""
+    parts = split_address(recipient)
+    if parts is None:
+        raise TrustError(f"recipient {recipient}: not a valid Direct address")
+    anchors = ctx.config.anchors_for(sender, "outgoing")
+    error: TrustError | None = None
+    for name in (recipient, parts[1]):
+        found, failure = trusted_certificates(
+            ctx.validator, recipient, ctx.source.find(name), anchors, ctx.intermediates, moment=moment
+        )
+        if found:
+            return found
+        if error is None or isinstance(error, NoCertificate):
+            error = failure
+    assert error is not None
+    raise type(error)(f"recipient {recipient}: {error.reason}")
+
+
+def _prepare(raw: bytes, sender: str) -> cms.Entity:
+    """Check the message is RFC 5322 + MIME (AS 2.1) and carries the 2.2 headers, adding Date/Message-ID if absent."""
+    entity = cms.parse_message(raw)
+    if entity.get("from") is None:
+        raise MalformedMessage("message has no From header (Applicability Statement 2.2)")
+    added = b""
+    if entity.get("date") is None:
+        added += b"Date: " + format_datetime(datetime.now(UTC)).encode() + CRLF
+    if entity.get("message-id") is None:
+        domain = sender.rpartition("@")[2] or "localhost"
+        added += f"Message-ID: <{uuid.uuid4().hex}@{domain}>".encode() + CRLF
+    return cms.parse_message(added + raw) if added else entity
+
+
+def _valid_at(cert: x509.Certificate, when: datetime) -> bool:
+    return cert.not_valid_before_utc <= when <= cert.not_valid_after_utc
+

@@ -1,0 +1,48 @@
+"""Enforcing the trust model (Applicability Statement 4): which of an address's certificates may be used.
+
+A certificate is usable for an address when it is bound to it (4.1: rfc822Name for address certificates, dNSName
+for organisational ones) and its path leads to one of the anchors the *other* party trusts (4.2). Both directions
+use this: recipients' certificates against the sender's outgoing anchors, signers' against each recipient's
+incoming anchors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from cryptography import x509
+
+from directmilter.errors import NoCertificate, TrustError
+from directmilter.trust.binding import binding_error, bound_to
+from directmilter.trust.validator import TrustValidator
+
+
+def trusted_certificates(
+    validator: TrustValidator,
+    address: str,
+    candidates: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+    intermediates: Sequence[x509.Certificate],
+    *,
+    moment: datetime | None = None,
+) -> tuple[list[x509.Certificate], TrustError | None]:
+    """The candidates bound to ``address`` whose path reaches ``anchors``, and why the first other one failed.
+
+    The error explains the refusal when the list is empty: the first unbound or untrusted certificate, or
+    :class:`NoCertificate` when there were no candidates at all.
+    """
+    trusted: list[x509.Certificate] = []
+    first_error: TrustError | None = None
+    for cert in candidates:
+        try:
+            if bound_to(cert, address) is None:
+                raise TrustError(binding_error(cert, address))
+            validator.validate(cert, anchors, intermediates, moment=moment)
+        except TrustError as exc:
+            first_error = first_error or exc
+            continue
+        trusted.append(cert)
+    if not candidates:
+        first_error = NoCertificate(f"no certificate found for {address}")
+    return trusted, first_error

@@ -1,0 +1,598 @@
+"""The configuration: one TOML file (see ``etc/directmilter.conf`` for a documented sample).
+
+:func:`load_config` reads and checks everything at once — algorithms, hosted domains and addresses, every key,
+certificate and anchor file — so a running milter never meets a configuration problem. Anything wrong (an unknown
+key at any level, a wrong type, a missing or unreadable file, a key that does not match its certificate, a key file
+readable by others, a forbidden algorithm) is a :class:`~directmilter.errors.ConfigError` naming the file and the
+key, e.g. ``directmilter.conf: [domains."direct.a.test"].keys[0].key: /etc/x.key: no such file``.
+
+Relative paths are relative to the configuration file's folder. Domain names and addresses are case-insensitive:
+they are stored lower-cased and every lookup lower-cases its argument.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from directmilter.errors import ConfigError
+from directmilter.keys.identity import PrivateIdentity
+from directmilter.keys.load import load_certificates, load_identities, toml_type
+
+__all__ = [
+    "CIPHERS_ACCEPT",
+    "CIPHERS_SEND",
+    "DEFAULT_ACCEPT_CIPHERS",
+    "DEFAULT_ACCEPT_DIGESTS",
+    "DEFAULT_CERTIFICATE_SHA1",
+    "DEFAULT_CIPHER",
+    "DEFAULT_DIGEST",
+    "DEFAULT_KEY_TRANSPORT",
+    "DEFAULT_RECIPIENT_ID",
+    "DIGESTS_ACCEPT",
+    "DIGESTS_SEND",
+    "KEY_TRANSPORTS",
+    "RECIPIENT_IDS",
+    "Config",
+    "CryptoPolicy",
+    "Direction",
+    "Party",
+    "describe",
+    "load_config",
+]
+
+# --- algorithm names (the CMS layer maps these to OIDs) ------------------------------------------------------
+
+#: Digests we sign with. SHA-1 must not be used to create signatures (Applicability Statement 2.6).
+DIGESTS_SEND: tuple[str, ...] = ("sha256", "sha384", "sha512")
+#: Digests we may accept on incoming signatures; SHA-1 for backward compatibility (AS 2.6 SHOULD).
+DIGESTS_ACCEPT: tuple[str, ...] = ("sha1", "sha256", "sha384", "sha512")
+#: Content-encryption algorithms we encrypt with (GCM means CMS AuthEnvelopedData, RFC 5083/5084).
+CIPHERS_SEND: tuple[str, ...] = ("aes128-cbc", "aes256-cbc", "aes128-gcm", "aes256-gcm")
+#: Content-encryption algorithms we may accept on incoming envelopes (AES-192 is the MAY of AS 2.7).
+CIPHERS_ACCEPT: tuple[str, ...] = ("aes128-cbc", "aes192-cbc", "aes256-cbc", "aes128-gcm", "aes256-gcm")
+#: Key transport for RSA recipients (EC recipients always use ECDH key agreement).
+KEY_TRANSPORTS: tuple[str, ...] = ("rsa-pkcs1v15", "rsa-oaep")
+#: How our RecipientInfos (and SignerInfos) identify a certificate.
+RECIPIENT_IDS: tuple[str, ...] = ("issuer-serial", "subject-key-identifier")
+
+DEFAULT_DIGEST = "sha256"
+DEFAULT_CIPHER = "aes256-cbc"
+DEFAULT_KEY_TRANSPORT = "rsa-pkcs1v15"
+DEFAULT_RECIPIENT_ID = "issuer-serial"
+DEFAULT_ACCEPT_DIGESTS: frozenset[str] = frozenset(DIGESTS_ACCEPT)
+DEFAULT_ACCEPT_CIPHERS: frozenset[str] = frozenset(CIPHERS_ACCEPT)
+DEFAULT_CERTIFICATE_SHA1 = True
+
+#: Algorithms the Applicability Statement requires receivers to support (describe() warns when not accepted).
+_REQUIRED_DIGESTS = ("sha256",)
+_REQUIRED_CIPHERS = ("aes128-cbc", "aes256-cbc")
+
+_WEAK_DIGEST = "MD5 and other digests weaker than SHA-1 must not be used (Applicability Statement 2.6)"
+_FORBIDDEN_DIGESTS = dict.fromkeys(("md5", "md4", "md2", "rsa-md5", "md5-sha1"), _WEAK_DIGEST)
+_SHA1_SEND = "STAs must not create signatures with SHA-1 (Applicability Statement 2.6)"
+_SHA1_NAMES = ("sha1", "sha-1", "sha")
+_WEAK_CIPHER = (
+    "3DES, DES, RC2 and other ciphers weaker than AES-128 must not be used (Applicability Statement 2.7)"
+)
+_FORBIDDEN_CIPHERS = dict.fromkeys(
+    (
+        "3des", "des3", "des-ede3", "des-ede3-cbc", "tripledes", "triple-des", "3des-cbc", "tdes",
+        "des", "des-cbc", "des-ede", "des-ede-cbc",
+        "rc2", "rc2-cbc", "rc2-40", "rc2-40-cbc", "rc2-64", "rc2-64-cbc", "rc2-128", "rc2-128-cbc",
+        "rc4", "arcfour", "idea", "idea-cbc", "cast5", "cast5-cbc", "cast128", "null", "none",
+    ),
+    _WEAK_CIPHER,
+)  # fmt: skip
+
+Direction = Literal["incoming", "outgoing"]
+
+_SECTIONS = ("agent", "domains", "addresses", "certificates")
+_AGENT_KEYS = (
+    "digest",
+    "cipher",
+    "key_transport",
+    "recipient_id",
+    "accept_digests",
+    "accept_ciphers",
+    "certificate_sha1",
+)
+_PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors")
+_CERTIFICATES_KEYS = ("files",)
+
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+# --- the model -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CryptoPolicy:
+    """Algorithms for sending (one each) and the sets accepted when receiving."""
+
+    digest: str = DEFAULT_DIGEST
+    cipher: str = DEFAULT_CIPHER
+    key_transport: str = DEFAULT_KEY_TRANSPORT
+    recipient_id: str = DEFAULT_RECIPIENT_ID
+    accept_digests: frozenset[str] = DEFAULT_ACCEPT_DIGESTS
+    accept_ciphers: frozenset[str] = DEFAULT_ACCEPT_CIPHERS
+    certificate_sha1: bool = DEFAULT_CERTIFICATE_SHA1
+
+
+@dataclass(frozen=True)
+class Party:
+    """A hosted domain or address: our identities for it and its trust anchors per direction.
+
+    ``anchors_in`` / ``anchors_out`` are ``None`` when this table does not set them (inherit from the domain), and
+    a tuple (possibly empty) when it does.
+    """
+
+    name: str
+    identities: tuple[PrivateIdentity, ...] = ()
+    anchors_in: tuple[x509.Certificate, ...] | None = None
+    anchors_out: tuple[x509.Certificate, ...] | None = None
+
+    def anchors(self, direction: Direction) -> tuple[x509.Certificate, ...] | None:
+        _check_direction(direction)
+        return self.anchors_in if direction == "incoming" else self.anchors_out
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in ("incoming", "outgoing"):
+        raise ValueError(f"direction must be 'incoming' or 'outgoing', not {direction!r}")
+
+
+def normalize_address(address: str) -> str:
+    """Lower-cased, surrounding blanks and angle brackets removed."""
+    return address.strip().removeprefix("<").removesuffix(">").strip().lower()
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole loaded configuration; read-only and shared by every thread."""
+
+    path: Path
+    crypto: CryptoPolicy
+    domains: Mapping[str, Party]
+    addresses: Mapping[str, Party]
+    certificates: tuple[x509.Certificate, ...] = ()
+
+    def domain_of(self, address: str) -> Party | None:
+        """The hosted domain of an address (or a bare domain name), or None when it is not hosted here."""
+        return self.domains.get(normalize_address(address).rpartition("@")[2])
+
+    def is_hosted(self, address: str) -> bool:
+        return self.domain_of(address) is not None
+
+    def address_party(self, address: str) -> Party | None:
+        """The per-address table of an address, or None when it has none."""
+        return self.addresses.get(normalize_address(address))
+
+    def identities_for(self, address: str) -> tuple[PrivateIdentity, ...]:
+        """The address's own keys if it has any, else its domain's; () when not hosted."""
+        own = self.address_party(address)
+        if own is not None and own.identities:
+            return own.identities
+        domain = self.domain_of(address)
+        return domain.identities if domain is not None else ()
+
+    def anchors_for(self, address: str, direction: Direction) -> tuple[x509.Certificate, ...]:
+        """The trust anchors of a hosted address for one direction: the address's own if set, else its domain's.
+
+        ``incoming`` anchors decide which senders a local recipient trusts; ``outgoing`` anchors decide which
+        recipients a local sender trusts. () when nothing is configured or the address is not hosted.
+        """
+        _check_direction(direction)
+        own = self.address_party(address)
+        if own is not None and (anchors := own.anchors(direction)) is not None:
+            return anchors
+        domain = self.domain_of(address)
+        if domain is not None and (anchors := domain.anchors(direction)) is not None:
+            return anchors
+        return ()
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+
+
+def _quote(key: str) -> str:
+    if _BARE_KEY.match(key):
+        return key
+    escaped = key.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+_T = TypeVar("_T")
+
+
+class _Loader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.name = str(path)
+        self.base = path.absolute().parent
+
+    def err(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.name}: {key}: {reason}" if key else f"{self.name}: {reason}")
+
+    def where(self, key: str) -> str:
+        return f"{self.name}: {key}"
+
+    # -- generic checks
+
+    def table(self, value: object, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.err(key, f"must be a table, not {toml_type(value)}")
+        return value
+
+    def known(self, table: Mapping[str, object], allowed: tuple[str, ...], key: str, what: str = "key") -> None:
+        for name in table:
+            if name not in allowed:
+                child = f"{key}.{_quote(name)}" if key else f"[{_quote(name)}]"
+                raise self.err(child, f"unknown {what} (expected one of {', '.join(allowed)})")
+
+    def typed(self, table: Mapping[str, object], name: str, key: str, kind: type[_T], default: _T) -> _T:
+        value = table.get(name, default)
+        if type(value) is not kind:
+            raise self.err(f"{key}.{name}", f"must be {toml_type(kind())}, not {toml_type(value)}")
+        return value  # type: ignore[return-value]  # checked just above
+
+    def string_list(self, table: Mapping[str, object], name: str, key: str) -> list[str] | None:
+        if name not in table:
+            return None
+        value = table[name]
+        if not isinstance(value, list):
+            raise self.err(f"{key}.{name}", f"must be an array of strings, not {toml_type(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise self.err(f"{key}.{name}[{index}]", f"must be a string, not {toml_type(item)}")
+            if not item.strip():
+                raise self.err(f"{key}.{name}[{index}]", "must not be empty")
+        return value
+
+    def resolve(self, value: str) -> Path:
+        path = Path(value)
+        return path if path.is_absolute() else self.base / path
+
+    # -- the file
+
+    def read(self) -> dict[str, Any]:
+        try:
+            if self.path.is_dir():
+                raise IsADirectoryError(self.path)
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            raise self.err("", "no such file") from None
+        except IsADirectoryError:
+            raise self.err("", "is a folder, expected the configuration file") from None
+        except PermissionError:
+            raise self.err("", "permission denied") from None
+        except OSError as exc:
+            raise self.err("", f"cannot read: {exc.strerror or exc}") from None
+        _check_not_world_writable(self.path, self.name)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise self.err("", f"not UTF-8 text (byte {exc.start})") from None
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise self.err("", f"not valid TOML: {exc}") from None
+
+    # -- sections
+
+    def algorithm(
+        self,
+        value: str,
+        key: str,
+        allowed: tuple[str, ...],
+        forbidden: Callable[[str], str | None],
+    ) -> str:
+        name = value.strip().lower()
+        reason = forbidden(name)
+        if reason is not None:
+            raise self.err(key, f"{value!r} is refused: {reason}; use one of {', '.join(allowed)}")
+        if name not in allowed:
+            raise self.err(key, f"unknown algorithm {value!r}; use one of {', '.join(allowed)}")
+        return name
+
+    def crypto(self, data: Mapping[str, object]) -> CryptoPolicy:
+        key = "[agent]"
+        table = self.table(data.get("agent", {}), key)
+        self.known(table, _AGENT_KEYS, key)
+
+        def digest_send(name: str) -> str | None:
+            return _SHA1_SEND if name in _SHA1_NAMES else _FORBIDDEN_DIGESTS.get(name)
+
+        def digest_accept(name: str) -> str | None:
+            return _FORBIDDEN_DIGESTS.get(name)
+
+        def cipher(name: str) -> str | None:
+            return _FORBIDDEN_CIPHERS.get(name)
+
+        def none(name: str) -> str | None:
+            return None
+
+        def one(name: str, default: str, allowed: tuple[str, ...], forbidden: Callable[[str], str | None]) -> str:
+            value = self.typed(table, name, key, str, default)
+            return self.algorithm(value, f"{key}.{name}", allowed, forbidden)
+
+        def many(name: str, default: frozenset[str], allowed: tuple[str, ...], forbidden: Callable[[str], str | None]
+                 ) -> frozenset[str]:  # fmt: skip
+            values = self.string_list(table, name, key)
+            if values is None:
+                return default
+            if not values:
+                raise self.err(f"{key}.{name}", f"must not be empty; use some of {', '.join(allowed)}")
+            return frozenset(
+                self.algorithm(v, f"{key}.{name}[{i}]", allowed, forbidden) for i, v in enumerate(values)
+            )
+
+        return CryptoPolicy(
+            digest=one("digest", DEFAULT_DIGEST, DIGESTS_SEND, digest_send),
+            cipher=one("cipher", DEFAULT_CIPHER, CIPHERS_SEND, cipher),
+            key_transport=one("key_transport", DEFAULT_KEY_TRANSPORT, KEY_TRANSPORTS, none),
+            recipient_id=one("recipient_id", DEFAULT_RECIPIENT_ID, RECIPIENT_IDS, none),
+            accept_digests=many("accept_digests", DEFAULT_ACCEPT_DIGESTS, DIGESTS_ACCEPT, digest_accept),
+            accept_ciphers=many("accept_ciphers", DEFAULT_ACCEPT_CIPHERS, CIPHERS_ACCEPT, cipher),
+            certificate_sha1=self.typed(table, "certificate_sha1", key, bool, DEFAULT_CERTIFICATE_SHA1),
+        )
+
+    def certificate_files(self, paths: list[str], key: str) -> tuple[x509.Certificate, ...]:
+        certs: list[x509.Certificate] = []
+        for index, value in enumerate(paths):
+            where = self.where(f"{key}[{index}]")
+            path = self.resolve(value)
+            _check_not_world_writable(path, where)
+            certs.extend(load_certificates(path, where=where))
+        return tuple(_dedupe(certs))
+
+    def party(self, name: str, value: object, key: str) -> Party:
+        table = self.table(value, key)
+        self.known(table, _PARTY_KEYS, key)
+        identities: tuple[PrivateIdentity, ...] = ()
+        if "keys" in table:
+            keys = table["keys"]
+            if not isinstance(keys, list):
+                raise self.err(f"{key}.keys", f"must be an array of tables, not {toml_type(keys)}")
+            identities = tuple(load_identities(keys, self.where(f"{key}.keys"), base=self.base))
+        anchors: dict[str, tuple[x509.Certificate, ...] | None] = {}
+        for name_ in ("anchors", "incoming_anchors", "outgoing_anchors"):
+            paths = self.string_list(table, name_, key)
+            anchors[name_] = None if paths is None else self.certificate_files(paths, f"{key}.{name_}")
+        both = anchors["anchors"]
+        incoming, outgoing = anchors["incoming_anchors"], anchors["outgoing_anchors"]
+        return Party(
+            name=name,
+            identities=identities,
+            anchors_in=incoming if incoming is not None else both,
+            anchors_out=outgoing if outgoing is not None else both,
+        )
+
+    def domains(self, data: Mapping[str, object]) -> dict[str, Party]:
+        section = self.table(data.get("domains", {}), "[domains]")
+        domains: dict[str, Party] = {}
+        for raw_name, value in section.items():
+            key = f"[domains.{_quote(raw_name)}]"
+            name = raw_name.strip().lower()
+            if not _DOMAIN.match(name):
+                raise self.err(
+                    key,
+                    "not a fully qualified domain name (letters, digits and hyphens, at least two labels, "
+                    "Applicability Statement 1.1)",
+                )
+            if name in domains:
+                raise self.err(key, f"the domain {name} is already configured (names are case-insensitive)")
+            domains[name] = self.party(name, value, key)
+        return domains
+
+    def addresses(self, data: Mapping[str, object], domains: Mapping[str, Party]) -> dict[str, Party]:
+        section = self.table(data.get("addresses", {}), "[addresses]")
+        addresses: dict[str, Party] = {}
+        for raw_name, value in section.items():
+            key = f"[addresses.{_quote(raw_name)}]"
+            name = normalize_address(raw_name)
+            local, at, domain = name.rpartition("@")
+            if not at or not local or any(c.isspace() for c in name):
+                raise self.err(key, "not an e-mail address (local-part@domain)")
+            if domain not in domains:
+                raise self.err(
+                    key, f"the domain {domain} is not a hosted domain (add a [domains.{_quote(domain)}] table)"
+                )
+            if name in addresses:
+                raise self.err(key, f"the address {name} is already configured (addresses are case-insensitive)")
+            addresses[name] = self.party(name, value, key)
+        return addresses
+
+    def certificates(self, data: Mapping[str, object]) -> tuple[x509.Certificate, ...]:
+        key = "[certificates]"
+        table = self.table(data.get("certificates", {}), key)
+        self.known(table, _CERTIFICATES_KEYS, key)
+        paths = self.string_list(table, "files", key)
+        return () if paths is None else self.certificate_files(paths, f"{key}.files")
+
+    def load(self) -> Config:
+        data = self.read()
+        self.known(data, _SECTIONS, "", what="section")
+        crypto = self.crypto(data)
+        domains = self.domains(data)
+        addresses = self.addresses(data, domains)
+        return Config(
+            path=self.path,
+            crypto=crypto,
+            domains=MappingProxyType(domains),
+            addresses=MappingProxyType(addresses),
+            certificates=self.certificates(data),
+        )
+
+
+def _check_not_world_writable(path: Path, where: str) -> None:
+    """Refuse configuration, anchor and certificate files (or folders) anyone may change: they decide trust."""
+    targets = [path]
+    try:
+        if path.is_dir():
+            targets += [p for p in path.iterdir() if not p.name.startswith(".")]
+        for target in targets:
+            mode = target.stat().st_mode
+            sticky_dir = stat.S_ISDIR(mode) and mode & stat.S_ISVTX
+            if mode & stat.S_IWOTH and not sticky_dir:
+                raise ConfigError(
+                    f"{where}: {target}: is writable by everyone (mode {stat.S_IMODE(mode):04o}); anyone could "
+                    f"change what this agent trusts (chmod o-w {target})"
+                )
+    except OSError:
+        return  # missing or unreadable: reported with a better message by the loader
+
+
+def _dedupe(certs: list[x509.Certificate]) -> list[x509.Certificate]:
+    seen: set[bytes] = set()
+    out: list[x509.Certificate] = []
+    for cert in certs:
+        der = cert.public_bytes(serialization.Encoding.DER)
+        if der not in seen:
+            seen.add(der)
+            out.append(cert)
+    return out
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, check and load the configuration file and every file it names; ConfigError on any problem."""
+    return _Loader(Path(path)).load()
+
+
+# --- check-config --------------------------------------------------------------------------------------------
+
+
+def _utc(value: datetime.datetime) -> str:
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _cert_line(cert: x509.Certificate) -> str:
+    return (
+        f"subject {cert.subject.rfc4514_string()!r}, issuer {cert.issuer.rfc4514_string()!r}, "
+        f"serial {cert.serial_number:#x}, notAfter {_utc(cert.not_valid_after_utc)}"
+    )
+
+
+def _key_line(identity: PrivateIdentity) -> str:
+    key = identity.private_key
+    kind = f"RSA {key.key_size}" if isinstance(key, rsa.RSAPrivateKey) else f"EC {key.curve.name}"
+    chain = f", chain {len(identity.chain)}" if identity.chain else ""
+    return f"{_cert_line(identity.certificate)}, {kind}{chain}, from {identity.source}"
+
+
+def _names_in(cert: x509.Certificate) -> set[str]:
+    names: set[str] = set()
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, ValueError):
+        return names
+    names.update(n.lower() for n in san.get_values_for_type(x509.RFC822Name))
+    names.update(n.lower() for n in san.get_values_for_type(x509.DNSName))
+    return names
+
+
+def _identity_warnings(party: Party, owner: str, now: datetime.datetime) -> list[str]:
+    warnings: list[str] = []
+    for index, identity in enumerate(party.identities, 1):
+        cert = identity.certificate
+        label = f"{owner} key {index} (subject {cert.subject.rfc4514_string()!r}, serial {cert.serial_number:#x})"
+        if cert.not_valid_after_utc < now:
+            warnings.append(f"warning: {label} expired {_utc(cert.not_valid_after_utc)}; it will not be used")
+        elif cert.not_valid_before_utc > now:
+            warnings.append(f"warning: {label} is not valid before {_utc(cert.not_valid_before_utc)}")
+        key = identity.private_key
+        if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
+            warnings.append(f"warning: {label} is RSA {key.key_size}; use 2048 bits or more")
+        if isinstance(key, ec.EllipticCurvePrivateKey) and False:  # pragma: no cover - placeholder for curve policy
+            pass
+        names = _names_in(cert)
+        bound = party.name in names if "@" in party.name else bool(
+            names & {party.name} or any(n.endswith("@" + party.name) for n in names)
+        )
+        if not bound and not ("@" not in party.name and party.name in names):
+            warnings.append(
+                f"warning: {label} does not name {party.name} in its subjectAltName "
+                "(Applicability Statement 4.1): peers will not trust it for this "
+                + ("address" if "@" in party.name else "domain")
+            )
+    return warnings
+
+
+def describe(config: Config, now: datetime.datetime | None = None) -> list[str]:
+    """Human-readable lines for ``directmilter check-config``: what is hosted, with which keys and anchors.
+
+    Lines starting with ``warning:`` flag problems that do not stop loading (expired identity certificates, a
+    hosted party without keys or anchors, ...). Nothing secret is printed: no key material, no passwords.
+    """
+    now = now or datetime.datetime.now(datetime.UTC)
+    crypto = config.crypto
+    lines = [
+        f"configuration {config.path}",
+        f"sending: digest {crypto.digest}, cipher {crypto.cipher}, key transport {crypto.key_transport}, "
+        f"recipient id {crypto.recipient_id}",
+        f"accepting: digests {', '.join(sorted(crypto.accept_digests))}; ciphers "
+        f"{', '.join(sorted(crypto.accept_ciphers))}; SHA-1 signed certificates in trust paths: "
+        f"{'yes' if crypto.certificate_sha1 else 'no'}",
+    ]
+    warnings: list[str] = []
+    for required in _REQUIRED_DIGESTS:
+        if required not in crypto.accept_digests:
+            warnings.append(f"warning: accept_digests lacks {required}, which receivers must support (AS 2.6)")
+    for required in _REQUIRED_CIPHERS:
+        if required not in crypto.accept_ciphers:
+            warnings.append(f"warning: accept_ciphers lacks {required}, which receivers must support (AS 2.7)")
+    if not config.domains:
+        warnings.append("warning: no hosted domain: add a [domains.\"...\"] table")
+
+    def party_lines(kind: str, party: Party, inherited: Party | None) -> None:
+        anchors = []
+        for direction in ("incoming", "outgoing"):
+            own = party.anchors(direction)  # type: ignore[arg-type]
+            if own is not None:
+                anchors.append(f"{direction} anchors {len(own)}")
+            elif inherited is not None:
+                anchors.append(f"{direction} anchors from the domain")
+            else:
+                anchors.append(f"{direction} anchors 0")
+        keys = f"{len(party.identities)} key(s)" if party.identities or inherited is None else "domain keys"
+        lines.append(f"{kind} {party.name}: {keys}, {', '.join(anchors)}")
+        for index, identity in enumerate(party.identities, 1):
+            lines.append(f"  key {index}: {_key_line(identity)}")
+        warnings.extend(_identity_warnings(party, f"{kind} {party.name}", now))
+
+    for name in sorted(config.domains):
+        domain = config.domains[name]
+        party_lines("domain", domain, None)
+        members = [a for a in config.addresses if a.rpartition("@")[2] == name]
+        if not domain.identities and not any(config.addresses[a].identities for a in members):
+            warnings.append(
+                f"warning: domain {name} has no key, nor has any of its addresses: mail from or to it is refused"
+            )
+        for direction in ("incoming", "outgoing"):
+            if not domain.anchors(direction):  # type: ignore[arg-type]
+                warnings.append(f"warning: domain {name} has no {direction} trust anchors")
+    for name in sorted(config.addresses):
+        address = config.addresses[name]
+        party_lines("address", address, config.domain_of(name))
+        for direction in ("incoming", "outgoing"):
+            if address.anchors(direction) == ():  # type: ignore[arg-type]
+                warnings.append(f"warning: address {name} has an empty {direction} anchor list: it trusts nobody")
+    lines.append(f"out-of-band certificates: {len(config.certificates)}")
+    for cert in config.certificates:
+        if cert.not_valid_after_utc < now:
+            warnings.append(f"warning: out-of-band certificate expired: {_cert_line(cert)}")
+    return lines + warnings

@@ -1,0 +1,29 @@
+"""Out-of-band certificates from the configuration (Applicability Statement 2.3: "other methods")."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from cryptography import x509
+
+
+class LocalCertificates:
+    """An index of configured certificates by the names they carry (SAN rfc822Name and dNSName)."""
+
+    def __init__(self, certificates: Iterable[x509.Certificate]) -> None:
+        self._by_name: dict[str, list[x509.Certificate]] = defaultdict(list)
+        for cert in certificates:
+            for name in _names(cert):
+                self._by_name[name.lower()].append(cert)
+
+    def find(self, name: str) -> Sequence[x509.Certificate]:
+        return tuple(self._by_name.get(name.lower(), ()))
+
+
+def _names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*san.get_values_for_type(x509.RFC822Name), *san.get_values_for_type(x509.DNSName)]

@@ -1,0 +1,182 @@
+"""Shared fixtures: a test PKI made at run time, and configurations for two HISPs on top of it.
+
+HISP A hosts ``direct.a.test`` (alice with an address certificate, the domain with an organisational one), HISP B
+hosts ``direct.b.test`` (bob, bob2). Both trust root R1. carol@direct.b.test is under R2, which nobody trusts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pki import PKI, Issued
+
+from directmilter.agent import Agent, MessageEnvelope
+from directmilter.config import Config, load_config
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+VECTORS = SHARED / "vectors"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "conformance(*ids): proves rows of shared/spec/conformance-checklist.md")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Report which conformance rows passing tests prove, so the suite says how compliant we are."""
+    proven: set[str] = set()
+    failed: set[str] = set()
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for row in getattr(report, "conformance", ()):
+                (proven if outcome == "passed" else failed).add(row)
+    if proven or failed:
+        terminalreporter.write_sep("-", "conformance")
+        terminalreporter.write_line(f"rows proven by passing tests ({len(proven - failed)}): "
+                                    + " ".join(sorted(proven - failed)))
+        if failed:
+            terminalreporter.write_line(f"rows with failing tests ({len(failed)}): " + " ".join(sorted(failed)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        report.conformance = [row for mark in item.iter_markers("conformance") for row in mark.args]
+
+
+def vectors_or_skip() -> Path:
+    if not VECTORS.is_dir():
+        pytest.skip(f"third-party Direct vectors not present at {VECTORS} (they live in the shared folder beside "
+                    "the checkout, never in this repository)")
+    return VECTORS
+
+
+@dataclass
+class World:
+    pki: PKI
+    directory: Path
+    r1: Issued
+    r2: Issued
+    alice: Issued
+    a_org: Issued
+    bob: Issued
+    bob2: Issued
+    carol: Issued
+
+    def write_config(self, name: str, body: Mapping[str, Any]) -> Path:
+        """Write a TOML configuration (from nested dicts of strings, lists and tables) and return its path."""
+        path = self.directory / f"{name}.conf"
+        path.write_text(_toml(body))
+        return path
+
+    def hisp_a(self, **overrides: Any) -> Config:
+        return load_config(self.write_config("hisp-a", {**self.hisp_a_body(), **overrides}))
+
+    def hisp_a_body(self) -> dict[str, Any]:
+        return {
+            "domains": {"direct.a.test": {"keys": [keypair(self.a_org)], "anchors": [str(self.r1.cert_path)]}},
+            "addresses": {"alice@direct.a.test": {"keys": [keypair(self.alice)]}},
+            "certificates": {"files": [str(self.bob.cert_path), str(self.bob2.cert_path),
+                                       str(self.carol.cert_path)]},
+        }
+
+    def hisp_b(self, **overrides: Any) -> Config:
+        return load_config(self.write_config("hisp-b", {**self.hisp_b_body(), **overrides}))
+
+    def hisp_b_body(self) -> dict[str, Any]:
+        return {
+            "domains": {"direct.b.test": {"anchors": [str(self.r1.cert_path)]}},
+            "addresses": {
+                "bob@direct.b.test": {"keys": [keypair(self.bob)]},
+                "bob2@direct.b.test": {"keys": [keypair(self.bob2)]},
+                "carol@direct.b.test": {"keys": [keypair(self.carol)]},
+            },
+            "certificates": {"files": [str(self.alice.cert_path)]},
+        }
+
+
+def keypair(issued: Issued) -> dict[str, str]:
+    return {"cert": str(issued.cert_path), "key": str(issued.key_path)}
+
+
+def _toml(body: Mapping[str, Any], prefix: str = "") -> str:
+    """A tiny TOML writer for test configurations (tables of scalars, lists and inline tables)."""
+    lines: list[str] = []
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    for key, value in body.items():
+        quoted = json.dumps(key) if not key.replace("_", "").isalnum() else key
+        if isinstance(value, Mapping):
+            tables.append((f"{prefix}{quoted}", value))
+        else:
+            lines.append(f"{quoted} = {_value(value)}")
+    out = "\n".join(lines) + "\n"
+    for name, table in tables:
+        out += f"\n[{name}]\n" + _toml(table, f"{name}.")
+    return out
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_value(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    return json.dumps(value)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    directory = tmp_path_factory.mktemp("pki")
+    pki = PKI(directory)
+    r1 = pki.root("R1")
+    r2 = pki.root("R2")
+    return World(
+        pki=pki,
+        directory=directory,
+        r1=r1,
+        r2=r2,
+        alice=pki.leaf("alice", r1, email="alice@direct.a.test"),
+        a_org=pki.leaf("a-org", r1, dns="direct.a.test"),
+        bob=pki.leaf("bob", r1, email="bob@direct.b.test"),
+        bob2=pki.leaf("bob2", r1, email="bob2@direct.b.test"),
+        carol=pki.leaf("carol", r2, email="carol@direct.b.test"),
+    )
+
+
+@pytest.fixture
+def agent_for(world: World) -> Iterable[Callable[[Config], Agent]]:
+    """Build agents on configurations; closed after the test."""
+    made: list[Agent] = []
+
+    def make(config: Config) -> Agent:
+        made.append(Agent(config))
+        return made[-1]
+
+    yield make
+    for agent in made:
+        agent.close()
+
+
+CANARY = "CANARY-7f3a9c-not-for-the-wire"
+
+
+def plain_message(*, sender: str = "alice@direct.a.test", to: str = "bob@direct.b.test",
+                  body: bytes = b"Patient summary attached.\r\n", extra: bytes = b"") -> bytes:
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {CANARY}\r\n"
+        "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <test-1@direct.a.test>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    ).encode() + extra + b"\r\n" + body
+
+
+def envelope(message: bytes, sender: str = "alice@direct.a.test", *recipients: str) -> MessageEnvelope:
+    return MessageEnvelope(sender=sender, recipients=recipients or ("bob@direct.b.test",), message=message)
+
+
+os.environ.setdefault("DIRECTMILTER_TESTS", "1")
