@@ -18,3 +18,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 check: lint typecheck test
+
+.PHONY: demo
+demo: setup
+	$(PY) scripts/demo.py

@@ -115,5 +115,6 @@ def _fail(exc: BaseException) -> int:
     kind = "deferred" if reply.temporary else "rejected"
     if isinstance(exc, ConfigError):
         kind = "configuration error"
-    print(f"directmilter: {kind} ({reply.status}): {reason_for(exc)}", file=sys.stderr)
+    detail = "" if isinstance(exc, DirectMilterError) else f" ({type(exc).__name__})"
+    print(f"directmilter: {kind} ({reply.status}): {reason_for(exc)}{detail}", file=sys.stderr)
     return EX_CONFIG if isinstance(exc, ConfigError) else reply.exit_code

@@ -18,7 +18,7 @@ def configure(level: str = "info", *, json: bool = False) -> None:
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.KeyValueRenderer(
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.processors.KeyValueRenderer(
         key_order=["event"], sort_keys=False
     )
     structlog.configure(
