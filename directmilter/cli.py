@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from directmilter import __version__
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--rcpt", required=True, action="append", help="envelope recipient (RCPT TO)")
         command.add_argument("--at", type=_timestamp, help="validate certificates as of this ISO 8601 time")
         command.set_defaults(handler=handler)
+
+    serve = commands.add_parser("run", help="run the milter in the foreground on the configured socket")
+    _config_option(serve)
+    serve.add_argument("--socket", help="override [milter] socket, e.g. inet:8891@127.0.0.1 or unix:/run/x.sock")
+    serve.set_defaults(handler=_run)
 
     check = commands.add_parser("check-config", help="load the configuration and describe it")
     _config_option(check)
@@ -101,6 +107,17 @@ def _process(args: argparse.Namespace, operation: Callable[[Agent, MessageEnvelo
 def _report_removed(rejected: dict[str, DirectMilterError]) -> None:
     for address, error in rejected.items():
         print(f"directmilter: removed {address}: {error.reason}", file=sys.stderr)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from directmilter.milter.app import run  # pymilter is needed only here
+
+    config = load_config(args.config)
+    if args.socket:
+        config = replace(config, milter=replace(config.milter, socket=args.socket))
+    configure(args.log_level if args.log_level != "warning" else "info")
+    run(config)
+    return EX_OK
 
 
 def _check_config(args: argparse.Namespace) -> int:

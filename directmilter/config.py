@@ -13,6 +13,7 @@ they are stored lower-cased and every lookup lower-cases its argument.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 import re
 import stat
@@ -25,7 +26,7 @@ from typing import Any, Literal, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from directmilter.errors import ConfigError
 from directmilter.keys.identity import PrivateIdentity
@@ -48,6 +49,7 @@ __all__ = [
     "Config",
     "CryptoPolicy",
     "Direction",
+    "MilterSettings",
     "Party",
     "describe",
     "load_config",
@@ -98,8 +100,9 @@ _FORBIDDEN_CIPHERS = dict.fromkeys(
 )  # fmt: skip
 
 Direction = Literal["incoming", "outgoing"]
+_DIRECTIONS: tuple[Direction, ...] = ("incoming", "outgoing")
 
-_SECTIONS = ("agent", "domains", "addresses", "certificates")
+_SECTIONS = ("agent", "milter", "domains", "addresses", "certificates")
 _AGENT_KEYS = (
     "digest",
     "cipher",
@@ -111,6 +114,9 @@ _AGENT_KEYS = (
 )
 _PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors")
 _CERTIFICATES_KEYS = ("files",)
+_MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
+                "other_mail", "timeout")
+_OTHER_MAIL = ("accept", "reject")
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
@@ -131,6 +137,22 @@ class CryptoPolicy:
     accept_digests: frozenset[str] = DEFAULT_ACCEPT_DIGESTS
     accept_ciphers: frozenset[str] = DEFAULT_ACCEPT_CIPHERS
     certificate_sha1: bool = DEFAULT_CERTIFICATE_SHA1
+
+
+@dataclass(frozen=True)
+class MilterSettings:
+    """How the milter listens and how it tells submission (outgoing) from inbound mail."""
+
+    socket: str = "unix:/run/directmilter/directmilter.sock"
+    socket_mode: int = 0o660
+    internal_hosts: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    submission_daemons: tuple[str, ...] = ("ORIGINATING",)
+    trust_authenticated: bool = True
+    other_mail: str = "accept"
+    timeout: int = 600
 
 
 @dataclass(frozen=True)
@@ -170,6 +192,7 @@ class Config:
     domains: Mapping[str, Party]
     addresses: Mapping[str, Party]
     certificates: tuple[x509.Certificate, ...] = ()
+    milter: MilterSettings = MilterSettings()
 
     def domain_of(self, address: str) -> Party | None:
         """The hosted domain of an address (or a bare domain name), or None when it is not hosted here."""
@@ -248,7 +271,7 @@ class _Loader:
         value = table.get(name, default)
         if type(value) is not kind:
             raise self.err(f"{key}.{name}", f"must be {toml_type(kind())}, not {toml_type(value)}")
-        return value  # type: ignore[return-value]  # checked just above
+        return value
 
     def string_list(self, table: Mapping[str, object], name: str, key: str) -> list[str] | None:
         if name not in table:
@@ -436,6 +459,42 @@ class _Loader:
             domains=MappingProxyType(domains),
             addresses=MappingProxyType(addresses),
             certificates=self.certificates(data),
+            milter=self.milter(data),
+        )
+
+    def milter(self, data: Mapping[str, object]) -> MilterSettings:
+        key = "[milter]"
+        table = self.table(data.get("milter", {}), key)
+        self.known(table, _MILTER_KEYS, key)
+        default = MilterSettings()
+        spec = self.typed(table, "socket", key, str, default.socket)
+        if not spec.startswith(("unix:", "local:", "inet:", "inet6:")):
+            raise self.err(f"{key}.socket", f"{spec!r}: use unix:/path or inet:PORT@HOST")
+        mode = self.typed(table, "socket_mode", key, str, f"{default.socket_mode:04o}")
+        if not re.fullmatch(r"0?[0-7]{3}", mode):
+            raise self.err(f"{key}.socket_mode", f"{mode!r}: an octal mode such as \"0660\"")
+        networks = []
+        for index, text in enumerate(self.string_list(table, "internal_hosts", key) or
+                                     [str(n) for n in default.internal_hosts]):
+            try:
+                networks.append(ipaddress.ip_network(text.strip(), strict=False))
+            except ValueError:
+                raise self.err(f"{key}.internal_hosts[{index}]", f"{text!r} is not an IP address or network") from None
+        other = self.typed(table, "other_mail", key, str, default.other_mail)
+        if other not in _OTHER_MAIL:
+            raise self.err(f"{key}.other_mail", f"{other!r}: expected one of {', '.join(_OTHER_MAIL)}")
+        timeout = self.typed(table, "timeout", key, int, default.timeout)
+        if timeout <= 0:
+            raise self.err(f"{key}.timeout", "must be a positive number of seconds")
+        daemons = self.string_list(table, "submission_daemons", key)
+        return MilterSettings(
+            socket=spec,
+            socket_mode=int(mode, 8),
+            internal_hosts=tuple(networks),
+            submission_daemons=default.submission_daemons if daemons is None else tuple(daemons),
+            trust_authenticated=self.typed(table, "trust_authenticated", key, bool, default.trust_authenticated),
+            other_mail=other,
+            timeout=timeout,
         )
 
 
@@ -511,22 +570,17 @@ def _identity_warnings(party: Party, owner: str, now: datetime.datetime) -> list
         cert = identity.certificate
         label = f"{owner} key {index} (subject {cert.subject.rfc4514_string()!r}, serial {cert.serial_number:#x})"
         if cert.not_valid_after_utc < now:
-            warnings.append(f"warning: {label} expired {_utc(cert.not_valid_after_utc)}; it will not be used")
+            warnings.append(f"warning: {label} expired {_utc(cert.not_valid_after_utc)}")
         elif cert.not_valid_before_utc > now:
             warnings.append(f"warning: {label} is not valid before {_utc(cert.not_valid_before_utc)}")
         key = identity.private_key
         if isinstance(key, rsa.RSAPrivateKey) and key.key_size < 2048:
             warnings.append(f"warning: {label} is RSA {key.key_size}; use 2048 bits or more")
-        if isinstance(key, ec.EllipticCurvePrivateKey) and False:  # pragma: no cover - placeholder for curve policy
-            pass
-        names = _names_in(cert)
-        bound = party.name in names if "@" in party.name else bool(
-            names & {party.name} or any(n.endswith("@" + party.name) for n in names)
-        )
-        if not bound and not ("@" not in party.name and party.name in names):
+        if party.name not in _names_in(cert):
+            what = "rfc822Name" if "@" in party.name else "dNSName"
             warnings.append(
-                f"warning: {label} does not name {party.name} in its subjectAltName "
-                "(Applicability Statement 4.1): peers will not trust it for this "
+                f"warning: {label} does not name {party.name} as a subjectAltName {what} (Applicability "
+                "Statement 4.1): peers may refuse to trust it for this "
                 + ("address" if "@" in party.name else "domain")
             )
     return warnings
@@ -547,6 +601,11 @@ def describe(config: Config, now: datetime.datetime | None = None) -> list[str]:
         f"accepting: digests {', '.join(sorted(crypto.accept_digests))}; ciphers "
         f"{', '.join(sorted(crypto.accept_ciphers))}; SHA-1 signed certificates in trust paths: "
         f"{'yes' if crypto.certificate_sha1 else 'no'}",
+        f"milter: socket {config.milter.socket} (mode {config.milter.socket_mode:04o}), internal hosts "
+        f"{', '.join(str(n) for n in config.milter.internal_hosts) or 'none'}, submission daemons "
+        f"{', '.join(config.milter.submission_daemons) or 'none'}, authenticated clients "
+        f"{'trusted' if config.milter.trust_authenticated else 'not trusted'}, other mail "
+        f"{config.milter.other_mail}, timeout {config.milter.timeout}s",
     ]
     warnings: list[str] = []
     for required in _REQUIRED_DIGESTS:
@@ -560,8 +619,8 @@ def describe(config: Config, now: datetime.datetime | None = None) -> list[str]:
 
     def party_lines(kind: str, party: Party, inherited: Party | None) -> None:
         anchors = []
-        for direction in ("incoming", "outgoing"):
-            own = party.anchors(direction)  # type: ignore[arg-type]
+        for direction in _DIRECTIONS:
+            own = party.anchors(direction)
             if own is not None:
                 anchors.append(f"{direction} anchors {len(own)}")
             elif inherited is not None:
@@ -582,14 +641,14 @@ def describe(config: Config, now: datetime.datetime | None = None) -> list[str]:
             warnings.append(
                 f"warning: domain {name} has no key, nor has any of its addresses: mail from or to it is refused"
             )
-        for direction in ("incoming", "outgoing"):
-            if not domain.anchors(direction):  # type: ignore[arg-type]
+        for direction in _DIRECTIONS:
+            if not domain.anchors(direction):
                 warnings.append(f"warning: domain {name} has no {direction} trust anchors")
     for name in sorted(config.addresses):
         address = config.addresses[name]
         party_lines("address", address, config.domain_of(name))
-        for direction in ("incoming", "outgoing"):
-            if address.anchors(direction) == ():  # type: ignore[arg-type]
+        for direction in _DIRECTIONS:
+            if address.anchors(direction) == ():
                 warnings.append(f"warning: address {name} has an empty {direction} anchor list: it trusts nobody")
     lines.append(f"out-of-band certificates: {len(config.certificates)}")
     for cert in config.certificates:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email
-import email.policy
 import re
 import secrets
 from dataclasses import dataclass, field
 from email.message import Message
+from email.utils import collapse_rfc2231_value
 
 from directmilter.errors import MalformedMessage
 
@@ -62,7 +61,7 @@ class Entity:
         value = self._params.get_param(name)
         if value is None:
             return None
-        return email.utils.collapse_rfc2231_value(value)  # type: ignore[arg-type]
+        return str(collapse_rfc2231_value(value))
 
     def get(self, name: str) -> str | None:
         lowered = name.lower()
@@ -193,7 +192,3 @@ def new_boundary(*avoid: bytes) -> str:
         if not any(boundary.encode() in chunk for chunk in avoid):
             return boundary
 
-
-def strict_policy_parse(data: bytes) -> email.message.Message:
-    """Parse with :mod:`email` for inspection only (never for re-serialising signed bytes)."""
-    return email.message_from_bytes(data, policy=email.policy.compat32)

@@ -319,13 +319,13 @@ def _load_pkcs12(path: Path, password_path: Path | None, where: str) -> list[Pri
         by_public.setdefault(_public_der(cert), cert)
     identities: list[tuple[x509.Certificate, PrivateKey]] = []
     for key in keys:
-        cert = by_public.get(_public_der(key))
-        if cert is None:
+        match = by_public.get(_public_der(key))
+        if match is None:
             raise ConfigError(
                 f"{where}.pkcs12: {path}: holds a private key ({_key_description(key)}) without the certificate "
                 "of its public key"
             )
-        identities.append((cert, key))
+        identities.append((match, key))
     own = {c.public_bytes(serialization.Encoding.DER) for c, _ in identities}
     chain = tuple(_dedupe([c for c in certs if c.public_bytes(serialization.Encoding.DER) not in own]))
     return [PrivateIdentity(cert, key, chain, str(path)) for cert, key in identities]
@@ -365,7 +365,7 @@ def _spec_path(spec: Mapping[str, object], name: str, base: Path | None, where: 
 def _load_one(spec: object, where: str, base: Path | None) -> list[PrivateIdentity]:
     if not isinstance(spec, Mapping):
         raise ConfigError(
-            f"{where}: must be a table like {{ cert = \"x.pem\", key = \"x.key\" }} or {{ pkcs12 = \"x.p12\" }}, "
+            f'{where}: must be a table like {{ cert = "x.pem", key = "x.key" }} or {{ pkcs12 = "x.p12" }}, '
             f"not {toml_type(spec)}"
         )
     for name in spec:

@@ -1,0 +1,237 @@
+"""The milter: collect the envelope and the exact bytes, ask the agent, turn the answer into Postfix actions.
+
+The only module that imports pymilter. libmilter runs one thread per SMTP connection and creates one
+:class:`DirectMilter` per connection; the agent behind them is shared and thread-safe. Every callback is guarded:
+an error that is not a decision (a bug, a dependency failure) becomes a 4.x.x tempfail, so unprocessed mail is
+never accepted — and ``milter_default_action = tempfail`` covers a milter that is not running at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import Milter
+
+from directmilter.agent import Agent, MessageEnvelope
+from directmilter.agent.envelope import Outcome
+from directmilter.config import Config
+from directmilter.errors import ConfigError, DirectMilterError, NoTrustedRecipients, PermanentFailure
+from directmilter.log import get_logger
+from directmilter.milter.direction import Client, Direction, Group, direction, group
+from directmilter.milter.edits import header_edits, split_message
+from directmilter.replies import reason_for, reply_for
+
+log = get_logger("directmilter.milter")
+
+#: Body replacement is sent in chunks of this size (libmilter's limit is 64 KiB per message).
+_CHUNK = 65535
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(callback: _F) -> _F:
+    """Any exception in a callback becomes the reply :mod:`directmilter.replies` gives it; unknown ones tempfail."""
+
+    @functools.wraps(callback)
+    def wrapper(self: DirectMilter, *args: Any) -> Any:
+        try:
+            return callback(self, *args)
+        except BaseException as exc:  # fail closed: the one place exceptions are turned into SMTP answers
+            if not isinstance(exc, DirectMilterError):
+                log.error("internal_error", stage=callback.__name__, queue_id=self.queue_id,
+                          error=type(exc).__name__)
+            return self.refuse(exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class DirectMilter(Milter.Base):  # type: ignore[misc]
+    agent: ClassVar[Agent]
+    config: ClassVar[Config]
+
+    def __init__(self) -> None:
+        self.client = Client()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sender = ""
+        self.recipients: list[str] = []
+        self.kind = Direction.INCOMING
+        self.group: Group | None = None
+        self.fields: list[tuple[str, str]] = []
+        self.chunks: list[bytes] = []
+        self.queue_id: str | None = None
+
+    # --- replies ---------------------------------------------------------------------------------------------
+
+    def refuse(self, exc: BaseException) -> int:
+        reply = reply_for(exc)
+        self.setreply(reply.code, reply.status, _reply_text(reason_for(exc)))
+        return int(Milter.TEMPFAIL if reply.temporary else Milter.REJECT)
+
+    # --- callbacks -------------------------------------------------------------------------------------------
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    @_guarded
+    def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
+        address = hostaddr[0] if family in (socket.AF_INET, socket.AF_INET6) and hostaddr else None
+        self.client = Client(address=address, daemon_name=self.getsymval("{daemon_name}"))
+        return int(Milter.CONTINUE)
+
+    @_guarded
+    def envfrom(self, mailfrom: str, *params: str) -> int:
+        self._reset()
+        self.sender = _address(mailfrom)
+        self.client = Client(self.client.address, self.getsymval("{auth_authen}"), self.client.daemon_name)
+        self.kind = direction(self.config, self.sender, self.client)
+        if self.kind is Direction.OUTGOING:
+            self.agent.check_sender(self.sender)
+        return int(Milter.CONTINUE)
+
+    @_guarded
+    def envrcpt(self, to: str, *params: str) -> int:
+        recipient = _address(to)
+        this = group(self.config, recipient)
+        if self.group is not None and this is not self.group:
+            self.setreply("452", "4.5.3", "Direct: send this recipient in a separate transaction")
+            return int(Milter.TEMPFAIL)
+        if self.kind is Direction.OUTGOING and this is Group.REMOTE:
+            self.agent.check_recipient(self.sender, recipient)
+        elif self.kind is Direction.INCOMING and this is Group.REMOTE and self.config.milter.other_mail == "reject":
+            raise PermanentFailure(f"recipient {recipient}: not a Direct address hosted here")
+        self.group = this
+        self.recipients.append(recipient)
+        return int(Milter.CONTINUE)
+
+    def header_bytes(self, name: str, value: bytes) -> int:
+        self.fields.append((name, value.decode("utf-8", "surrogateescape")))
+        return int(Milter.CONTINUE)
+
+    @Milter.noreply  # type: ignore[untyped-decorator]
+    def body(self, chunk: bytes) -> int:
+        self.chunks.append(chunk)
+        return int(Milter.CONTINUE)
+
+    @_guarded
+    def eom(self) -> int:
+        self.queue_id = self.getsymval("i")
+        if self.group is not Group.HOSTED and self.kind is not Direction.OUTGOING:
+            log.info("other_mail", queue_id=self.queue_id, sender=self.sender, recipients=self.recipients)
+            return int(Milter.ACCEPT)
+        started = time.monotonic()
+        try:
+            outcome = self._process()
+        except (NoTrustedRecipients, PermanentFailure) as exc:
+            self._audit("rejected", reason=exc.reason,
+                        rejected=getattr(exc, "rejected", {}), started=started)
+            return self.refuse(exc)
+        self._apply(outcome)
+        self._audit("processed", rejected=outcome.rejected, started=started, delivered=list(outcome.recipients))
+        return int(Milter.ACCEPT)
+
+    def abort(self) -> int:
+        self._reset()
+        return int(Milter.CONTINUE)
+
+    def close(self) -> int:
+        return int(Milter.CONTINUE)
+
+    # --- the work --------------------------------------------------------------------------------------------
+
+    def _message(self) -> bytes:
+        head = "".join(f"{name}: {value}\r\n" for name, value in self.fields)
+        return head.encode("utf-8", "surrogateescape") + b"\r\n" + b"".join(self.chunks)
+
+    def _process(self) -> Outcome:
+        envelope = MessageEnvelope(self.sender, tuple(self.recipients), self._message())
+        if self.kind is Direction.INCOMING:
+            return self.agent.incoming(envelope)
+        secured = self.agent.outgoing(envelope)
+        if self.group is Group.REMOTE:
+            return secured
+        # Local to local: the message never leaves the host, but both ends' trust is enforced all the same.
+        delivered = self.agent.incoming(MessageEnvelope(self.sender, secured.recipients, secured.message))
+        return Outcome(delivered.message, delivered.recipients, {**secured.rejected, **delivered.rejected})
+
+    def _apply(self, outcome: Outcome) -> None:
+        """Edits in the order libmilter requires: recipients, headers, then the body in consecutive chunks."""
+        for recipient in outcome.rejected:
+            self.delrcpt(f"<{recipient}>")
+        fields, body = split_message(outcome.message)
+        for edit in header_edits(self.fields, fields):
+            if edit.value is None:
+                self.chgheader(edit.name, edit.index, "")
+            else:
+                self.addheader(edit.name, edit.value)
+        for start in range(0, max(len(body), 1), _CHUNK):
+            self.replacebody(body[start : start + _CHUNK])
+
+    def _audit(self, event: str, *, rejected: dict[str, DirectMilterError], started: float, **extra: Any) -> None:
+        log.info(
+            event,
+            queue_id=self.queue_id,
+            direction=self.kind.value,
+            sender=self.sender,
+            removed={address: error.reason for address, error in rejected.items()},
+            ms=round((time.monotonic() - started) * 1000),
+            **extra,
+        )
+
+
+def _address(smtp_path: str) -> str:
+    return smtp_path.strip().removeprefix("<").removesuffix(">").strip()
+
+
+def _reply_text(reason: str) -> str:
+    """One line of printable text for smfi_setreply: no CR/LF, '%' doubled, bounded length."""
+    flat = " ".join(reason.split()).replace("%", "%%")
+    return flat if len(flat) <= 400 else flat[:397] + "..."
+
+
+def run(config: Config) -> None:
+    """Serve the milter socket from the configuration until SIGTERM / SIGINT."""
+    settings = config.milter
+    spec = settings.socket
+    _prepare_socket(spec)
+    DirectMilter.agent = Agent(config)
+    DirectMilter.config = config
+    Milter.factory = DirectMilter
+    Milter.set_flags(Milter.CHGBODY | Milter.CHGHDRS | Milter.ADDHDRS | Milter.DELRCPT)
+    previous = os.umask(0o777 & ~settings.socket_mode)
+    log.info("starting", socket=spec)
+    try:
+        Milter.runmilter("directmilter", spec, timeout=settings.timeout)
+    except Milter.milter.error as exc:
+        raise ConfigError(f"milter socket {spec}: cannot listen ({exc})") from exc
+    finally:
+        os.umask(previous)
+        DirectMilter.agent.close()
+    log.info("stopped", socket=spec)
+
+
+def _prepare_socket(spec: str) -> None:
+    """Check the socket can be bound, so a bind failure is a clear error instead of libmilter's silence."""
+    kind, _, where = spec.partition(":")
+    if kind in ("unix", "local"):
+        path = Path(where)
+        if not path.parent.is_dir():
+            raise ConfigError(f"milter socket {spec}: folder {path.parent} does not exist")
+        if path.exists() and not path.is_socket():
+            raise ConfigError(f"milter socket {spec}: {path} exists and is not a socket")
+        return
+    if kind in ("inet", "inet6"):
+        port, _, host = where.partition("@")
+        family = socket.AF_INET6 if kind == "inet6" else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host or ("::1" if kind == "inet6" else "127.0.0.1"), int(port)))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"milter socket {spec}: cannot bind ({exc})") from exc
+        return
+    raise ConfigError(f"milter socket {spec}: use unix:/path or inet:PORT@HOST")
