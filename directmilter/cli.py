@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
-    except BaseException as exc:  # noqa: BLE001 -- the one place every failure becomes a line and an exit code
+    except BaseException as exc:
         if isinstance(exc, SystemExit):
             raise
         return _fail(exc)

@@ -28,6 +28,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from directmilter.cms.algorithms import (
+    CIPHERS_ACCEPT,
+    CIPHERS_SEND,
+    DIGESTS_ACCEPT,
+    DIGESTS_SEND,
+    KEY_TRANSPORTS,
+    RECIPIENT_IDS,
+)
 from directmilter.errors import ConfigError
 from directmilter.keys.identity import PrivateIdentity
 from directmilter.keys.load import load_certificates, load_identities, toml_type
@@ -57,18 +65,7 @@ __all__ = [
 
 # --- algorithm names (the CMS layer maps these to OIDs) ------------------------------------------------------
 
-#: Digests we sign with. SHA-1 must not be used to create signatures (Applicability Statement 2.6).
-DIGESTS_SEND: tuple[str, ...] = ("sha256", "sha384", "sha512")
-#: Digests we may accept on incoming signatures; SHA-1 for backward compatibility (AS 2.6 SHOULD).
-DIGESTS_ACCEPT: tuple[str, ...] = ("sha1", "sha256", "sha384", "sha512")
-#: Content-encryption algorithms we encrypt with (GCM means CMS AuthEnvelopedData, RFC 5083/5084).
-CIPHERS_SEND: tuple[str, ...] = ("aes128-cbc", "aes256-cbc", "aes128-gcm", "aes256-gcm")
-#: Content-encryption algorithms we may accept on incoming envelopes (AES-192 is the MAY of AS 2.7).
-CIPHERS_ACCEPT: tuple[str, ...] = ("aes128-cbc", "aes192-cbc", "aes256-cbc", "aes128-gcm", "aes256-gcm")
-#: Key transport for RSA recipients (EC recipients always use ECDH key agreement).
-KEY_TRANSPORTS: tuple[str, ...] = ("rsa-pkcs1v15", "rsa-oaep")
-#: How our RecipientInfos (and SignerInfos) identify a certificate.
-RECIPIENT_IDS: tuple[str, ...] = ("issuer-serial", "subject-key-identifier")
+# The algorithm tables live with the CMS layer that implements them; configuration only names them.
 
 DEFAULT_DIGEST = "sha256"
 DEFAULT_CIPHER = "aes256-cbc"

@@ -10,8 +10,8 @@ from conftest import CANARY, World, envelope, keypair, plain_message
 from directmilter import cms
 from directmilter.errors import (
     MalformedMessage,
-    NoTrustedRecipients,
     NotEncrypted,
+    NoTrustedRecipients,
     SenderNotConfigured,
 )
 
@@ -42,7 +42,7 @@ def test_no_trusted_recipient_rejects_the_message(world: World, agent_for) -> No
 
 @pytest.mark.conformance("ALG-3", "AS-1.0-1")
 def test_sender_without_key_is_not_configured(world: World, agent_for) -> None:
-    with pytest.raises(SenderNotConfigured, match="nokey@elsewhere.test: no private key"):
+    with pytest.raises(SenderNotConfigured, match=r"nokey@elsewhere\.test: no private key"):
         secure(agent_for, world, None, BOB, sender="nokey@elsewhere.test")
 
 
@@ -103,7 +103,7 @@ def test_envelope_not_headers_decides(world: World, agent_for) -> None:
     assert result.recipients == (BOB,)
     # Incoming: the signer must be bound to MAIL FROM, not to the header From.
     b = agent_for(world.hisp_b())
-    with pytest.raises(NoTrustedRecipients, match="not bound to eve@direct.a.test"):
+    with pytest.raises(NoTrustedRecipients, match=r"not bound to eve@direct\.a\.test"):
         b.incoming(envelope(result.message, "eve@direct.a.test", BOB))
 
 

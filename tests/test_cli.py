@@ -6,10 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import opensslpeer as peer
 import pytest
 from conftest import CANARY, World, plain_message
-
-import opensslpeer as peer
 
 BOB = "bob@direct.b.test"
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher as _Cipher
 from cryptography.hazmat.primitives.ciphers import algorithms as ciphers
@@ -34,7 +35,7 @@ _GCM_TAG = 16
 class GCMParameters(core.Sequence):  # type: ignore[misc]
     """RFC 5084 3.2: the parameters of id-aes*-GCM, which asn1crypto does not define."""
 
-    _fields = [("aes_nonce", core.OctetString), ("aes_icvlen", core.Integer, {"default": 12})]
+    _fields: ClassVar = [("aes_nonce", core.OctetString), ("aes_icvlen", core.Integer, {"default": 12})]
 
 
 # --- encryption ------------------------------------------------------------------------------------------------
@@ -137,7 +138,9 @@ def _key_identifier(cert: x509.Certificate) -> bytes:
         return bytes(x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest)
 
 
-def _oaep(hash_algorithm: hashes.HashAlgorithm, mgf_hash: hashes.HashAlgorithm, label: bytes | None = None) -> padding.OAEP:
+def _oaep(
+    hash_algorithm: hashes.HashAlgorithm, mgf_hash: hashes.HashAlgorithm, label: bytes | None = None
+) -> padding.OAEP:
     return padding.OAEP(mgf=padding.MGF1(mgf_hash), algorithm=hash_algorithm, label=label or None)
 
 

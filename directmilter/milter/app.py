@@ -109,7 +109,9 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         return int(Milter.CONTINUE)
 
     def header_bytes(self, name: str, value: bytes) -> int:
-        self.fields.append((name, value.decode("utf-8", "surrogateescape")))
+        # Folded values reach us with bare LF; keep them canonical (CRLF) like everything the agent sees.
+        text = value.decode("utf-8", "surrogateescape")
+        self.fields.append((name, text.replace("\r\n", "\n").replace("\n", "\r\n")))
         return int(Milter.CONTINUE)
 
     @Milter.noreply  # type: ignore[untyped-decorator]
@@ -167,7 +169,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             if edit.value is None:
                 self.chgheader(edit.name, edit.index, "")
             else:
-                self.addheader(edit.name, edit.value)
+                self.addheader(edit.name, edit.value.replace("\r\n", "\n"))
         for start in range(0, max(len(body), 1), _CHUNK):
             self.replacebody(body[start : start + _CHUNK])
 
