@@ -36,7 +36,10 @@ import signal
 import smtplib
 import socket
 import stat
+import struct
 import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,13 +48,16 @@ from types import TracebackType
 from typing import TypeVar
 
 __all__ = [
+    "MilterSession",
     "Postfix",
+    "RecordingMilter",
     "Reply",
     "Sink",
     "SinkMessage",
     "SmtpResult",
     "free_port",
     "processes_under",
+    "scratch_dir",
     "submit",
 ]
 
@@ -100,16 +106,33 @@ def _poll(probe: Callable[[], T | None], timeout: float, what: Callable[[], str]
 
 
 def make_traversable(path: Path) -> None:
-    """Give "others" search (x) permission on ``path`` and its ancestors where missing.
+    """Give "others" search (x) permission on ``path`` and its ancestors where missing (never read or write).
 
-    Postfix daemons run as ``postfix``, virtual(8) as ``nobody`` and smtp-sink drops to ``nobody``; they open absolute
-    paths under the test tree, and pytest's base temp dir (/tmp/pytest-of-root) is 0700. Only the x bit is added,
-    never read or write.
-    """
+    Postfix daemons run as ``postfix``, virtual(8) as ``nobody`` and smtp-sink drops to ``nobody``; they all open
+    absolute paths under the tree. Refuses paths under pytest's ``/tmp/pytest-of-<user>``: every pytest that starts
+    chmods that directory back to 0700, so a concurrent test run would break a running instance. Use
+    :func:`scratch_dir` instead of ``tmp_path``."""
+    if any(part.startswith("pytest-of-") for part in path.parts):
+        raise ValueError(f"{path}: an MTA tree cannot live under pytest's basetemp (any pytest starting meanwhile "
+                         "resets /tmp/pytest-of-<user> to 0700, locking out the postfix and nobody users); "
+                         "use mta.scratch_dir()")
     for directory in [path, *path.parents]:
         mode = directory.stat().st_mode
         if not mode & stat.S_IXOTH:
             directory.chmod(stat.S_IMODE(mode) | stat.S_IXOTH)
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str = "directmilter-mta-", *, keep: bool | None = None) -> Iterator[Path]:
+    """A fresh 0755 directory under /tmp for MTA trees, removed on exit (kept when ``keep`` or the environment
+    variable ``MTA_KEEP=1`` says so, for post-mortems). Stop the services inside before it is removed."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        if not (keep if keep is not None else os.environ.get("MTA_KEEP") == "1"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _read_proc(pid: int, name: str) -> bytes:
@@ -150,6 +173,20 @@ def _stop_child(child: subprocess.Popen[bytes], timeout: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGKILL)
         child.wait(5)
+
+
+def _children(parent: int) -> dict[int, str]:
+    """Live (non-zombie) child processes of ``parent``: pid -> command name."""
+    children: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        status = _read_proc(int(entry.name), "stat")
+        close = status.rfind(b")")
+        fields = status[close + 2:].split()
+        if len(fields) > 1 and fields[0] != b"Z" and int(fields[1]) == parent:
+            children[int(entry.name)] = status[status.find(b"(") + 1:close].decode(errors="replace")
+    return children
 
 
 def _maildir_messages(directory: Path) -> list[bytes]:
@@ -331,6 +368,10 @@ postlog   unix-dgram n - n - 1 postlogd
             path = self.etc / filename
             path.write_text(text)
             path.chmod(0o644)
+            # Postfix re-reads a main.cf modified in the last ~2 s until it looks stable (300 ms naps, seen in
+            # master on reload and in every program at start-up): backdate, we wrote the file in one go.
+            stamp = time.time() - 60
+            os.utime(path, (stamp, stamp))
 
     # ---------------------------------------------------------------------------------------------------- lifecycle
 
@@ -415,20 +456,23 @@ postlog   unix-dgram n - n - 1 postlogd
                 os.kill(pid, signal.SIGKILL)
 
     def reload(self, timeout: float = 10) -> None:
-        """Make the running master re-read its configuration, and wait until it has.
+        """Make the running master re-read its configuration, and wait until it has and until every daemon started
+        before is gone (idle ones exit at once; busy ones finish their client first), so the next connection is
+        served with the new configuration.
 
         This is ``postfix reload`` minus the ``postsuper`` runs it adds (one is left running in the background, an
-        orphan nobody reaps here): SIGHUP to the master, then wait for its "reload" log line. Daemons started
-        before the reload finish their current client and are replaced."""
+        orphan nobody reaps here): SIGHUP to the master, then wait for its "reload" log line."""
         pid = self.master_pid()
         if not self.running or pid is None:
             raise RuntimeError(f"postfix {self.name} is not running")
-        before = self.maillog().count("master[")
+        old = set(_children(pid))
         marker = re.compile(r"master\[\d+\]: reload ")
         seen = len(marker.findall(self.maillog()))
         os.kill(pid, signal.SIGHUP)
         _poll(lambda: True if len(marker.findall(self.maillog())) > seen else None, timeout,
-              lambda: f"postfix {self.name} did not log a reload ({before})\n{self.maillog()[-2000:]}")
+              lambda: f"postfix {self.name} did not log a reload\n{self.maillog()[-2000:]}")
+        _poll(lambda: True if not old & set(_children(pid)) else None, timeout,
+              lambda: f"postfix {self.name}: daemons {sorted(old & set(_children(pid)))} outlived the reload")
 
     def set_milter(self, spec: str | None) -> None:
         """Change ``smtpd_milters`` (None: no milter) and reload if running."""
@@ -791,3 +835,105 @@ def running(*services: Postfix | Sink) -> Iterator[None]:
         for service in services:
             stack.enter_context(service)
         yield
+
+
+_MILTER_STAGES = {b"C": "connect", b"H": "helo", b"M": "mail", b"R": "rcpt", b"T": "data", b"L": "header",
+                  b"N": "eoh", b"B": "body", b"E": "eom", b"U": "unknown"}
+
+
+@dataclass
+class MilterSession:
+    """What :class:`RecordingMilter` saw on one MTA connection: the macros (all stages merged) and the commands."""
+
+    macros: dict[str, str] = field(default_factory=dict)
+    events: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @property
+    def daemon_name(self) -> str | None:
+        return self.macros.get("{daemon_name}")
+
+
+class RecordingMilter:
+    """A minimal milter (protocol 6, no libmilter) on 127.0.0.1 that records every session and answers "continue",
+    or the reply given in ``replies`` for a stage: ``{"rcpt": "550 5.7.1 not you"}``, stages being connect, helo,
+    mail, rcpt, data, header, eoh, body, eom. For testing the MTA plumbing only; the real milter is
+    directmilter's."""
+
+    def __init__(self, replies: Mapping[str, str] | None = None, port: int | None = None) -> None:
+        self.replies = dict(replies or {})
+        self.sessions: list[MilterSession] = []
+        self._server = socket.create_server((LOOPBACK, port or 0))
+        self.port: int = self._server.getsockname()[1]
+        self.spec = f"inet:{LOOPBACK}:{self.port}"
+        self._threads: list[threading.Thread] = []
+        self._closed = threading.Event()
+
+    def start(self) -> RecordingMilter:
+        thread = threading.Thread(target=self._accept_loop, name=f"milter-{self.port}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
+        for thread in self._threads:
+            thread.join(5)
+
+    def __enter__(self) -> RecordingMilter:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    @staticmethod
+    def _recv(conn: socket.socket, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = conn.recv(size - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    def _serve(self, conn: socket.socket) -> None:
+        session = MilterSession()
+        self.sessions.append(session)
+        conn.settimeout(30)
+        with conn, contextlib.suppress(EOFError, OSError):
+            while True:
+                (length,) = struct.unpack(">I", self._recv(conn, 4))
+                packet = self._recv(conn, length)
+                command, payload = packet[:1], packet[1:]
+                session.events.append((command.decode(), payload))
+                if command == b"O":  # option negotiation: version 6, no actions, all protocol steps
+                    conn.sendall(struct.pack(">IcIII", 13, b"O", 6, 0, 0))
+                elif command == b"D":  # macros for the next command: its code, then name\0value\0 pairs
+                    items = payload[1:].split(b"\0")
+                    for name, value in zip(items[0::2], items[1::2], strict=False):
+                        if name:
+                            session.macros[name.decode(errors="replace")] = value.decode(errors="replace")
+                elif command == b"Q":
+                    return
+                elif command in (b"A", b"K"):  # abort / new connection on the same socket: no reply
+                    continue
+                else:
+                    reply = self.replies.get(_MILTER_STAGES.get(command, ""))
+                    if reply is None:
+                        conn.sendall(struct.pack(">Ic", 1, b"c"))
+                    else:
+                        text = reply.encode() + b"\0"
+                        conn.sendall(struct.pack(">Ic", len(text) + 1, b"y") + text)

@@ -10,7 +10,7 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from mta import Postfix, Sink, free_port, processes_under, submit
+from mta import Postfix, RecordingMilter, Sink, free_port, processes_under, scratch_dir, submit
 
 pytestmark = pytest.mark.skipif(shutil.which("postfix") is None or shutil.which("smtp-sink") is None,
                                 reason="needs Postfix (postfix, smtp-sink)")
@@ -37,9 +37,10 @@ def assert_gone(root: Path) -> None:
 
 
 @pytest.fixture
-def mta_root(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path
-    assert_gone(tmp_path)
+def mta_root() -> Iterator[Path]:
+    with scratch_dir() as root:
+        yield root
+        assert_gone(root)
 
 
 def test_local_delivery_to_maildir(mta_root: Path) -> None:
@@ -152,6 +153,29 @@ def test_deferred_mail_is_retried(mta_root: Path) -> None:
             [got] = sink.wait(1)
             assert got.rcpts == ["bob@b.test"]
     assert_gone(sink.root)
+
+
+def test_milter_sees_submission_versus_inbound(mta_root: Path) -> None:
+    """{daemon_name} tells the listeners apart; the re-injection listener skips milters; milter replies surface per
+    SMTP stage in SmtpResult."""
+    with RecordingMilter(replies={"rcpt": "550 5.7.1 not this one"}) as milter:
+        a = Postfix(root=mta_root / "a", name="mx.a.test", mailboxes={"alice@a.test": "alice"}, milter=milter.spec)
+        with a:
+            before = len(milter.sessions)  # wait_ready's probes
+            inbound = submit(a.smtp_port, "bob@x.test", ["alice@a.test"], message("bob@x.test", "alice@a.test", "in"))
+            assert inbound.stage == "RCPT" and inbound.refused["alice@a.test"] == (550, "5.7.1 not this one")
+            assert inbound.status == "5.7.1"
+            milter.replies = {}
+            outbound = submit(a.submission_port, "alice@a.test", ["alice@a.test"],
+                              message("alice@a.test", "alice@a.test", "out"))
+            assert outbound.ok, outbound
+            reinjected = submit(a.reinject_port, "bob@x.test", ["alice@a.test"],
+                                message("bob@x.test", "alice@a.test", "re"))
+            assert reinjected.ok, reinjected
+            assert sorted(parse(m)["Subject"] for m in a.wait_for_delivery("alice@a.test", 2)) == ["out", "re"]
+            sessions = [s for s in milter.sessions[before:] if any(cmd == "M" for cmd, _ in s.events)]
+            assert [s.daemon_name for s in sessions] == ["mx.a.test", "ORIGINATING"]
+            assert sessions[1].macros.get("i") == outbound.queue_id  # the queue id macro, from DATA on
 
 
 def test_submit_reports_connection_failure() -> None:

@@ -108,7 +108,8 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         self.recipients.append(recipient)
         return int(Milter.CONTINUE)
 
-    def header_bytes(self, name: str, value: bytes) -> int:
+    @Milter.decode("bytes")  # type: ignore[untyped-decorator]
+    def header(self, name: str, value: bytes) -> int:
         # Folded values reach us with bare LF; keep them canonical (CRLF) like everything the agent sees.
         text = value.decode("utf-8", "surrogateescape")
         self.fields.append((name, text.replace("\r\n", "\n").replace("\n", "\r\n")))

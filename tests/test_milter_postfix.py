@@ -1,0 +1,169 @@
+"""End to end through real, private Postfix instances on loopback, with directmilter as their milter.
+
+HISP A (direct.a.test) relays direct.b.test either to a wire sink W (to see exactly what leaves A) or to HISP B's
+MX (to see what bob finally receives). Submission is A's ORIGINATING listener; inbound is each MX listener.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CANARY, World, plain_message
+from milterd import Milterd
+from mta import Postfix, Sink, scratch_dir, submit
+
+import opensslpeer as peer
+
+ALICE, AL2, BOB, CAROL = "alice@direct.a.test", "al2@direct.a.test", "bob@direct.b.test", "carol@direct.b.test"
+
+
+def milter_section(**extra: Any) -> dict[str, Any]:
+    # Every client is on loopback in this rig, so submission is told apart by the listener, not the address.
+    return {"internal_hosts": [], "submission_daemons": ["ORIGINATING"], **extra}
+
+
+@pytest.fixture(scope="module")
+def rig(world: World) -> Iterator[dict[str, Any]]:
+    with scratch_dir("directmilter-rig-") as root:
+        yield from _rig(world, root)
+
+
+def _rig(world: World, root: Path) -> Iterator[dict[str, Any]]:
+    body_a = world.hisp_a_body()
+    # A second hosted domain with anchors but no keys at all: its users are "not configured" (ALG-3).
+    body_a["domains"]["keyless.a.test"] = {"anchors": [str(world.r1.cert_path)]}
+    conf_a = world.write_config("milter-a", {"milter": milter_section(), **body_a})
+    conf_b = world.write_config("milter-b", {"milter": milter_section(), **world.hisp_b_body()})
+    sink = Sink(root / "wire").start()
+    milter_a = Milterd(conf_a, root / "milter-a.log").start()
+    milter_b = Milterd(conf_b, root / "milter-b.log").start()
+    b = Postfix(root=root / "b", name="mx.b.test", mailboxes={BOB: "bob", "bob2@direct.b.test": "bob2"},
+                milter=milter_b.postfix_spec).start()
+    a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice", AL2: "al2"},
+                relay={"direct.b.test": f"127.0.0.1:{sink.port}"}, milter=milter_a.postfix_spec).start()
+    yield {"a": a, "b": b, "sink": sink, "milter_a": milter_a, "milter_b": milter_b, "root": root}
+    for part in (a, b, milter_a, milter_b, sink):
+        part.stop()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def relay_to(postfix: Postfix, domain: str, target: str) -> None:
+    """Point ``domain`` elsewhere once earlier tests' mail has left, so it cannot follow the new route."""
+    wait_until(lambda: postfix.queue() == [], "the queue to drain")
+    postfix.relay[domain] = target
+    postfix.write_config()
+    postfix.reload()
+
+
+@pytest.mark.conformance("AS-0-1", "AS-2.4-1", "AS-2.4-2", "AS-2.4-6", "AS-2.4-7", "ALG-7")
+def test_submitted_plaintext_leaves_a_only_encrypted(world: World, rig: dict[str, Any]) -> None:
+    rig["sink"].clear()
+    result = submit(rig["a"].submission_port, ALICE, [BOB], plain_message())
+    assert result.ok, result
+    [wire] = rig["sink"].wait(1)
+    assert wire.mail_from == ALICE and wire.rcpts == [BOB]
+    assert b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data" in wire.data
+    assert CANARY.encode() not in wire.data
+    assert b"Message-ID: <test-1@direct.a.test>" in wire.data
+    signed = peer.decrypt(wire.data, world.bob)
+    assert CANARY.encode() in peer.verify(signed, world.r1.cert_path)
+    for log in (rig["a"].maillog(), (rig["root"] / "milter-a.log").read_text()):
+        assert CANARY not in log
+
+
+@pytest.mark.conformance("ALG-4", "ALG-8", "AS-4.3-1")
+def test_untrusted_recipient_refused_at_rcpt(rig: dict[str, Any]) -> None:
+    rig["sink"].clear()
+    result = submit(rig["a"].submission_port, ALICE, [BOB, CAROL], plain_message())
+    assert result.accepted == [BOB]
+    code, text = result.refused[CAROL]
+    assert code == 550 and "5.7.1" in text and "carol@direct.b.test" in text and "trust anchor" in text
+    [wire] = rig["sink"].wait(1)
+    assert wire.rcpts == [BOB]
+
+
+@pytest.mark.conformance("ALG-3", "ALG-9", "ALG-10")
+def test_unknown_sender_and_all_untrusted_are_refused(rig: dict[str, Any]) -> None:
+    # A hosted sender with no key gets 5.7.1 at MAIL FROM; nothing is queued.
+    nokey = "nokey@keyless.a.test"
+    result = submit(rig["a"].submission_port, nokey, [BOB], plain_message(sender=nokey))
+    assert not result.ok and result.stage == "MAIL" and result.code == 550, result
+    assert "5.7.1" in (result.status or "") and "no private key" in result.reply[1]
+    result = submit(rig["a"].submission_port, ALICE, [CAROL], plain_message())
+    assert not result.ok and not result.accepted
+    assert rig["a"].queue() == []
+
+
+@pytest.mark.conformance("AS-2.4-1", "ALG-17", "ALG-20")
+def test_a_to_b_delivers_the_original_to_bobs_maildir(rig: dict[str, Any]) -> None:
+    relay_to(rig["a"], "direct.b.test", f"127.0.0.1:{rig['b'].smtp_port}")
+    try:
+        result = submit(rig["a"].submission_port, ALICE, [BOB], plain_message())
+        assert result.ok, result
+        [delivered] = rig["b"].wait_for_delivery(BOB, 1)
+    finally:
+        relay_to(rig["a"], "direct.b.test", f"127.0.0.1:{rig['sink'].port}")
+    assert f"Subject: {CANARY}".encode() in delivered
+    assert b"Message-ID: <test-1@direct.a.test>" in delivered
+    assert b"pkcs7" not in delivered
+    assert delivered.endswith(b"Patient summary attached.\n")
+    assert b"Return-Path: <alice@direct.a.test>" in delivered
+
+
+@pytest.mark.conformance("AS-3.0-6", "ALG-21")
+def test_plaintext_and_tampered_inbound_are_refused(world: World, rig: dict[str, Any]) -> None:
+    result = submit(rig["b"].smtp_port, ALICE, [BOB], plain_message())
+    assert result.code == 554 and "5.7.5" in (result.status or "") and "not an S/MIME" in result.reply[1]
+    signed = peer.sign(b"Content-Type: text/plain\r\n\r\nhello\r\n", world.alice)
+    tampered = signed.replace(b"hello", b"jello")
+    message = b"From: alice@direct.a.test\r\nTo: bob@direct.b.test\r\n" + peer.encrypt(tampered, [world.bob.cert_path])
+    result = submit(rig["b"].smtp_port, ALICE, [BOB], message)
+    assert result.code == 550 or result.code == 554, result
+    assert "digest does not match" in result.reply[1]
+    assert rig["b"].maildir(BOB) == [] or all(b"jello" not in m for m in rig["b"].maildir(BOB))
+
+
+@pytest.mark.conformance("AS-2.4-6")
+def test_local_to_local_is_delivered_in_clear_after_both_ends_are_checked(rig: dict[str, Any]) -> None:
+    result = submit(rig["a"].submission_port, ALICE, [AL2], plain_message(to=AL2))
+    assert result.ok, result
+    [delivered] = rig["a"].wait_for_delivery(AL2, 1)
+    assert f"Subject: {CANARY}".encode() in delivered and b"pkcs7" not in delivered
+
+
+def test_mixed_hosted_and_remote_recipients_are_split(rig: dict[str, Any]) -> None:
+    result = submit(rig["a"].submission_port, ALICE, [BOB, AL2], plain_message())
+    assert result.accepted == [BOB]
+    assert result.refused[AL2][0] == 452 and "4.5.3" in result.refused[AL2][1]
+
+
+def test_milter_down_tempfails_and_delivers_once_after_restart(world: World, rig: dict[str, Any]) -> None:
+    relay_to(rig["a"], "direct.b.test", f"127.0.0.1:{rig['b'].smtp_port}")
+    before = len(rig["b"].maildir(BOB))
+    try:
+        rig["milter_b"].stop()
+        result = submit(rig["a"].submission_port, ALICE, [BOB], plain_message())
+        assert result.ok, result  # A accepted and secured it; B's milter is down
+        wait_until(lambda: "4.7.1" in rig["a"].maillog(), "A's smtp client to be told 4.7.1 by B")
+        assert len(rig["b"].maildir(BOB)) == before
+        assert rig["a"].queue(), "the message must wait in A's queue"
+        rig["milter_b"].start()
+        rig["a"].flush()
+        delivered = rig["b"].wait_for_delivery(BOB, before + 1)
+        time.sleep(1.5)  # a duplicate would arrive within A's retry interval
+        assert len(rig["b"].maildir(BOB)) == before + 1
+        assert b"pkcs7" not in delivered[-1]
+        assert rig["a"].queue() == []
+    finally:
+        relay_to(rig["a"], "direct.b.test", f"127.0.0.1:{rig['sink'].port}")
