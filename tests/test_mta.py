@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 from mta import Postfix, RecordingMilter, Sink, free_port, processes_under, scratch_dir, submit
 
-pytestmark = pytest.mark.skipif(shutil.which("postfix") is None or shutil.which("smtp-sink") is None,
-                                reason="needs Postfix (postfix, smtp-sink)")
+pytestmark = pytest.mark.skipif(shutil.which("postfix") is None or shutil.which("smtp-sink") is None
+                                or os.geteuid() != 0, reason="needs Postfix (postfix, smtp-sink) and root")
 
 
 def message(sender: str, rcpt: str, subject: str, body: str = "hello\r\n") -> bytes:
@@ -102,7 +103,7 @@ def test_two_instances(mta_root: Path) -> None:
         [delivered] = b.wait_for_delivery("bob@b.test")
         msg = parse(delivered)
         assert msg["Subject"] == "a-to-b"
-        received = msg.get_all("Received")
+        received = msg.get_all("Received", [])
         assert "by mx.b.test" in received[0] and "from mx.a.test" in received[0]
         assert f"by mx.a.test (Postfix) with ESMTP id {result.queue_id}" in received[1]
         assert "relay=127.0.0.1[127.0.0.1]" in a.maillog()
@@ -176,6 +177,15 @@ def test_milter_sees_submission_versus_inbound(mta_root: Path) -> None:
             sessions = [s for s in milter.sessions[before:] if any(cmd == "M" for cmd, _ in s.events)]
             assert [s.daemon_name for s in sessions] == ["mx.a.test", "ORIGINATING"]
             assert sessions[1].macros.get("i") == outbound.queue_id  # the queue id macro, from DATA on
+
+
+def test_refuses_pytest_basetemp(tmp_path: Path) -> None:
+    """Any pytest that starts resets /tmp/pytest-of-<user> to 0700, which would lock postfix and nobody out of a
+    running instance: trees under tmp_path are refused up front."""
+    with pytest.raises(ValueError, match="scratch_dir"):
+        Postfix(root=tmp_path / "a", name="mx.a.test")
+    with pytest.raises(ValueError, match="scratch_dir"):
+        Sink(tmp_path / "sink")
 
 
 def test_submit_reports_connection_failure() -> None:

@@ -29,6 +29,7 @@ ROUTING_HEADERS = frozenset(
     }
 )
 _DROPPED = frozenset({"bcc", "resent-bcc"})
+_TRACE = frozenset({"received", "return-path"})
 _MIME_HEADERS = ("mime-version", "content-")
 
 
@@ -48,6 +49,10 @@ def unwrap(outer: Entity, signed_content: bytes) -> bytes:
     """The message to deliver, from the outer message and the verified content of its multipart/signed."""
     inner = parse_entity(signed_content, what="signed content")
     if inner.content_type == "message/rfc822":
-        return decode_body(inner, what="wrapped message")
+        message = decode_body(inner, what="wrapped message")
+        # Trace fields added in transit (RFC 5321 4.4) stay on top; the sender's own copies are not repeated.
+        own = {h.raw for h in parse_entity(message, what="wrapped message").headers}
+        trace = b"".join(h.raw for h in outer.headers if h.name in _TRACE and h.raw not in own)
+        return trace + message
     kept = b"".join(h.raw for h in outer.headers if not h.name.startswith(_MIME_HEADERS))
     return kept + b"MIME-Version: 1.0" + CRLF + signed_content
