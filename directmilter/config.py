@@ -25,7 +25,6 @@ from types import MappingProxyType
 from typing import Any, Literal, TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from directmilter.cms.algorithms import (
@@ -38,6 +37,7 @@ from directmilter.cms.algorithms import (
 )
 from directmilter.errors import ConfigError
 from directmilter.keys.identity import PrivateIdentity
+from directmilter.keys.load import dedupe_certificates as _dedupe
 from directmilter.keys.load import load_certificates, load_identities, toml_type
 
 __all__ = [
@@ -511,17 +511,6 @@ def _check_not_world_writable(path: Path, where: str) -> None:
                 )
     except OSError:
         return  # missing or unreadable: reported with a better message by the loader
-
-
-def _dedupe(certs: list[x509.Certificate]) -> list[x509.Certificate]:
-    seen: set[bytes] = set()
-    out: list[x509.Certificate] = []
-    for cert in certs:
-        der = cert.public_bytes(serialization.Encoding.DER)
-        if der not in seen:
-            seen.add(der)
-            out.append(cert)
-    return out
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

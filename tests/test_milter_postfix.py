@@ -11,12 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import opensslpeer as peer
 import pytest
 from conftest import CANARY, World, plain_message
 from milterd import Milterd
 from mta import Postfix, Sink, scratch_dir, submit
-
-import opensslpeer as peer
 
 ALICE, AL2, BOB, CAROL = "alice@direct.a.test", "al2@direct.a.test", "bob@direct.b.test", "carol@direct.b.test"
 

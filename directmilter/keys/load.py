@@ -161,7 +161,7 @@ def _parse_certificates(data: bytes, path: Path, where: str) -> tuple[list[x509.
     return certs, holds_key
 
 
-def _dedupe(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+def dedupe_certificates(certs: Sequence[x509.Certificate]) -> list[x509.Certificate]:
     seen: set[bytes] = set()
     out: list[x509.Certificate] = []
     for cert in certs:
@@ -190,7 +190,7 @@ def load_certificates(path: str | os.PathLike[str], *, where: str = "") -> list[
     where = where or "certificates"
     path = Path(path)
     if not path.is_dir():
-        return _dedupe(load_certificate_file(path, where=where))
+        return dedupe_certificates(load_certificate_file(path, where=where))
     try:
         entries = sorted(path.iterdir(), key=lambda p: p.name)
     except OSError as exc:
@@ -204,7 +204,7 @@ def load_certificates(path: str | os.PathLike[str], *, where: str = "") -> list[
         if not entry.is_file():  # sub-folders, sockets, fifos: not ours
             continue
         certs.extend(load_certificate_file(entry, where=where))
-    return _dedupe(certs)
+    return dedupe_certificates(certs)
 
 
 def _check_key_type(key: object, path: Path, where: str) -> PrivateKey:
@@ -327,7 +327,7 @@ def _load_pkcs12(path: Path, password_path: Path | None, where: str) -> list[Pri
             )
         identities.append((match, key))
     own = {c.public_bytes(serialization.Encoding.DER) for c, _ in identities}
-    chain = tuple(_dedupe([c for c in certs if c.public_bytes(serialization.Encoding.DER) not in own]))
+    chain = tuple(dedupe_certificates([c for c in certs if c.public_bytes(serialization.Encoding.DER) not in own]))
     return [PrivateIdentity(cert, key, chain, str(path)) for cert, key in identities]
 
 
@@ -341,7 +341,7 @@ def _load_pem_pair(cert_path: Path, key_path: Path, password_path: Path | None, 
     certs = load_certificate_file(cert_path, where=f"{where}.cert")
     password = _read_password(password_path, f"{where}.password_file") if password_path else None
     key = load_private_key(key_path, password, where=f"{where}.key")
-    leaf, chain = certs[0], tuple(_dedupe(certs[1:]))
+    leaf, chain = certs[0], tuple(dedupe_certificates(certs[1:]))
     if _public_der(leaf) != _public_der(key):
         raise ConfigError(
             f"{where}: the private key {key_path} does not match the certificate {cert_path} "
