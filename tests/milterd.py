@@ -16,32 +16,45 @@ from mta import free_port
 class Milterd:
     """The milter daemon under test: started as a separate process, killed (SIGKILL saves libmilter's 5 s)."""
 
-    def __init__(self, config: Path, log: Path, port: int | None = None) -> None:
+    def __init__(self, config: Path, log: Path, port: int | None = None, unix: Path | None = None) -> None:
         self.config = config
         self.log = log
+        self.unix = unix
         self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def postfix_spec(self) -> str:
-        return f"inet:127.0.0.1:{self.port}"
+        return f"unix:{self.unix}" if self.unix else f"inet:127.0.0.1:{self.port}"
+
+    @property
+    def milter_spec(self) -> str:
+        return f"unix:{self.unix}" if self.unix else f"inet:{self.port}@127.0.0.1"
+
+    def _listening(self) -> bool:
+        family, address = (socket.AF_UNIX, str(self.unix)) if self.unix else (socket.AF_INET, ("127.0.0.1", self.port))
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(0.2)
+            try:
+                probe.connect(address)
+            except OSError:
+                return False
+            return True
 
     def start(self, timeout: float = 15) -> Milterd:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "directmilter", "--log-level", "info", "run", "-c", str(self.config),
-                 "--socket", f"inet:{self.port}@127.0.0.1"],
+                 "--socket", self.milter_spec],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"milter exited with {self.process.returncode}: {self.log.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
+            if self._listening():
+                return self
+            time.sleep(0.05)
         raise AssertionError(f"milter did not listen on {self.port}: {self.log.read_text()}")
 
     def stop(self) -> None:

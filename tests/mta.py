@@ -869,7 +869,7 @@ def submit(port: int, sender: str, recipients: Sequence[str] | str, message: byt
         client.close()
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
+def wait_until(predicate: Callable[[], bool], what: str = "condition", timeout: float = 20) -> None:
     """Poll ``predicate`` until true; TimeoutError after ``timeout`` seconds."""
     _poll(lambda: True if predicate() else None, timeout, lambda: f"{what} not met after {timeout}s")
 

@@ -6,6 +6,10 @@ MX (to see what bob finally receives). Submission is A's ORIGINATING listener; i
 
 from __future__ import annotations
 
+import grp
+import os
+import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -166,3 +170,24 @@ def test_milter_down_tempfails_and_delivers_once_after_restart(world: World, rig
         assert rig["a"].queue() == []
     finally:
         relay_to(rig["a"], "direct.b.test", f"127.0.0.1:{rig['sink'].port}")
+
+
+def test_unix_socket_mode_stale_socket_and_other_mail_policy(world: World) -> None:
+    """A unix socket is made 0660 for Postfix, a stale one is replaced, and other_mail = "reject" is honoured."""
+    with scratch_dir("directmilter-unix-") as root:
+        path = root / "milter.sock"
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(str(path))
+        stale.close()  # leaves a dead socket file behind, as a crashed daemon would
+        conf = world.write_config("milter-reject", {"milter": milter_section(other_mail="reject"),
+                                                    **world.hisp_b_body()})
+        with Milterd(conf, root / "milter.log", unix=path) as milter:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o660
+            # In a deployment the daemon runs with Postfix's group; here root hands the socket to that group.
+            os.chown(path, -1, grp.getgrnam("postfix").gr_gid)
+            with Postfix(root=root / "c", name="mx.c.test", mailboxes={BOB: "bob", "pat@plain.test": "pat"},
+                         milter=milter.postfix_spec) as c:
+                c.wait_ready()
+                result = submit(c.smtp_port, "someone@elsewhere.test", ["pat@plain.test"], plain_message())
+                assert result.refused["pat@plain.test"][0] == 550
+                assert "not a Direct address hosted here" in result.refused["pat@plain.test"][1]
