@@ -471,8 +471,8 @@ class _Loader:
         if not re.fullmatch(r"0?[0-7]{3}", mode):
             raise self.err(f"{key}.socket_mode", f"{mode!r}: an octal mode such as \"0660\"")
         networks = []
-        for index, text in enumerate(self.string_list(table, "internal_hosts", key) or
-                                     [str(n) for n in default.internal_hosts]):
+        hosts = self.string_list(table, "internal_hosts", key)
+        for index, text in enumerate([str(n) for n in default.internal_hosts] if hosts is None else hosts):
             try:
                 networks.append(ipaddress.ip_network(text.strip(), strict=False))
             except ValueError:

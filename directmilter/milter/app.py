@@ -102,6 +102,13 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             return int(Milter.TEMPFAIL)
         if self.kind is Direction.OUTGOING and this is Group.REMOTE:
             self.agent.check_recipient(self.sender, recipient)
+        elif this is Group.REMOTE and self.sender and self.config.is_hosted(self.sender):
+            # A hosted sender whose client may not submit: securing is refused, so passing it on would send
+            # a Direct user's mail to a remote address in clear. Never.
+            raise PermanentFailure(
+                f"sender {self.sender}: this client may not submit Direct mail (not authenticated, not an "
+                "internal host, not a submission listener); it would leave unencrypted"
+            )
         elif self.kind is Direction.INCOMING and this is Group.REMOTE and self.config.milter.other_mail == "reject":
             raise PermanentFailure(f"recipient {recipient}: not a Direct address hosted here")
         self.group = this
