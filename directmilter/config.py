@@ -57,6 +57,7 @@ __all__ = [
     "Config",
     "CryptoPolicy",
     "Direction",
+    "DiscoverySettings",
     "MilterSettings",
     "Party",
     "describe",
@@ -99,7 +100,7 @@ _FORBIDDEN_CIPHERS = dict.fromkeys(
 Direction = Literal["incoming", "outgoing"]
 _DIRECTIONS: tuple[Direction, ...] = ("incoming", "outgoing")
 
-_SECTIONS = ("agent", "milter", "domains", "addresses", "certificates")
+_SECTIONS = ("agent", "milter", "discovery", "domains", "addresses", "certificates")
 _AGENT_KEYS = (
     "digest",
     "cipher",
@@ -114,6 +115,8 @@ _CERTIFICATES_KEYS = ("files",)
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
                 "other_mail", "timeout")
 _OTHER_MAIL = ("accept", "reject")
+_DISCOVERY_KEYS = ("dns", "ldap", "dns_servers", "timeout", "ldap_cache_ttl", "negative_ttl", "http_timeout",
+                   "http_max_bytes", "cache_size", "org_fallback")
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
@@ -150,6 +153,22 @@ class MilterSettings:
     trust_authenticated: bool = True
     other_mail: str = "accept"
     timeout: int = 600
+
+
+@dataclass(frozen=True)
+class DiscoverySettings:
+    """How other parties' certificates are found (Applicability Statement 2.3, 5)."""
+
+    dns: bool = True
+    ldap: bool = True
+    dns_servers: tuple[tuple[str, int], ...] = ()  # empty: the system resolver
+    timeout: float = 5.0
+    ldap_cache_ttl: float = 3600.0
+    negative_ttl: float = 300.0
+    http_timeout: float = 5.0
+    http_max_bytes: int = 65536
+    cache_size: int = 10000
+    org_fallback: bool = True
 
 
 @dataclass(frozen=True)
@@ -190,6 +209,7 @@ class Config:
     addresses: Mapping[str, Party]
     certificates: tuple[x509.Certificate, ...] = ()
     milter: MilterSettings = MilterSettings()
+    discovery: DiscoverySettings = DiscoverySettings()
 
     def domain_of(self, address: str) -> Party | None:
         """The hosted domain of an address (or a bare domain name), or None when it is not hosted here."""
@@ -457,6 +477,43 @@ class _Loader:
             addresses=MappingProxyType(addresses),
             certificates=self.certificates(data),
             milter=self.milter(data),
+            discovery=self.discovery(data),
+        )
+
+    def discovery(self, data: Mapping[str, object]) -> DiscoverySettings:
+        key = "[discovery]"
+        table = self.table(data.get("discovery", {}), key)
+        self.known(table, _DISCOVERY_KEYS, key)
+        default = DiscoverySettings()
+        servers = []
+        for index, text in enumerate(self.string_list(table, "dns_servers", key) or []):
+            match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d+)|([0-9.]+):(\d+)|([0-9a-fA-F:.]+)", text.strip())
+            try:
+                if match is None:
+                    raise ValueError(text)
+                host = match.group(1) or match.group(3) or match.group(5)
+                port = match.group(2) or match.group(4) or "53"
+                servers.append((str(ipaddress.ip_address(host)), int(port)))
+            except ValueError:
+                raise self.err(f"{key}.dns_servers[{index}]", f"{text!r}: an IP address, optionally :port") from None
+
+        def number(name: str, value: float) -> float:
+            got = table.get(name, value)
+            if isinstance(got, bool) or not isinstance(got, int | float) or got <= 0:
+                raise self.err(f"{key}.{name}", f"must be a positive number, not {got!r}")
+            return float(got)
+
+        return DiscoverySettings(
+            dns=self.typed(table, "dns", key, bool, default.dns),
+            ldap=self.typed(table, "ldap", key, bool, default.ldap),
+            dns_servers=tuple(servers),
+            timeout=number("timeout", default.timeout),
+            ldap_cache_ttl=number("ldap_cache_ttl", default.ldap_cache_ttl),
+            negative_ttl=number("negative_ttl", default.negative_ttl),
+            http_timeout=number("http_timeout", default.http_timeout),
+            http_max_bytes=int(number("http_max_bytes", default.http_max_bytes)),
+            cache_size=int(number("cache_size", default.cache_size)),
+            org_fallback=self.typed(table, "org_fallback", key, bool, default.org_fallback),
         )
 
     def milter(self, data: Mapping[str, object]) -> MilterSettings:

@@ -58,6 +58,10 @@ def vectors_or_skip() -> Path:
     return VECTORS
 
 
+#: Unit-level configurations use only the certificates they are given: no DNS or LDAP (those have their own tests).
+OFFLINE = {"dns": False, "ldap": False}
+
+
 @dataclass
 class World:
     pki: PKI
@@ -81,6 +85,7 @@ class World:
 
     def hisp_a_body(self) -> dict[str, Any]:
         return {
+            "discovery": OFFLINE,
             "domains": {"direct.a.test": {"keys": [keypair(self.a_org)], "anchors": [str(self.r1.cert_path)]}},
             "addresses": {"alice@direct.a.test": {"keys": [keypair(self.alice)]}},
             "certificates": {"files": [str(self.bob.cert_path), str(self.bob2.cert_path),
@@ -92,6 +97,7 @@ class World:
 
     def hisp_b_body(self) -> dict[str, Any]:
         return {
+            "discovery": OFFLINE,
             "domains": {"direct.b.test": {"anchors": [str(self.r1.cert_path)]}},
             "addresses": {
                 "bob@direct.b.test": {"keys": [keypair(self.bob)]},

@@ -15,9 +15,31 @@ from directmilter.agent.incoming import process_incoming
 from directmilter.agent.outgoing import process_outgoing, recipient_certificates, sender_identities
 from directmilter.config import Config
 from directmilter.discovery import CertificateSource, ChainedSources, LocalCertificates
+from directmilter.discovery.cache import TTLCache
+from directmilter.discovery.dns import DnsCertificates, DnsSettings, make_resolver
+from directmilter.discovery.ldap import LdapCertificates, LdapSettings
 from directmilter.trust.validator import TrustValidator
 
 __all__ = ["Agent", "IncomingMessage", "MessageEnvelope", "OutgoingMessage"]
+
+
+def default_sources(config: Config) -> list[CertificateSource]:
+    """Our own hosted certificates, the out-of-band store, then DNS CERT and LDAP as configured (AS 2.3)."""
+    hosted = LocalCertificates(
+        i.certificate for party in (*config.domains.values(), *config.addresses.values()) for i in party.identities
+    )
+    sources: list[CertificateSource] = [hosted, LocalCertificates(config.certificates)]
+    settings = config.discovery
+    if settings.dns or settings.ldap:
+        dns_settings = DnsSettings(settings.dns_servers, settings.timeout, settings.negative_ttl,
+                                   settings.http_timeout, settings.http_max_bytes)
+        resolver = make_resolver(dns_settings)
+        if settings.dns:
+            sources.append(DnsCertificates(dns_settings, resolver=resolver, cache=TTLCache(settings.cache_size)))
+        if settings.ldap:
+            ldap_settings = LdapSettings(settings.timeout, settings.ldap_cache_ttl, settings.negative_ttl)
+            sources.append(LdapCertificates(ldap_settings, resolver, TTLCache(settings.cache_size)))
+    return sources
 
 
 class Agent:
@@ -30,13 +52,10 @@ class Agent:
         sources: Sequence[CertificateSource] = (),
         validator: TrustValidator | None = None,
     ) -> None:
-        hosted = LocalCertificates(i.certificate for party in (*config.domains.values(), *config.addresses.values())
-            for i in party.identities)
-        local = LocalCertificates(config.certificates)
         self._owns_validator = validator is None
         self.context = AgentContext(
             config=config,
-            source=ChainedSources(hosted, local, *sources),
+            source=ChainedSources(*default_sources(config), *sources),
             validator=validator or TrustValidator(allow_sha1=config.crypto.certificate_sha1),
             intermediates=tuple(config.certificates),
         )

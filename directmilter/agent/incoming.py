@@ -49,9 +49,14 @@ def process_incoming(ctx: AgentContext, envelope: MessageEnvelope, moment: datet
         except (CMSError, TrustError) as exc:
             rejected[recipient] = type(exc)(f"recipient {recipient}: {exc.reason}")
             continue
+        message = cms.unwrap(secured.outer, entity.content)
+        if delivered is not None and message != delivered:
+            # One SMTP transaction delivers one body: an envelope that opens differently per recipient is refused.
+            rejected[recipient] = CMSError(f"recipient {recipient}: the envelope opens to different content")
+            continue
         accepted.append(recipient)
         signers.extend(c for c in trusted if c not in signers)
-        delivered = delivered or cms.unwrap(secured.outer, entity.content)
+        delivered = message
     if delivered is None:
         raise NoTrustedRecipients.of(rejected)
     return IncomingMessage(

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from directmilter import cms
 from directmilter.agent.context import AgentContext
@@ -23,6 +24,9 @@ from directmilter.errors import (
 )
 from directmilter.keys.identity import PrivateIdentity
 from directmilter.trust.binding import describe_certificate, split_address
+
+#: A recipient certificate must allow RSA key transport when it restricts its key usage (RFC 5280 4.2.1.3).
+_ENCRYPTION = frozenset({"key_encipherment"})
 
 
 def process_outgoing(ctx: AgentContext, envelope: MessageEnvelope, moment: datetime | None = None) -> OutgoingMessage:
@@ -82,12 +86,21 @@ def recipient_certificates(
         raise TrustError(f"recipient {recipient}: not a valid Direct address")
     anchors = ctx.config.anchors_for(sender, "outgoing")
     error: TrustError | None = None
-    for name in (recipient, parts[1]):
-        found, failure = trusted_certificates(
-            ctx.validator, recipient, ctx.source.find(name), anchors, ctx.intermediates, moment=moment
+    names = (recipient, parts[1]) if ctx.config.discovery.org_fallback else (recipient,)
+    for name in names:
+        lookup = ctx.source.lookup(name)
+        trusted, failure = trusted_certificates(
+            ctx.validator, recipient, lookup.certificates, anchors, ctx.intermediates, moment=moment,
+            key_usage=_ENCRYPTION,
         )
+        found = [c for c in trusted if isinstance(c.public_key(), rsa.RSAPublicKey)]
         if found:
             return found
+        if trusted:
+            failure = TrustError(f"the trusted certificates of {recipient} have no RSA key (needed for key transport)")
+        if lookup.failures:
+            # A source could not answer, and what it would have said may be the usable certificate: defer.
+            raise type(lookup.failures[0])(f"recipient {recipient}: {lookup.failures[0].reason}")
         if error is None or isinstance(error, NoCertificate):
             error = failure
     assert error is not None

@@ -26,6 +26,7 @@ def trusted_certificates(
     intermediates: Sequence[x509.Certificate],
     *,
     moment: datetime | None = None,
+    key_usage: frozenset[str] = frozenset(),
 ) -> tuple[list[x509.Certificate], TrustError | None]:
     """The candidates bound to ``address`` whose path reaches ``anchors``, and why the first other one failed.
 
@@ -38,7 +39,7 @@ def trusted_certificates(
         try:
             if bound_to(cert, address) is None:
                 raise TrustError(binding_error(cert, address))
-            validator.validate(cert, anchors, intermediates, moment=moment)
+            validator.validate(cert, anchors, intermediates, moment=moment, key_usage=key_usage)
         except TrustError as exc:
             first_error = first_error or exc
             continue

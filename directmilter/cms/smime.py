@@ -65,13 +65,16 @@ def split_signed(data: bytes) -> SignedEntity:
     protocol = (entity.param("protocol") or "").lower()
     if protocol not in SIGNATURE_TYPES:
         raise NotSigned(f"multipart/signed has protocol {protocol or '(none)'!r}, not application/pkcs7-signature")
-    parts, closed = split_multipart(entity, what="multipart/signed")
-    if not closed or len(parts) != 2:
+    try:
+        parts, closed = split_multipart(entity, what="multipart/signed")
+        signature = parse_entity(parts[1], what="signature part") if closed and len(parts) == 2 else None
+    except MalformedMessage as exc:
+        raise NotSigned(f"multipart/signed is malformed: {exc.reason}") from exc
+    if signature is None:
         raise NotSigned(
             f"multipart/signed must have exactly two parts and a closing boundary (has {len(parts)} parts"
             f"{'' if closed else ', unterminated'})"
         )
-    signature = parse_entity(parts[1], what="signature part")
     if signature.content_type not in SIGNATURE_TYPES:
         raise NotSigned(f"second part of multipart/signed is {signature.content_type}, not a signature")
     try:

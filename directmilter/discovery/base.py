@@ -1,12 +1,15 @@
-"""The interface every discovery method implements."""
+"""The interface every discovery method implements, and the chain that asks them all."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.hashes import SHA256
+
+from directmilter.errors import TemporaryFailure
 
 
 class CertificateSource(Protocol):
@@ -20,15 +23,39 @@ class CertificateSource(Protocol):
     def find(self, name: str) -> Sequence[x509.Certificate]: ...
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """What all sources found for one name, and which of them could not answer."""
+
+    certificates: list[x509.Certificate]
+    failures: list[TemporaryFailure] = field(default_factory=list)
+
+
 class ChainedSources:
-    """Asks several sources in order and returns all they found, without duplicates."""
+    """Asks every source and merges their answers without duplicates.
+
+    A source that fails does not stop the others: the caller decides whether what the rest found is enough (a
+    trusted certificate is) or whether the failure must defer the message (nothing usable was found).
+    """
 
     def __init__(self, *sources: CertificateSource) -> None:
         self.sources = sources
 
-    def find(self, name: str) -> Sequence[x509.Certificate]:
+    def lookup(self, name: str) -> Lookup:
         found: dict[bytes, x509.Certificate] = {}
+        failures: list[TemporaryFailure] = []
         for source in self.sources:
-            for cert in source.find(name):
+            try:
+                certs = source.find(name)
+            except TemporaryFailure as exc:
+                failures.append(exc)
+                continue
+            for cert in certs:
                 found.setdefault(cert.fingerprint(SHA256()), cert)
-        return list(found.values())
+        return Lookup(list(found.values()), failures)
+
+    def find(self, name: str) -> Sequence[x509.Certificate]:
+        result = self.lookup(name)
+        if result.failures and not result.certificates:
+            raise result.failures[0]
+        return result.certificates

@@ -198,8 +198,9 @@ def _address(smtp_path: str) -> str:
 
 
 def _reply_text(reason: str) -> str:
-    """One line of printable text for smfi_setreply: no CR/LF, '%' doubled, bounded length."""
-    flat = " ".join(reason.split()).replace("%", "%%")
+    """One line of printable ASCII for smfi_setreply: no CR/LF or peer-chosen bytes, '%' doubled, bounded."""
+    printable = "".join(c if " " <= c <= "~" else "?" for c in " ".join(reason.split()))
+    flat = printable.replace("%", "%%")
     return flat if len(flat) <= 400 else flat[:397] + "..."
 
 
