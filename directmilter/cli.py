@@ -59,6 +59,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", help="override [milter] socket, e.g. inet:8891@127.0.0.1 or unix:/run/x.sock")
     serve.set_defaults(handler=_run)
 
+    lookup = commands.add_parser("lookup", help="show what discovery finds for an address and what qualifies")
+    _config_option(lookup)
+    lookup.add_argument("address", help="the recipient address, e.g. bob@direct.b.test")
+    lookup.add_argument("--sender", help="judge trust with this hosted sender's outgoing anchors")
+    lookup.add_argument("--at", type=_timestamp, help="validate certificates as of this ISO 8601 time")
+    lookup.set_defaults(handler=_lookup)
+
     check = commands.add_parser("check-config", help="load the configuration and describe it")
     _config_option(check)
     check.set_defaults(handler=_check_config)
@@ -117,6 +124,18 @@ def _run(args: argparse.Namespace) -> int:
         config = replace(config, milter=replace(config.milter, socket=args.socket))
     configure(args.log_level if args.log_level != "warning" else "info")
     run(config)
+    return EX_OK
+
+
+def _lookup(args: argparse.Namespace) -> int:
+    from directmilter.agent.lookup import explain
+
+    agent = Agent(load_config(args.config))
+    try:
+        for line in explain(agent.context, args.address.strip("<>"), args.sender, args.at):
+            print(line)
+    finally:
+        agent.close()
     return EX_OK
 
 

@@ -13,10 +13,11 @@ Typical use::
     with scratch_dir("directmilter-dns-") as tmp, Knot(tmp / "dns", {
             "direct.b.test": [cert_record("bob.direct.b.test", bob.der),
                               srv_record("_ldap._tcp.direct.b.test", 0, 0, slapd.port, "ldap.direct.b.test"),
-                              a_record("ldap.direct.b.test", "127.0.0.1")]}) as dns:
-        resolver = dns.resolver()                    # a dnspython Resolver aimed at the server
+                              a_record("ldap.direct.b.test", "127.0.0.1")]}) as server:
+        resolver = server.resolver()                 # a dnspython Resolver aimed at server.port
         ...
-        assert ("bob.direct.b.test", "CERT") in dns.queries()
+        assert ("bob.direct.b.test", "CERT") in server.queries()
+        server.set_zone("direct.b.test", [...])     # rewrite, reload, wait for the new serial
 
 Query log. Knot 3.2 cannot log queries: its ``log`` section has no query category (``any: debug`` logs zone events,
 never a query), the dnstap module is a separate Debian package (``knot-module-dnstap``, not installed, and dnstap is
@@ -450,11 +451,12 @@ template:
         if new:
             self._write_config()
         if self.running:
+            mark = len(self.log())
             if new:
                 self._knotc("reload")
             else:
                 self._knotc("-b", "zone-reload", f"{key}.")
-            self._wait_serial(key, timeout)
+            self._wait_serial(key, timeout, mark)
 
     def remove_zone(self, name: str) -> None:
         """Stop serving a zone (knotd then answers REFUSED for names in it)."""
@@ -488,6 +490,7 @@ template:
                                timeout=30, stdin=subprocess.DEVNULL)
         if check.returncode != 0:
             raise RuntimeError(f"knot configuration invalid: {check.stdout}{check.stderr}")
+        mark = len(self.log())
         out = self.log_path.open("ab")
         try:
             self._child = subprocess.Popen(["knotd", "-c", str(self.conf_path)], stdin=subprocess.DEVNULL,
@@ -501,7 +504,7 @@ template:
                 self._proxy = _DnsProxy(self.knot_port, sockets, self._log, self._log_lock)
                 self._proxy.start()
             for key in self._zones:
-                self._wait_serial(key, timeout)
+                self._wait_serial(key, timeout, mark)
         except BaseException:
             self.stop()
             raise
@@ -526,14 +529,23 @@ template:
                 return serial
         return None
 
-    def _wait_serial(self, key: str, timeout: float) -> None:
+    def _wait_serial(self, key: str, timeout: float, log_from: int = 0) -> None:
+        """Wait until knotd serves zone ``key`` with its current serial; fail at once when knotd exits or logs (after
+        offset ``log_from``) that loading the zone failed."""
         want = self._serials[key]
+        failure = f"[{key}.] zone event 'load' failed"
 
         def probe() -> bool | None:
             if self._child is None or self._child.poll() is not None:
                 code = None if self._child is None else self._child.returncode
                 raise RuntimeError(f"knotd exited ({code}):\n{self.log()[-3000:]}")
-            return True if self._probe_serial(key) == want else None
+            if self._probe_serial(key) == want:
+                return True
+            recent = self.log()[log_from:]
+            if failure in recent:
+                errors = [line for line in recent.splitlines() if f"[{key}.]" in line and "error" in line]
+                raise RuntimeError(f"knotd cannot load zone {key}:\n" + "\n".join(errors))
+            return None
 
         _poll(probe, timeout, lambda: f"knotd does not serve {key} serial {want} after {timeout}s "
                                       f"(serves {self._probe_serial(key)}):\n{self.log()[-3000:]}")

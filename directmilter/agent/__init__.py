@@ -26,9 +26,10 @@ __all__ = ["Agent", "IncomingMessage", "MessageEnvelope", "OutgoingMessage"]
 def default_sources(config: Config) -> list[CertificateSource]:
     """Our own hosted certificates, the out-of-band store, then DNS CERT and LDAP as configured (AS 2.3)."""
     hosted = LocalCertificates(
-        i.certificate for party in (*config.domains.values(), *config.addresses.values()) for i in party.identities
+        (i.certificate for party in (*config.domains.values(), *config.addresses.values()) for i in party.identities),
+        "hosted",
     )
-    sources: list[CertificateSource] = [hosted, LocalCertificates(config.certificates)]
+    sources: list[CertificateSource] = [hosted, LocalCertificates(config.certificates, "local")]
     settings = config.discovery
     if settings.dns or settings.ldap:
         dns_settings = DnsSettings(settings.dns_servers, settings.timeout, settings.negative_ttl,

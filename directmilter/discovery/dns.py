@@ -125,7 +125,7 @@ class DnsCertificates:
             return b""
         limit = self.settings.http_max_bytes
         try:
-            with urllib.request.urlopen(url, timeout=self.settings.http_timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=self.settings.http_timeout) as response:
                 body: bytes = response.read(limit + 1)
         except urllib.error.HTTPError as exc:
             log.warning("ipkix_http_error", owner=owner.to_text(), url=url, status=exc.code)

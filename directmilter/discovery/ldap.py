@@ -9,6 +9,7 @@ the domain publishes nothing in LDAP; every server failing is a temporary failur
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,16 +95,16 @@ class LdapCertificates:
         raise TemporaryFailure(f"LDAP lookup for {name}: no server answered ({'; '.join(failures)})")
 
     def _search_one(self, target: Target, name: str) -> tuple[x509.Certificate, ...]:
+        seconds = max(1, math.ceil(self.settings.timeout))  # ldap3 packs these as whole seconds
         server = ldap3.Server(self._address(target.host), port=target.port, get_info=ldap3.DSA,
-                              connect_timeout=self.settings.timeout)
-        connection = ldap3.Connection(server, auto_bind=True, receive_timeout=self.settings.timeout,
-                                      read_only=True)
+                              connect_timeout=seconds)
+        connection = ldap3.Connection(server, auto_bind=True, receive_timeout=seconds, read_only=True)
         try:
             bases = [str(b) for b in (server.info.naming_contexts if server.info else None) or []]
             certs: list[x509.Certificate] = []
             for base in bases:
                 connection.search(base, f"(mail={escape_filter_chars(name)})", attributes=list(ATTRIBUTES),
-                                  time_limit=int(self.settings.timeout) or 1)
+                                  time_limit=seconds)
                 for entry in connection.response or []:
                     for attribute, values in (entry.get("raw_attributes") or {}).items():
                         if attribute.lower().startswith(("usercertificate", "usersmimecertificate")):
@@ -128,7 +129,7 @@ def order(records: list[Target]) -> list[Target]:
         pool = [r for r in records if r.priority == priority]
         while pool:
             total = sum(r.weight for r in pool)
-            pick = random.uniform(0, total) if total else 0  # noqa: S311 -- load spreading, not security
+            pick = random.uniform(0, total) if total else 0
             running = 0
             for record in pool:
                 running += record.weight
@@ -141,7 +142,7 @@ def order(records: list[Target]) -> list[Target]:
 
 def parse_values(attribute: str, values: list[bytes], name: str) -> list[x509.Certificate]:
     """DER certificates; userSMIMECertificate holds a PKCS#7 SignedData with certificates (RFC 2798)."""
-    certs = []
+    certs: list[x509.Certificate] = []
     for value in values:
         try:
             if attribute.lower().startswith("usersmimecertificate"):

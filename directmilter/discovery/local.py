@@ -11,7 +11,8 @@ from cryptography import x509
 class LocalCertificates:
     """An index of configured certificates by the names they carry (SAN rfc822Name and dNSName)."""
 
-    def __init__(self, certificates: Iterable[x509.Certificate]) -> None:
+    def __init__(self, certificates: Iterable[x509.Certificate], method: str = "local") -> None:
+        self.method = method
         self._by_name: dict[str, list[x509.Certificate]] = defaultdict(list)
         for cert in certificates:
             for name in _names(cert):

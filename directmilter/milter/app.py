@@ -42,7 +42,10 @@ def _guarded(callback: _F) -> _F:
         try:
             return callback(self, *args)
         except BaseException as exc:  # fail closed: the one place exceptions are turned into SMTP answers
-            if not isinstance(exc, DirectMilterError):
+            if isinstance(exc, DirectMilterError):
+                log.info("refused", stage=callback.__name__, queue_id=self.queue_id, sender=self.sender,
+                         status=reply_for(exc).status, reason=exc.reason)
+            else:
                 log.error("internal_error", stage=callback.__name__, queue_id=self.queue_id,
                           error=type(exc).__name__)
             return self.refuse(exc)
