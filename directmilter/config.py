@@ -60,6 +60,7 @@ __all__ = [
     "DiscoverySettings",
     "MilterSettings",
     "Party",
+    "TrustSettings",
     "describe",
     "load_config",
 ]
@@ -100,7 +101,7 @@ _FORBIDDEN_CIPHERS = dict.fromkeys(
 Direction = Literal["incoming", "outgoing"]
 _DIRECTIONS: tuple[Direction, ...] = ("incoming", "outgoing")
 
-_SECTIONS = ("agent", "milter", "discovery", "domains", "addresses", "certificates")
+_SECTIONS = ("agent", "milter", "discovery", "trust", "domains", "addresses", "certificates")
 _AGENT_KEYS = (
     "digest",
     "cipher",
@@ -110,7 +111,9 @@ _AGENT_KEYS = (
     "accept_ciphers",
     "certificate_sha1",
 )
-_PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors")
+_PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors", "revocation")
+_TRUST_KEYS = ("fetch", "revocation", "http_timeout")
+REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
                 "other_mail", "timeout")
@@ -172,6 +175,15 @@ class DiscoverySettings:
 
 
 @dataclass(frozen=True)
+class TrustSettings:
+    """Path building and revocation (Applicability Statement 4): fetching AIA/CRL/OCSP and the default policy."""
+
+    fetch: bool = True
+    revocation: str = "soft-fail"
+    http_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class Party:
     """A hosted domain or address: our identities for it and its trust anchors per direction.
 
@@ -183,6 +195,7 @@ class Party:
     identities: tuple[PrivateIdentity, ...] = ()
     anchors_in: tuple[x509.Certificate, ...] | None = None
     anchors_out: tuple[x509.Certificate, ...] | None = None
+    revocation: str | None = None  # None: inherit (address -> domain -> [trust])
 
     def anchors(self, direction: Direction) -> tuple[x509.Certificate, ...] | None:
         _check_direction(direction)
@@ -210,6 +223,7 @@ class Config:
     certificates: tuple[x509.Certificate, ...] = ()
     milter: MilterSettings = MilterSettings()
     discovery: DiscoverySettings = DiscoverySettings()
+    trust: TrustSettings = TrustSettings()
 
     def domain_of(self, address: str) -> Party | None:
         """The hosted domain of an address (or a bare domain name), or None when it is not hosted here."""
@@ -229,6 +243,13 @@ class Config:
             return own.identities
         domain = self.domain_of(address)
         return domain.identities if domain is not None else ()
+
+    def revocation_for(self, address: str) -> str:
+        """The revocation policy that applies to a hosted address's trust decisions (address, domain, [trust])."""
+        for party in (self.address_party(address), self.domain_of(address)):
+            if party is not None and party.revocation is not None:
+                return party.revocation
+        return self.trust.revocation
 
     def anchors_for(self, address: str, direction: Direction) -> tuple[x509.Certificate, ...]:
         """The trust anchors of a hosted address for one direction: the address's own if set, else its domain's.
@@ -420,6 +441,7 @@ class _Loader:
             identities=identities,
             anchors_in=incoming if incoming is not None else both,
             anchors_out=outgoing if outgoing is not None else both,
+            revocation=self.revocation(table, key, "") if "revocation" in table else None,
         )
 
     def domains(self, data: Mapping[str, object]) -> dict[str, Party]:
@@ -478,6 +500,27 @@ class _Loader:
             certificates=self.certificates(data),
             milter=self.milter(data),
             discovery=self.discovery(data),
+            trust=self.trust(data),
+        )
+
+    def revocation(self, table: Mapping[str, object], key: str, default: str) -> str:
+        mode = self.typed(table, "revocation", key, str, default)
+        if mode not in REVOCATION_MODES:
+            raise self.err(f"{key}.revocation", f"{mode!r}: expected one of {', '.join(REVOCATION_MODES)}")
+        return mode
+
+    def trust(self, data: Mapping[str, object]) -> TrustSettings:
+        key = "[trust]"
+        table = self.table(data.get("trust", {}), key)
+        self.known(table, _TRUST_KEYS, key)
+        default = TrustSettings()
+        timeout = table.get("http_timeout", default.http_timeout)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise self.err(f"{key}.http_timeout", f"must be a positive number of seconds, not {timeout!r}")
+        return TrustSettings(
+            fetch=self.typed(table, "fetch", key, bool, default.fetch),
+            revocation=self.revocation(table, key, default.revocation),
+            http_timeout=float(timeout),
         )
 
     def discovery(self, data: Mapping[str, object]) -> DiscoverySettings:

@@ -43,6 +43,21 @@ def default_sources(config: Config) -> list[CertificateSource]:
     return sources
 
 
+def make_validator(config: Config) -> TrustValidator:
+    """One validator for the process: one event loop and, when fetching, one HTTP client for AIA, CRL and OCSP."""
+    backend = None
+    if config.trust.fetch:
+        from pyhanko_certvalidator.fetchers.aiohttp_fetchers import AIOHttpFetcherBackend
+
+        backend = AIOHttpFetcherBackend(per_request_timeout=config.trust.http_timeout)
+    return TrustValidator(
+        allow_sha1=config.crypto.certificate_sha1,
+        revocation_mode=config.trust.revocation,
+        fetcher_backend=backend,
+        timeout=max(20.0, 4 * config.trust.http_timeout),
+    )
+
+
 class Agent:
     """One configured STA: call :meth:`outgoing` for hosted senders' mail and :meth:`incoming` for mail to them."""
 
@@ -57,7 +72,7 @@ class Agent:
         self.context = AgentContext(
             config=config,
             source=ChainedSources(*default_sources(config), *sources),
-            validator=validator or TrustValidator(allow_sha1=config.crypto.certificate_sha1),
+            validator=validator or make_validator(config),
             intermediates=tuple(config.certificates),
         )
 

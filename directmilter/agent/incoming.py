@@ -108,7 +108,8 @@ def _trusted_signers(
     anchors = ctx.config.anchors_for(recipient, "incoming")
     pool = (*report.certificates, *ctx.intermediates)
     candidates = [r.certificate for r in valid if r.certificate is not None]
-    trusted, error = trusted_certificates(ctx.validator, sender, candidates, anchors, pool, moment=moment)
+    trusted, error = trusted_certificates(ctx.validator, sender, candidates, anchors, pool, moment=moment,
+                                          revocation=ctx.config.revocation_for(recipient))
     if trusted:
         return trusted
     if error is None:

@@ -91,7 +91,7 @@ def recipient_certificates(
         lookup = ctx.source.lookup(name)
         trusted, failure = trusted_certificates(
             ctx.validator, recipient, lookup.certificates, anchors, ctx.intermediates, moment=moment,
-            key_usage=_ENCRYPTION,
+            key_usage=_ENCRYPTION, revocation=ctx.config.revocation_for(sender),
         )
         found = [c for c in trusted if isinstance(c.public_key(), rsa.RSAPublicKey)]
         if found:

@@ -14,8 +14,11 @@ from datetime import datetime
 from cryptography import x509
 
 from directmilter.errors import NoCertificate, TrustError
-from directmilter.trust.binding import binding_error, bound_to
+from directmilter.log import get_logger
+from directmilter.trust.binding import binding_error, bound_to, describe_certificate
 from directmilter.trust.validator import TrustValidator
+
+log = get_logger("directmilter.trust")
 
 
 def trusted_certificates(
@@ -27,6 +30,7 @@ def trusted_certificates(
     *,
     moment: datetime | None = None,
     key_usage: frozenset[str] = frozenset(),
+    revocation: str | None = None,
 ) -> tuple[list[x509.Certificate], TrustError | None]:
     """The candidates bound to ``address`` whose path reaches ``anchors``, and why the first other one failed.
 
@@ -39,10 +43,15 @@ def trusted_certificates(
         try:
             if bound_to(cert, address) is None:
                 raise TrustError(binding_error(cert, address))
-            validator.validate(cert, anchors, intermediates, moment=moment, key_usage=key_usage)
+            path = validator.validate(cert, anchors, intermediates, moment=moment, key_usage=key_usage,
+                                      revocation_mode=revocation)
         except TrustError as exc:
             first_error = first_error or exc
             continue
+        if path.soft_failures:
+            # Soft-fail policy: accepted, but never reported as "not revoked".
+            log.warning("revocation_status_undetermined", address=address, certificate=describe_certificate(cert),
+                        reasons=list(path.soft_failures))
         trusted.append(cert)
     if not candidates:
         first_error = NoCertificate(f"no certificate found for {address}")

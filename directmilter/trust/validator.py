@@ -87,7 +87,11 @@ from directmilter.errors import (
 )
 from directmilter.trust.binding import describe_certificate
 
-__all__ = ["KEY_USAGES", "TrustValidator", "ValidatedPath"]
+__all__ = ["KEY_USAGES", "REVOCATION_MODES", "TrustValidator", "ValidatedPath"]
+
+#: pyhanko's revocation policies: soft-fail (status undetermined = accepted, logged), hard-fail (undetermined =
+#: untrusted), require (revocation information must be present for every certificate).
+REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 
 KEY_USAGES = frozenset(
     {
@@ -209,8 +213,10 @@ class _Request:
         intermediates: Sequence[x509.Certificate],
         moment: datetime,
         point_in_time: bool,
+        revocation_mode: str = "soft-fail",
     ) -> None:
         self.cert = cert
+        self.revocation_mode = revocation_mode
         self.point_in_time = point_in_time
         self.anchors = tuple(anchors)
         self.intermediates = tuple(intermediates)
@@ -248,7 +254,7 @@ class TrustValidator:
         cache_size: int = 1024,
         time_tolerance: timedelta = timedelta(0),
     ) -> None:
-        if revocation_mode not in ("soft-fail", "hard-fail", "require"):
+        if revocation_mode not in REVOCATION_MODES:
             raise ConfigError(f"unknown revocation mode {revocation_mode!r} (soft-fail, hard-fail, require)")
         self.allow_sha1 = allow_sha1
         self.timeout = timeout
@@ -349,6 +355,7 @@ class TrustValidator:
         *,
         moment: datetime | None = None,
         key_usage: set[str] | frozenset[str] | None = None,
+        revocation_mode: str | None = None,
     ) -> ValidatedPath:
         """Validate ``cert`` up to one of ``anchors``, building the path through ``intermediates`` if needed.
 
@@ -359,6 +366,9 @@ class TrustValidator:
         ``timeout`` seconds and :class:`TemporaryFailure` on an internal error.
         """
         usages = frozenset(key_usage or ())
+        mode = revocation_mode or self.revocation_mode
+        if mode not in REVOCATION_MODES:
+            raise ValueError(f"unknown revocation mode {mode!r}")
         unknown = usages - KEY_USAGES
         if unknown:
             raise ValueError(f"unknown key usage(s): {', '.join(sorted(unknown))}")
@@ -375,6 +385,7 @@ class TrustValidator:
             _digest([_der(i) for i in intermediates]),
             bucket,
             usages,
+            mode,
         )
         cached = self._cache_get(key)
         if isinstance(cached, ValidatedPath):
@@ -382,7 +393,7 @@ class TrustValidator:
         if isinstance(cached, TrustError):
             raise type(cached)(cached.reason)
 
-        request = _Request(cert, anchors, intermediates, when, point_in_time=moment is not None)
+        request = _Request(cert, anchors, intermediates, when, point_in_time=moment is not None, revocation_mode=mode)
         try:
             result = self._validate(request, usages)
         except TrustError as e:
@@ -463,7 +474,7 @@ class TrustValidator:
             moment=request.moment if request.point_in_time else None,
             allow_fetching=fetching,
             fetcher_backend=self._fetcher_backend if fetching else None,
-            revocation_mode=self.revocation_mode,
+            revocation_mode=request.revocation_mode,
             algorithm_usage_policy=policy,
             time_tolerance=self.time_tolerance,
         )
