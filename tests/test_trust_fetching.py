@@ -1,0 +1,68 @@
+"""Path building through AIA caIssuers over real HTTP (AS 4.2.2): intermediates nobody sent us are fetched."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import World, envelope, plain_message
+from httpserver import HttpServer
+
+import opensslpeer as peer
+from directmilter.agent import Agent
+from directmilter.config import load_config
+from directmilter.errors import NoTrustedRecipients
+
+ALICE, DAVE = "alice@direct.a.test", "dave@direct.b.test"
+
+
+@pytest.fixture(scope="module")
+def aia(world: World) -> Iterator[dict[str, Any]]:
+    with HttpServer() as http:
+        intermediate = world.pki.intermediate("AIA-I", world.r1)
+        http.set("/I.cer", intermediate.der())
+        dave = world.pki.leaf("aia-dave", intermediate, email=DAVE, aia_ca_issuers=http.url("/I.cer"))
+        orphan = world.pki.leaf("aia-orphan", intermediate, email="orphan@direct.b.test",
+                                aia_ca_issuers=http.url("/missing.cer"))
+        yield {"http": http, "I": intermediate, "dave": dave, "orphan": orphan}
+
+
+def agent_with(world: World, name: str, **overrides: Any) -> Agent:
+    return Agent(load_config(world.write_config(name, {**world.hisp_a_body(), **overrides})))
+
+
+@pytest.mark.conformance("AS-4.2.2-5", "AS-4.2.2-6", "AS-4.2.2-7")
+def test_recipient_intermediate_fetched_through_aia(world: World, aia: dict[str, Any]) -> None:
+    agent = agent_with(world, "aia-out", certificates={"files": [str(aia["dave"].cert_path)]})
+    try:
+        result = agent.outgoing(envelope(plain_message(to=DAVE), ALICE, DAVE))
+    finally:
+        agent.close()
+    assert result.certificates == (aia["dave"].cert,)
+    assert ("GET", "/I.cer") in aia["http"].requests()
+
+
+@pytest.mark.conformance("AS-4.2.3-2")
+def test_no_chain_anywhere_is_untrusted(world: World, aia: dict[str, Any]) -> None:
+    agent = agent_with(world, "aia-none", certificates={"files": [str(aia["orphan"].cert_path)]})
+    try:
+        with pytest.raises(NoTrustedRecipients, match="no path to a trust anchor"):
+            agent.outgoing(envelope(plain_message(), ALICE, "orphan@direct.b.test"))
+    finally:
+        agent.close()
+    assert ("GET", "/missing.cer") in aia["http"].requests()
+
+
+@pytest.mark.conformance("AS-4.2.2-4", "AS-4.2.2-6")
+def test_signer_intermediate_fetched_through_aia(world: World, aia: dict[str, Any]) -> None:
+    """dave signs with only his own certificate in the SignedData; bob's side fetches I to reach R1."""
+    signed = peer.sign(b"Content-Type: text/plain\r\n\r\nhello\r\n", aia["dave"])
+    message = b"From: dave@direct.b.test\r\nTo: alice@direct.a.test\r\n" + peer.encrypt(signed,
+                                                                                          [world.alice.cert_path])
+    agent = agent_with(world, "aia-in")
+    try:
+        received = agent.incoming(envelope(message, DAVE, ALICE))
+    finally:
+        agent.close()
+    assert received.signers == (aia["dave"].cert,)
