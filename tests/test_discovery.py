@@ -121,7 +121,7 @@ def test_expired_certificate_beside_a_valid_one(agent: Agent, net: dict[str, Any
 
 @pytest.mark.conformance("AS-4.1-1", "AS-5.3-2")
 def test_certificate_bound_to_another_address_is_not_used(agent: Agent, net: dict[str, Any]) -> None:
-    with pytest.raises(NoTrustedRecipients, match="is not bound to wrong@direct.b.test"):
+    with pytest.raises(NoTrustedRecipients, match=r"is not bound to wrong@direct\.b\.test"):
         secured_for(agent, "wrong@direct.b.test")
     # A record that is not a certificate never hides the good one beside it.
     assert secured_for(agent, "garbage@direct.b.test") == (net["certs"]["garbage"].cert,)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import opensslpeer as peer
 import pytest
 from conftest import World, envelope, plain_message
 from httpserver import HttpServer
 
-import opensslpeer as peer
 from directmilter.agent import Agent
 from directmilter.config import load_config
 from directmilter.errors import NoTrustedRecipients
