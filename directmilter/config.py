@@ -39,6 +39,7 @@ from directmilter.errors import ConfigError
 from directmilter.keys.identity import PrivateIdentity
 from directmilter.keys.load import dedupe_certificates as _dedupe
 from directmilter.keys.load import load_certificates, load_identities, toml_type
+from directmilter.trust.bundles import is_bundle_url
 
 __all__ = [
     "CIPHERS_ACCEPT",
@@ -112,7 +113,7 @@ _AGENT_KEYS = (
     "certificate_sha1",
 )
 _PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors", "revocation")
-_TRUST_KEYS = ("fetch", "revocation", "http_timeout")
+_TRUST_KEYS = ("fetch", "revocation", "http_timeout", "bundle_refresh", "bundle_cache")
 REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
@@ -181,6 +182,8 @@ class TrustSettings:
     fetch: bool = True
     revocation: str = "soft-fail"
     http_timeout: float = 5.0
+    bundle_refresh: float = 3600.0
+    bundle_cache: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,8 @@ class Party:
     anchors_in: tuple[x509.Certificate, ...] | None = None
     anchors_out: tuple[x509.Certificate, ...] | None = None
     revocation: str | None = None  # None: inherit (address -> domain -> [trust])
+    bundles_in: tuple[str, ...] = ()  # trust bundle URLs, part of the anchors set wherever anchors_in is set
+    bundles_out: tuple[str, ...] = ()
 
     def anchors(self, direction: Direction) -> tuple[x509.Certificate, ...] | None:
         _check_direction(direction)
@@ -257,14 +262,23 @@ class Config:
         ``incoming`` anchors decide which senders a local recipient trusts; ``outgoing`` anchors decide which
         recipients a local sender trusts. () when nothing is configured or the address is not hosted.
         """
+        party = self._anchor_party(address, direction)
+        return party.anchors(direction) or () if party is not None else ()
+
+    def bundles_for(self, address: str, direction: Direction) -> tuple[str, ...]:
+        """The trust bundle URLs that belong to the same anchor set as :meth:`anchors_for`."""
+        party = self._anchor_party(address, direction)
+        if party is None:
+            return ()
+        return party.bundles_in if direction == "incoming" else party.bundles_out
+
+    def _anchor_party(self, address: str, direction: Direction) -> Party | None:
+        """The address's own table if it sets anchors for ``direction``, else its domain's if that does."""
         _check_direction(direction)
-        own = self.address_party(address)
-        if own is not None and (anchors := own.anchors(direction)) is not None:
-            return anchors
-        domain = self.domain_of(address)
-        if domain is not None and (anchors := domain.anchors(direction)) is not None:
-            return anchors
-        return ()
+        for party in (self.address_party(address), self.domain_of(address)):
+            if party is not None and party.anchors(direction) is not None:
+                return party
+        return None
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -431,9 +445,12 @@ class _Loader:
                 raise self.err(f"{key}.keys", f"must be an array of tables, not {toml_type(keys)}")
             identities = tuple(load_identities(keys, self.where(f"{key}.keys"), base=self.base))
         anchors: dict[str, tuple[x509.Certificate, ...] | None] = {}
+        bundles: dict[str, tuple[str, ...]] = {}
         for name_ in ("anchors", "incoming_anchors", "outgoing_anchors"):
-            paths = self.string_list(table, name_, key)
-            anchors[name_] = None if paths is None else self.certificate_files(paths, f"{key}.{name_}")
+            entries = self.string_list(table, name_, key)
+            files = None if entries is None else [e for e in entries if not is_bundle_url(e)]
+            anchors[name_] = None if files is None else self.certificate_files(files, f"{key}.{name_}")
+            bundles[name_] = tuple(e.strip() for e in entries or () if is_bundle_url(e))
         both = anchors["anchors"]
         incoming, outgoing = anchors["incoming_anchors"], anchors["outgoing_anchors"]
         return Party(
@@ -441,6 +458,8 @@ class _Loader:
             identities=identities,
             anchors_in=incoming if incoming is not None else both,
             anchors_out=outgoing if outgoing is not None else both,
+            bundles_in=bundles["incoming_anchors"] if incoming is not None else bundles["anchors"],
+            bundles_out=bundles["outgoing_anchors"] if outgoing is not None else bundles["anchors"],
             revocation=self.revocation(table, key, "") if "revocation" in table else None,
         )
 
@@ -517,10 +536,16 @@ class _Loader:
         timeout = table.get("http_timeout", default.http_timeout)
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise self.err(f"{key}.http_timeout", f"must be a positive number of seconds, not {timeout!r}")
+        refresh = table.get("bundle_refresh", default.bundle_refresh)
+        if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0:
+            raise self.err(f"{key}.bundle_refresh", f"must be a positive number of seconds, not {refresh!r}")
+        cache = self.typed(table, "bundle_cache", key, str, "")
         return TrustSettings(
             fetch=self.typed(table, "fetch", key, bool, default.fetch),
             revocation=self.revocation(table, key, default.revocation),
             http_timeout=float(timeout),
+            bundle_refresh=float(refresh),
+            bundle_cache=self.resolve(cache) if cache else None,
         )
 
     def discovery(self, data: Mapping[str, object]) -> DiscoverySettings:

@@ -18,6 +18,7 @@ from directmilter.discovery import CertificateSource, ChainedSources, LocalCerti
 from directmilter.discovery.cache import TTLCache
 from directmilter.discovery.dns import DnsCertificates, DnsSettings, make_resolver
 from directmilter.discovery.ldap import LdapCertificates, LdapSettings
+from directmilter.trust.bundles import BundleStore
 from directmilter.trust.validator import TrustValidator
 
 __all__ = ["Agent", "IncomingMessage", "MessageEnvelope", "OutgoingMessage"]
@@ -74,6 +75,8 @@ class Agent:
             source=ChainedSources(*default_sources(config), *sources),
             validator=validator or make_validator(config),
             intermediates=tuple(config.certificates),
+            bundles=BundleStore(refresh=config.trust.bundle_refresh, timeout=config.trust.http_timeout,
+                                cache_dir=config.trust.bundle_cache),
         )
 
     def outgoing(self, envelope: MessageEnvelope, *, moment: datetime | None = None) -> OutgoingMessage:

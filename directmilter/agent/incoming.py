@@ -105,7 +105,7 @@ def _trusted_signers(
         first = report.results[0].error
         assert first is not None
         raise first
-    anchors = ctx.config.anchors_for(recipient, "incoming")
+    anchors = ctx.anchors(recipient, "incoming")
     pool = (*report.certificates, *ctx.intermediates)
     candidates = [r.certificate for r in valid if r.certificate is not None]
     trusted, error = trusted_certificates(ctx.validator, sender, candidates, anchors, pool, moment=moment,

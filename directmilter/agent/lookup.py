@@ -23,7 +23,7 @@ def explain(ctx: AgentContext, address: str, sender: str | None, moment: datetim
     if parts is None:
         return [f"{address}: not an e-mail address"]
     judge = sender or _only_domain(ctx)
-    anchors = ctx.config.anchors_for(judge, "outgoing") if judge else ()
+    anchors = ctx.anchors(judge, "outgoing") if judge else ()
     lines = [f"lookup {address} (trust judged with the outgoing anchors of {judge or 'nobody: give --sender'})"]
     for source in ctx.source.sources:
         method = getattr(source, "method", type(source).__name__)

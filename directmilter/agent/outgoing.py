@@ -84,7 +84,7 @@ def recipient_certificates(
     parts = split_address(recipient)
     if parts is None:
         raise TrustError(f"recipient {recipient}: not a valid Direct address")
-    anchors = ctx.config.anchors_for(sender, "outgoing")
+    anchors = ctx.anchors(sender, "outgoing")
     error: TrustError | None = None
     names = (recipient, parts[1]) if ctx.config.discovery.org_fallback else (recipient,)
     for name in names:

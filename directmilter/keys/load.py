@@ -127,7 +127,7 @@ def _pem_blocks(data: bytes) -> list[tuple[bytes, bytes]]:
     return blocks
 
 
-def _parse_certificates(data: bytes, path: Path, where: str) -> tuple[list[x509.Certificate], bool]:
+def parse_certificates(data: bytes, path: Path, where: str) -> tuple[list[x509.Certificate], bool]:
     """Certificates in one file's bytes, and whether the file also holds a private key."""
     holds_key = False
     certs: list[x509.Certificate] = []
@@ -175,7 +175,7 @@ def dedupe_certificates(certs: Sequence[x509.Certificate]) -> list[x509.Certific
 def load_certificate_file(path: Path, *, where: str = "") -> list[x509.Certificate]:
     """The certificates of one file, in file order (duplicates kept: the order of a chain file matters)."""
     where = where or "certificate file"
-    certs, holds_key = _parse_certificates(read_file(path, where), path, where)
+    certs, holds_key = parse_certificates(read_file(path, where), path, where)
     if holds_key:
         check_private_file_mode(path, where)
     return certs
