@@ -19,6 +19,7 @@ from directmilter.discovery.cache import TTLCache
 from directmilter.discovery.dns import DnsCertificates, DnsSettings, make_resolver
 from directmilter.discovery.ldap import LdapCertificates, LdapSettings
 from directmilter.trust.bundles import BundleStore
+from directmilter.trust.fetching import CachingFetcherBackend
 from directmilter.trust.validator import TrustValidator
 
 __all__ = ["Agent", "IncomingMessage", "MessageEnvelope", "OutgoingMessage"]
@@ -46,11 +47,7 @@ def default_sources(config: Config) -> list[CertificateSource]:
 
 def make_validator(config: Config) -> TrustValidator:
     """One validator for the process: one event loop and, when fetching, one HTTP client for AIA, CRL and OCSP."""
-    backend = None
-    if config.trust.fetch:
-        from pyhanko_certvalidator.fetchers.aiohttp_fetchers import AIOHttpFetcherBackend
-
-        backend = AIOHttpFetcherBackend(per_request_timeout=config.trust.http_timeout)
+    backend = CachingFetcherBackend(per_request_timeout=config.trust.http_timeout) if config.trust.fetch else None
     return TrustValidator(
         allow_sha1=config.crypto.certificate_sha1,
         revocation_mode=config.trust.revocation,
