@@ -38,6 +38,10 @@ class DependencyTimeout(TemporaryFailure):
     """A dependency did not answer in time."""
 
 
+class RevocationUnavailable(TemporaryFailure):
+    """Under a hard-fail policy, a certificate's revocation status could not be determined (CRL/OCSP down)."""
+
+
 # --- permanent: the message (or one recipient) is refused ----------------------------------------------------
 
 

@@ -82,6 +82,7 @@ from directmilter.errors import (
     DependencyTimeout,
     DirectMilterError,
     NoTrustPath,
+    RevocationUnavailable,
     TemporaryFailure,
     TrustError,
 )
@@ -560,7 +561,7 @@ class TrustValidator:
 
     def _translate(
         self, request: _Request, error: Exception, anchors: Sequence[x509.Certificate]
-    ) -> TrustError:
+    ) -> TrustError | RevocationUnavailable:
         cert = request.cert
         message = str(error)
         if isinstance(error, PathBuildingError) or (
@@ -612,9 +613,11 @@ class TrustValidator:
                 + self._of_leaf(culprit, cert)
             )
         if isinstance(error, InsufficientRevinfoError):
-            return TrustError(
-                f"revocation status of {what} ({describe_certificate(culprit)}) could not be determined: "
-                f"{_strip(message)}" + self._of_leaf(culprit, cert)
+            # Only hard-fail / require get here: the CRL or OCSP server could not be reached or answered nothing
+            # usable. That is a dependency failure, so the message waits (4.x.x) rather than being refused.
+            return RevocationUnavailable(
+                f"revocation status of {what} ({describe_certificate(culprit)}) could not be determined "
+                f"({request.revocation_mode} policy): {_strip(message)}" + self._of_leaf(culprit, cert)
             )
         if "signature" in message and "could not be verified" in message:
             return TrustError(

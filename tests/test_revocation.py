@@ -1,0 +1,167 @@
+"""Revocation over real HTTP: CRLs from distribution points, OCSP from an OpenSSL responder, and the policies.
+
+Leaves are issued by an intermediate I under R1 whose AIA, CRL distribution point and OCSP URL point at loopback
+servers. The agent is HISP A sending to each of them, or HISP B receiving what they signed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from typing import Any
+
+import opensslpeer as peer
+import pytest
+from conftest import World, envelope, plain_message
+from httpserver import HttpServer
+from mta import scratch_dir
+from revocation import OcspResponder, make_crl
+
+from directmilter.agent import Agent
+from directmilter.config import load_config
+from directmilter.errors import CertificateRevoked, NoTrustedRecipients, RevocationUnavailable
+
+ALICE = "alice@direct.a.test"
+
+
+@pytest.fixture(scope="module")
+def rv(world: World) -> Iterator[dict[str, Any]]:
+    with scratch_dir("directmilter-rv-") as root, HttpServer() as http:
+        inter = world.pki.intermediate("RV-I", world.r1)
+        http.set("/I.cer", inter.der())
+        ocsp = OcspResponder(root / "ocsp", inter)
+
+        def leaf(name: str, *, crl: bool = False, with_ocsp: bool = False) -> Any:
+            issued = world.pki.leaf(f"rv-{name}", inter, email=f"{name}@direct.b.test",
+                                    aia_ca_issuers=http.url("/I.cer"),
+                                    crl_url=http.url("/I.crl") if crl else None,
+                                    ocsp_url=ocsp.url if with_ocsp else None)
+            if with_ocsp:
+                ocsp.set_good(issued)
+            return issued
+
+        leaves = {
+            "crlrevoked": leaf("crlrevoked", crl=True),
+            "crlgood1": leaf("crlgood1", crl=True),
+            "crlgood2": leaf("crlgood2", crl=True),
+            "crlgood3": leaf("crlgood3", crl=True),
+            "ocsprevoked": leaf("ocsprevoked", with_ocsp=True),
+            "ocspgood": leaf("ocspgood", with_ocsp=True),
+            "ocspdown": leaf("ocspdown", with_ocsp=True),
+        }
+        ocsp.revoke(leaves["ocsprevoked"])
+        http.set("/I.crl", make_crl(inter, [(leaves["crlrevoked"].cert,
+                                             dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))]),
+                 "application/pkix-crl")
+        with ocsp:
+            yield {"http": http, "ocsp": ocsp, "leaves": leaves, "inter": inter}
+
+
+def agent_for(world: World, rv: dict[str, Any], name: str, **trust: Any) -> Agent:
+    body = world.hisp_a_body()
+    body["certificates"] = {"files": [str(leaf.cert_path) for leaf in rv["leaves"].values()]}
+    body["trust"] = trust
+    return Agent(load_config(world.write_config(name, body)))
+
+
+def send(agent: Agent, rcpt: str) -> Any:
+    try:
+        return agent.outgoing(envelope(plain_message(to=rcpt), ALICE, rcpt))
+    finally:
+        agent.close()
+
+
+@pytest.mark.conformance("AS-4.0-3", "AS-4.0-6")
+def test_recipient_revoked_on_a_crl_is_refused(world: World, rv: dict[str, Any]) -> None:
+    with pytest.raises(NoTrustedRecipients, match="revoked") as caught:
+        send(agent_for(world, rv, "rv-crl"), "crlrevoked@direct.b.test")
+    assert isinstance(caught.value.rejected["crlrevoked@direct.b.test"], CertificateRevoked)
+    assert rv["http"].count("/I.crl") >= 1
+
+
+@pytest.mark.conformance("AS-4.0-7")
+def test_crl_is_fetched_once_and_kept_until_next_update(world: World, rv: dict[str, Any]) -> None:
+    agent = agent_for(world, rv, "rv-crl-cache")
+    try:
+        before = rv["http"].count("/I.crl")
+        agent.outgoing(envelope(plain_message(), ALICE, "crlgood1@direct.b.test"))
+        agent.outgoing(envelope(plain_message(), ALICE, "crlgood2@direct.b.test"))
+        assert rv["http"].count("/I.crl") == before + 1
+        rv["http"].status("/I.crl", 503)  # the publisher goes down: the cached CRL is still current
+        try:
+            result = agent.outgoing(envelope(plain_message(), ALICE, "crlgood3@direct.b.test"))
+        finally:
+            rv["http"].status("/I.crl", None)
+        assert result.recipients == ("crlgood3@direct.b.test",)
+    finally:
+        agent.close()
+
+
+@pytest.mark.conformance("AS-4.0-3", "AS-4.0-6")
+def test_recipient_revoked_by_ocsp_is_refused_and_good_one_accepted(world: World, rv: dict[str, Any]) -> None:
+    with pytest.raises(NoTrustedRecipients, match="revoked"):
+        send(agent_for(world, rv, "rv-ocsp"), "ocsprevoked@direct.b.test")
+    asked = rv["ocsp"].requests
+    assert send(agent_for(world, rv, "rv-ocsp-good"), "ocspgood@direct.b.test").recipients
+    assert rv["ocsp"].requests > asked
+
+
+@pytest.mark.conformance("AS-4.0-6")
+def test_ocsp_down_soft_fail_accepts_and_hard_fail_defers(world: World, rv: dict[str, Any]) -> None:
+    rv["ocsp"].stop()
+    try:
+        assert send(agent_for(world, rv, "rv-soft", revocation="soft-fail"), "ocspdown@direct.b.test").recipients
+        with pytest.raises(RevocationUnavailable, match="could not be determined"):
+            send(agent_for(world, rv, "rv-hard", revocation="hard-fail"), "ocspdown@direct.b.test")
+    finally:
+        rv["ocsp"].start()
+
+
+@pytest.mark.conformance("AS-4.0-3", "AS-4.2.2-4")
+def test_signer_revoked_by_ocsp_is_refused_on_receipt(world: World, rv: dict[str, Any]) -> None:
+    signer = rv["leaves"]["ocsprevoked"]
+    signed = peer.sign(b"Content-Type: text/plain\r\n\r\nhello\r\n", signer)
+    message = b"From: ocsprevoked@direct.b.test\r\n" + peer.encrypt(signed, [world.alice.cert_path])
+    body = world.hisp_a_body()
+    agent = Agent(load_config(world.write_config("rv-in", body)))
+    try:
+        with pytest.raises(NoTrustedRecipients, match="revoked"):
+            agent.incoming(envelope(message, "ocsprevoked@direct.b.test", ALICE))
+    finally:
+        agent.close()
+
+
+def test_through_postfix_revoked_refused_and_responder_down_by_policy(world: World, rv: dict[str, Any]) -> None:
+    """A revoked recipient gets 550 at RCPT; with the OCSP responder down, hard-fail defers and soft-fail passes."""
+    from milterd import Milterd
+    from mta import Postfix, Sink, submit
+
+    with scratch_dir("directmilter-rv-mta-") as root, Sink(root / "wire") as sink:
+        results = {}
+        for policy in ("hard-fail", "soft-fail"):
+            body = world.hisp_a_body()
+            body["certificates"] = {"files": [str(leaf.cert_path) for leaf in rv["leaves"].values()]}
+            body["trust"] = {"revocation": policy}
+            body["milter"] = {"internal_hosts": [], "submission_daemons": ["ORIGINATING"]}
+            log = root / f"milter-{policy}.log"
+            with Milterd(world.write_config(f"rv-milter-{policy}", body), log) as milter, \
+                    Postfix(root=root / policy, name="mx.a.test", relay={"direct.b.test": f"127.0.0.1:{sink.port}"},
+                            milter=milter.postfix_spec) as a:
+                revoked = submit(a.submission_port, ALICE, ["crlrevoked@direct.b.test"], plain_message())
+                rv["ocsp"].stop()
+                try:
+                    down = submit(a.submission_port, ALICE, ["ocspdown@direct.b.test"], plain_message())
+                finally:
+                    rv["ocsp"].start()
+                if down.ok:
+                    sink.wait(1)  # delivered (secured) before this instance stops
+                results[policy] = (revoked, down, log.read_text())
+        for revoked, _, _ in results.values():
+            code, text = revoked.refused["crlrevoked@direct.b.test"]
+            assert code == 550 and "5.7.1" in text and "revoked" in text
+        hard_down, soft_down = results["hard-fail"][1], results["soft-fail"][1]
+        assert hard_down.refused["ocspdown@direct.b.test"][0] == 451
+        assert soft_down.ok, soft_down
+        assert "revocation_status_undetermined" in results["soft-fail"][2]
+        [wire] = sink.messages()
+        assert wire.rcpts == ["ocspdown@direct.b.test"] and b"application/pkcs7-mime" in wire.data
