@@ -113,7 +113,8 @@ _AGENT_KEYS = (
     "certificate_sha1",
 )
 _PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors", "revocation")
-_TRUST_KEYS = ("fetch", "revocation", "http_timeout", "bundle_refresh", "bundle_cache")
+_TRUST_KEYS = ("fetch", "revocation", "http_timeout", "bundle_refresh", "bundle_cache", "min_rsa_bits",
+               "enforce_key_usage")
 REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
@@ -184,6 +185,11 @@ class TrustSettings:
     http_timeout: float = 5.0
     bundle_refresh: float = 3600.0
     bundle_cache: Path | None = None
+    #: Smallest RSA key accepted anywhere in a path (RFC 5751 makes verifying 1024-bit signatures a MUST).
+    min_rsa_bits: int = 1024
+    #: AS 4.1.3 (MAY): signers need digitalSignature, recipients keyEncipherment, and an extendedKeyUsage, when
+    #: present, must allow emailProtection. Off: only a recipient's keyUsage is enforced (RSA key transport).
+    enforce_key_usage: bool = False
 
 
 @dataclass(frozen=True)
@@ -324,6 +330,12 @@ class _Loader:
         if type(value) is not kind:
             raise self.err(f"{key}.{name}", f"must be {toml_type(kind())}, not {toml_type(value)}")
         return value
+
+    def positive(self, table: Mapping[str, object], name: str, key: str, default: float) -> float:
+        value = table.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.err(f"{key}.{name}", f"must be a positive number, not {value!r}")
+        return float(value)
 
     def string_list(self, table: Mapping[str, object], name: str, key: str) -> list[str] | None:
         if name not in table:
@@ -533,19 +545,15 @@ class _Loader:
         table = self.table(data.get("trust", {}), key)
         self.known(table, _TRUST_KEYS, key)
         default = TrustSettings()
-        timeout = table.get("http_timeout", default.http_timeout)
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise self.err(f"{key}.http_timeout", f"must be a positive number of seconds, not {timeout!r}")
-        refresh = table.get("bundle_refresh", default.bundle_refresh)
-        if isinstance(refresh, bool) or not isinstance(refresh, int | float) or refresh <= 0:
-            raise self.err(f"{key}.bundle_refresh", f"must be a positive number of seconds, not {refresh!r}")
         cache = self.typed(table, "bundle_cache", key, str, "")
         return TrustSettings(
             fetch=self.typed(table, "fetch", key, bool, default.fetch),
             revocation=self.revocation(table, key, default.revocation),
-            http_timeout=float(timeout),
-            bundle_refresh=float(refresh),
+            http_timeout=self.positive(table, "http_timeout", key, default.http_timeout),
+            bundle_refresh=self.positive(table, "bundle_refresh", key, default.bundle_refresh),
             bundle_cache=self.resolve(cache) if cache else None,
+            min_rsa_bits=int(self.positive(table, "min_rsa_bits", key, default.min_rsa_bits)),
+            enforce_key_usage=self.typed(table, "enforce_key_usage", key, bool, default.enforce_key_usage),
         )
 
     def discovery(self, data: Mapping[str, object]) -> DiscoverySettings:
@@ -565,22 +573,16 @@ class _Loader:
             except ValueError:
                 raise self.err(f"{key}.dns_servers[{index}]", f"{text!r}: an IP address, optionally :port") from None
 
-        def number(name: str, value: float) -> float:
-            got = table.get(name, value)
-            if isinstance(got, bool) or not isinstance(got, int | float) or got <= 0:
-                raise self.err(f"{key}.{name}", f"must be a positive number, not {got!r}")
-            return float(got)
-
         return DiscoverySettings(
             dns=self.typed(table, "dns", key, bool, default.dns),
             ldap=self.typed(table, "ldap", key, bool, default.ldap),
             dns_servers=tuple(servers),
-            timeout=number("timeout", default.timeout),
-            ldap_cache_ttl=number("ldap_cache_ttl", default.ldap_cache_ttl),
-            negative_ttl=number("negative_ttl", default.negative_ttl),
-            http_timeout=number("http_timeout", default.http_timeout),
-            http_max_bytes=int(number("http_max_bytes", default.http_max_bytes)),
-            cache_size=int(number("cache_size", default.cache_size)),
+            timeout=self.positive(table, "timeout", key, default.timeout),
+            ldap_cache_ttl=self.positive(table, "ldap_cache_ttl", key, default.ldap_cache_ttl),
+            negative_ttl=self.positive(table, "negative_ttl", key, default.negative_ttl),
+            http_timeout=self.positive(table, "http_timeout", key, default.http_timeout),
+            http_max_bytes=int(self.positive(table, "http_max_bytes", key, default.http_max_bytes)),
+            cache_size=int(self.positive(table, "cache_size", key, default.cache_size)),
             org_fallback=self.typed(table, "org_fallback", key, bool, default.org_fallback),
         )
 

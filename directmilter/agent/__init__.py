@@ -51,6 +51,7 @@ def make_validator(config: Config) -> TrustValidator:
     return TrustValidator(
         allow_sha1=config.crypto.certificate_sha1,
         revocation_mode=config.trust.revocation,
+        min_rsa_bits=config.trust.min_rsa_bits,
         fetcher_backend=backend,
         timeout=max(20.0, 4 * config.trust.http_timeout),
     )

@@ -20,6 +20,9 @@ from directmilter.errors import (
     TrustError,
 )
 
+#: With key-usage enforcement on (AS 4.1.3), a signer's certificate must allow digital signatures.
+_SIGNING = frozenset({"digital_signature"})
+
 
 def process_incoming(ctx: AgentContext, envelope: MessageEnvelope, moment: datetime | None = None) -> IncomingMessage:
     """Decrypt per recipient, verify the signatures, enforce each recipient's anchors, unwrap (steps 1 to 6).
@@ -108,8 +111,10 @@ def _trusted_signers(
     anchors = ctx.anchors(recipient, "incoming")
     pool = (*report.certificates, *ctx.intermediates)
     candidates = [r.certificate for r in valid if r.certificate is not None]
+    enforce = ctx.config.trust.enforce_key_usage
     trusted, error = trusted_certificates(ctx.validator, sender, candidates, anchors, pool, moment=moment,
-                                          revocation=ctx.config.revocation_for(recipient))
+                                          revocation=ctx.config.revocation_for(recipient),
+                                          key_usage=_SIGNING if enforce else frozenset(), email_protection=enforce)
     if trusted:
         return trusted
     if error is None:

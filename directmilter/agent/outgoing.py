@@ -90,8 +90,9 @@ def recipient_certificates(
     for name in names:
         lookup = ctx.source.lookup(name)
         trusted, failure = trusted_certificates(
-            ctx.validator, recipient, lookup.certificates, anchors, ctx.intermediates, moment=moment,
-            key_usage=_ENCRYPTION, revocation=ctx.config.revocation_for(sender),
+            ctx.validator, recipient, lookup.certificates, anchors, (*ctx.intermediates, *lookup.certificates),
+            moment=moment, key_usage=_ENCRYPTION, revocation=ctx.config.revocation_for(sender),
+            email_protection=ctx.config.trust.enforce_key_usage,
         )
         found = [c for c in trusted if isinstance(c.public_key(), rsa.RSAPublicKey)]
         if found:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from directmilter.errors import NoCertificate, TrustError
 from directmilter.log import get_logger
@@ -31,6 +32,7 @@ def trusted_certificates(
     moment: datetime | None = None,
     key_usage: frozenset[str] = frozenset(),
     revocation: str | None = None,
+    email_protection: bool = False,
 ) -> tuple[list[x509.Certificate], TrustError | None]:
     """The candidates bound to ``address`` whose path reaches ``anchors``, and why the first other one failed.
 
@@ -45,6 +47,8 @@ def trusted_certificates(
                 raise TrustError(binding_error(cert, address))
             path = validator.validate(cert, anchors, intermediates, moment=moment, key_usage=key_usage,
                                       revocation_mode=revocation)
+            if email_protection:
+                _check_email_protection(cert)
         except TrustError as exc:
             first_error = first_error or exc
             continue
@@ -56,3 +60,14 @@ def trusted_certificates(
     if not candidates:
         first_error = NoCertificate(f"no certificate found for {address}")
     return trusted, first_error
+
+
+def _check_email_protection(cert: x509.Certificate) -> None:
+    """With key-usage enforcement on, an extendedKeyUsage that is present must allow S/MIME (RFC 5280 4.2.1.12)."""
+    try:
+        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    allowed = {ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+    if not allowed & set(usages):
+        raise TrustError(f"certificate ({describe_certificate(cert)}) is not for e-mail protection (extendedKeyUsage)")
