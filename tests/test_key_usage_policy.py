@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import opensslpeer as peer
 import pytest
 from conftest import World, envelope
 
-import opensslpeer as peer
 from directmilter.agent import Agent
 from directmilter.config import load_config
 from directmilter.errors import NoTrustedRecipients
