@@ -58,6 +58,7 @@ __all__ = [
     "Config",
     "CryptoPolicy",
     "Direction",
+    "NotifySettings",
     "DiscoverySettings",
     "MilterSettings",
     "Party",
@@ -102,7 +103,7 @@ _FORBIDDEN_CIPHERS = dict.fromkeys(
 Direction = Literal["incoming", "outgoing"]
 _DIRECTIONS: tuple[Direction, ...] = ("incoming", "outgoing")
 
-_SECTIONS = ("agent", "milter", "discovery", "trust", "domains", "addresses", "certificates")
+_SECTIONS = ("agent", "milter", "discovery", "trust", "notify", "domains", "addresses", "certificates")
 _AGENT_KEYS = (
     "digest",
     "cipher",
@@ -120,6 +121,8 @@ _CERTIFICATES_KEYS = ("files",)
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
                 "other_mail", "timeout")
 _OTHER_MAIL = ("accept", "reject")
+_NOTIFY_KEYS = ("mdn", "reinject", "tracking", "processed_timeout", "dispatched_timeout", "sweep_interval",
+                "consume_notifications", "reporting_mta", "mdn_delay")
 _DISCOVERY_KEYS = ("dns", "ldap", "dns_servers", "timeout", "ldap_cache_ttl", "negative_ttl", "http_timeout",
                    "http_max_bytes", "cache_size", "org_fallback")
 
@@ -193,6 +196,21 @@ class TrustSettings:
 
 
 @dataclass(frozen=True)
+class NotifySettings:
+    """Delivery confirmation (Applicability Statement 3): MDNs, DSNs and message tracking."""
+
+    mdn: bool = True  # send processed MDNs for accepted incoming messages
+    reinject: tuple[str, int] | None = None  # the milter-free Postfix listener notifications are queued through
+    tracking: str = "sqlite:/var/lib/directmilter/tracking.db"
+    processed_timeout: float = 3600.0  # no processed MDN by then: the hosted sender gets a failed DSN
+    dispatched_timeout: float = 3600.0  # the same for a requested dispatched MDN
+    sweep_interval: float = 60.0
+    consume_notifications: bool = True  # MDNs/DSNs for tracked messages are recorded, not delivered
+    reporting_mta: str = ""  # default: this host's name
+    mdn_delay: float = 1.0  # seconds between accepting a message and queueing its MDN (let Postfix commit)
+
+
+@dataclass(frozen=True)
 class Party:
     """A hosted domain or address: our identities for it and its trust anchors per direction.
 
@@ -235,6 +253,7 @@ class Config:
     milter: MilterSettings = MilterSettings()
     discovery: DiscoverySettings = DiscoverySettings()
     trust: TrustSettings = TrustSettings()
+    notify: NotifySettings = NotifySettings()
 
     def domain_of(self, address: str) -> Party | None:
         """The hosted domain of an address (or a bare domain name), or None when it is not hosted here."""
@@ -532,6 +551,35 @@ class _Loader:
             milter=self.milter(data),
             discovery=self.discovery(data),
             trust=self.trust(data),
+            notify=self.notify(data),
+        )
+
+    def notify(self, data: Mapping[str, object]) -> NotifySettings:
+        key = "[notify]"
+        table = self.table(data.get("notify", {}), key)
+        self.known(table, _NOTIFY_KEYS, key)
+        default = NotifySettings()
+        reinject = None
+        if "reinject" in table:
+            text = self.typed(table, "reinject", key, str, "")
+            host, _, port = text.rpartition(":")
+            if not host or not port.isdigit():
+                raise self.err(f"{key}.reinject", f"{text!r}: HOST:PORT of a milter-free Postfix listener")
+            reinject = (host.strip("[]"), int(port))
+        tracking = self.typed(table, "tracking", key, str, default.tracking)
+        if not tracking.startswith(("sqlite:", "postgresql:", "postgres:")):
+            raise self.err(f"{key}.tracking", f"{tracking!r}: use sqlite:/path or postgresql://...")
+        return NotifySettings(
+            mdn=self.typed(table, "mdn", key, bool, default.mdn),
+            reinject=reinject,
+            tracking=tracking,
+            processed_timeout=self.positive(table, "processed_timeout", key, default.processed_timeout),
+            dispatched_timeout=self.positive(table, "dispatched_timeout", key, default.dispatched_timeout),
+            sweep_interval=self.positive(table, "sweep_interval", key, default.sweep_interval),
+            consume_notifications=self.typed(table, "consume_notifications", key, bool,
+                                             default.consume_notifications),
+            reporting_mta=self.typed(table, "reporting_mta", key, str, default.reporting_mta),
+            mdn_delay=self.positive(table, "mdn_delay", key, default.mdn_delay),
         )
 
     def revocation(self, table: Mapping[str, object], key: str, default: str) -> str:

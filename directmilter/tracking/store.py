@@ -1,0 +1,202 @@
+"""The tracking store: SQLite by default (nothing to set up), PostgreSQL for HISPs with several milter hosts.
+
+One schema, the same SQL for both (``%s`` placeholders, translated for sqlite3). Each outgoing message is a row per
+recipient that collects its confirmations: processed and dispatched MDNs, failures from MDNs or DSNs, and when the
+hosted sender was told about a missing confirmation. Incoming messages leave a fingerprint per recipient so a
+replayed message is delivered once. Times are Unix seconds. Every method is safe to call from any thread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from directmilter.errors import ConfigError, TemporaryFailure
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS outgoing (
+        message_id TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        sent_at DOUBLE PRECISION NOT NULL,
+        wants_dispatched INTEGER NOT NULL,
+        processed_at DOUBLE PRECISION,
+        dispatched_at DOUBLE PRECISION,
+        failed_at DOUBLE PRECISION,
+        failure TEXT,
+        reported_at DOUBLE PRECISION,
+        PRIMARY KEY (message_id, recipient))""",
+    """CREATE TABLE IF NOT EXISTS incoming_seen (
+        message_id TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (message_id, recipient, digest))""",
+)
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """A recipient whose confirmation did not come in time; ``waiting_for`` is "processed" or "dispatched"."""
+
+    message_id: str
+    sender: str
+    recipient: str
+    waiting_for: str
+
+
+@dataclass(frozen=True)
+class RecipientState:
+    recipient: str
+    state: str  # pending, processed, dispatched, failed
+    failure: str | None
+
+
+class _Connection(Protocol):
+    def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
+    def commit(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class TrackingStore:
+    def __init__(self, connect: Any, placeholder: str, description: str) -> None:
+        self._connect = connect
+        self._placeholder = placeholder
+        self.description = description
+        self._lock = threading.Lock()
+        self._conn: _Connection | None = None
+        with self._cursor() as run:
+            for statement in SCHEMA:
+                run(statement)
+
+    @contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                conn = self._conn
+
+                def run(sql: str, params: Sequence[Any] = ()) -> Any:
+                    return conn.execute(sql.replace("%s", self._placeholder), tuple(params))
+
+                yield run
+                conn.commit()
+            except Exception as exc:
+                if self._conn is not None:
+                    try:
+                        self._conn.close()
+                    finally:
+                        self._conn = None  # reconnect next time: the database may come back
+                if isinstance(exc, TemporaryFailure | ConfigError):
+                    raise
+                raise TemporaryFailure(f"tracking store {self.description}: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # --- outgoing ------------------------------------------------------------------------------------------------
+
+    def record_outgoing(self, message_id: str, sender: str, recipients: Sequence[str], *, wants_dispatched: bool,
+                        now: float) -> None:
+        with self._cursor() as run:
+            for recipient in recipients:
+                run("INSERT INTO outgoing (message_id, recipient, sender, sent_at, wants_dispatched) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (message_id, recipient) DO NOTHING",
+                    (message_id, recipient.lower(), sender.lower(), now, int(wants_dispatched)))
+
+    def record_confirmation(self, message_id: str, recipient: str, kind: str, *, now: float,
+                            failure: str | None = None) -> bool:
+        """Record a processed / dispatched / failed confirmation; False when nothing tracked matches."""
+        column = {"processed": "processed_at", "dispatched": "dispatched_at", "failed": "failed_at"}[kind]
+        with self._cursor() as run:
+            cursor = run(f"UPDATE outgoing SET {column} = COALESCE({column}, %s), "  # noqa: S608 -- fixed names
+                         "failure = COALESCE(failure, %s) WHERE message_id = %s AND recipient = %s",
+                         (now, failure, message_id, recipient.lower()))
+            return bool(cursor.rowcount)
+
+    def is_tracked(self, message_id: str) -> bool:
+        with self._cursor() as run:
+            return run("SELECT 1 FROM outgoing WHERE message_id = %s", (message_id,)).fetchone() is not None
+
+    def overdue(self, now: float, processed_within: float, dispatched_within: float) -> list[Overdue]:
+        """Recipients with no failure reported yet whose processed (or requested dispatched) MDN is late."""
+        with self._cursor() as run:
+            rows = run(
+                "SELECT message_id, sender, recipient, CASE WHEN processed_at IS NULL THEN 'processed' "
+                "ELSE 'dispatched' END FROM outgoing WHERE reported_at IS NULL AND failed_at IS NULL AND ("
+                "(processed_at IS NULL AND sent_at <= %s) OR "
+                "(wants_dispatched = 1 AND dispatched_at IS NULL AND sent_at <= %s)) ORDER BY sent_at",
+                (now - processed_within, now - dispatched_within),
+            ).fetchall()
+        return [Overdue(*row) for row in rows]
+
+    def mark_reported(self, message_id: str, recipient: str, now: float) -> None:
+        with self._cursor() as run:
+            run("UPDATE outgoing SET reported_at = %s WHERE message_id = %s AND recipient = %s",
+                (now, message_id, recipient.lower()))
+
+    def states(self, message_id: str) -> list[RecipientState]:
+        with self._cursor() as run:
+            rows = run("SELECT recipient, processed_at, dispatched_at, failed_at, failure FROM outgoing "
+                       "WHERE message_id = %s ORDER BY recipient", (message_id,)).fetchall()
+        return [RecipientState(r, _state(p, d, f), failure) for r, p, d, f, failure in rows]
+
+    # --- incoming ------------------------------------------------------------------------------------------------
+
+    def first_delivery(self, message_id: str, recipient: str, digest: str, now: float) -> bool:
+        """Remember an accepted message for a recipient; False when the same one was accepted before (a replay)."""
+        with self._cursor() as run:
+            cursor = run("INSERT INTO incoming_seen (message_id, recipient, digest, seen_at) VALUES (%s, %s, %s, %s) "
+                         "ON CONFLICT (message_id, recipient, digest) DO NOTHING",
+                         (message_id, recipient.lower(), digest, now))
+            return bool(cursor.rowcount)
+
+    def forget_delivery(self, message_id: str, recipient: str, digest: str) -> None:
+        """Undo :meth:`first_delivery` when the message was not accepted after all (the client will retry)."""
+        with self._cursor() as run:
+            run("DELETE FROM incoming_seen WHERE message_id = %s AND recipient = %s AND digest = %s",
+                (message_id, recipient.lower(), digest))
+
+
+def _state(processed: float | None, dispatched: float | None, failed: float | None) -> str:
+    if failed is not None:
+        return "failed"
+    if dispatched is not None:
+        return "dispatched"
+    return "processed" if processed is not None else "pending"
+
+
+def open_store(url: str) -> TrackingStore:
+    """``sqlite:///var/lib/directmilter/tracking.db`` (default) or ``postgresql://user@host:port/db``."""
+    if url.startswith("sqlite:"):
+        path = Path(url.removeprefix("sqlite:").removeprefix("//"))
+        if not path.parent.is_dir():
+            raise ConfigError(f"tracking database {url}: folder {path.parent} does not exist")
+
+        def connect_sqlite() -> sqlite3.Connection:
+            conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.isolation_level = "DEFERRED"
+            return conn
+
+        return TrackingStore(connect_sqlite, "?", str(path))
+    if url.startswith(("postgresql:", "postgres:")):
+        try:
+            import psycopg
+        except ImportError as exc:  # pragma: no cover - depends on the installation
+            raise ConfigError(f"tracking database {url}: the psycopg package is not installed") from exc
+
+        def connect_pg() -> Any:
+            return psycopg.connect(url, connect_timeout=10)
+
+        return TrackingStore(connect_pg, "%s", url.split("@")[-1])
+    raise ConfigError(f"tracking database {url!r}: use sqlite:/path or postgresql://...")
