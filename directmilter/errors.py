@@ -105,6 +105,10 @@ class NoTrustPath(TrustError):
     """No path from the certificate to one of the configured trust anchors (or no anchors configured at all)."""
 
 
+class DuplicateMessage(PermanentFailure):
+    """The same message was already accepted for this recipient: a replay is not delivered twice."""
+
+
 class SenderNotConfigured(PermanentFailure):
     """The envelope sender has no usable private key and certificate here (agent algorithm, Process Outgoing)."""
 

@@ -77,6 +77,8 @@ class World:
     def write_config(self, name: str, body: Mapping[str, Any]) -> Path:
         """Write a TOML configuration (from nested dicts of strings, lists and tables) and return its path."""
         path = self.directory / f"{name}.conf"
+        if "notify" not in body:  # each configuration gets its own tracking database in the test's folder
+            body = {**body, "notify": {"tracking": f"sqlite:{self.directory / name}-tracking.db"}}
         path.write_text(_toml(body))
         return path
 

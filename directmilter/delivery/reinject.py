@@ -8,7 +8,6 @@ retries; a refusal or an unreachable listener is a :class:`~directmilter.errors.
 from __future__ import annotations
 
 import smtplib
-import socket
 from collections.abc import Sequence
 
 from directmilter.errors import TemporaryFailure
@@ -20,7 +19,7 @@ def reinject(listener: tuple[str, int], sender: str, recipients: Sequence[str], 
     try:
         with smtplib.SMTP(host, port, local_hostname="directmilter.localhost", timeout=timeout) as client:
             refused = client.sendmail(sender, list(recipients), message)
-    except (smtplib.SMTPException, OSError, socket.timeout) as exc:
+    except (TimeoutError, smtplib.SMTPException, OSError) as exc:
         raise TemporaryFailure(f"re-injection to {host}:{port} failed: {exc}") from exc
     if refused:
         raise TemporaryFailure(f"re-injection to {host}:{port}: recipients refused: {sorted(refused)}")

@@ -21,11 +21,19 @@ import Milter
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.agent.envelope import Outcome
 from directmilter.config import Config
-from directmilter.errors import ConfigError, DirectMilterError, NoTrustedRecipients, PermanentFailure
+from directmilter.delivery.service import Confirmations
+from directmilter.errors import (
+    ConfigError,
+    DirectMilterError,
+    DuplicateMessage,
+    NoTrustedRecipients,
+    PermanentFailure,
+)
 from directmilter.log import get_logger
 from directmilter.milter.direction import Client, Direction, Group, direction, group
 from directmilter.milter.edits import header_edits, split_message
 from directmilter.replies import reason_for, reply_for
+from directmilter.tracking.store import open_store
 
 log = get_logger("directmilter.milter")
 
@@ -56,6 +64,7 @@ def _guarded(callback: _F) -> _F:
 class DirectMilter(Milter.Base):  # type: ignore[misc]
     agent: ClassVar[Agent]
     config: ClassVar[Config]
+    confirmations: ClassVar[Confirmations | None] = None
 
     def __init__(self) -> None:
         self.client = Client()
@@ -143,9 +152,27 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             self._audit("rejected", reason=exc.reason,
                         rejected=getattr(exc, "rejected", {}), started=started)
             return self.refuse(exc)
+        outcome, consumed = self._confirm(outcome)
+        if consumed or not outcome.recipients:
+            self._audit("consumed" if consumed else "replay", rejected=outcome.rejected, started=started)
+            return int(Milter.DISCARD)
         self._apply(outcome)
         self._audit("processed", rejected=outcome.rejected, started=started, delivered=list(outcome.recipients))
         return int(Milter.ACCEPT)
+
+    def _confirm(self, outcome: Outcome) -> tuple[Outcome, bool]:
+        """Tracking and MDNs: record outgoing mail; for incoming, consume reports, drop replays, queue MDNs."""
+        confirmations = self.confirmations
+        if confirmations is None or (self.group is not Group.REMOTE and self.kind is Direction.OUTGOING):
+            return outcome, False  # local to local: no confirmation travels
+        if self.kind is Direction.OUTGOING:
+            confirmations.after_outgoing(self._message(), self.sender, outcome.recipients)
+            return outcome, False
+        decision = confirmations.after_incoming(outcome.message, self.sender, outcome.recipients)
+        replays = {r: DuplicateMessage(f"recipient {r}: this message was delivered before (replay)")
+                   for r in outcome.recipients if r not in decision.deliver_to}
+        kept = Outcome(outcome.message, decision.deliver_to, {**outcome.rejected, **replays})
+        return kept, decision.consumed
 
     def abort(self) -> int:
         self._reset()
@@ -214,6 +241,8 @@ def run(config: Config) -> None:
     _prepare_socket(spec)
     DirectMilter.agent = Agent(config)
     DirectMilter.config = config
+    DirectMilter.confirmations = Confirmations(DirectMilter.agent, config.notify,
+                                               open_store(config.notify.tracking)).start()
     Milter.factory = DirectMilter
     Milter.set_flags(Milter.CHGBODY | Milter.CHGHDRS | Milter.ADDHDRS | Milter.DELRCPT)
     previous = os.umask(0o777 & ~settings.socket_mode)
@@ -224,6 +253,7 @@ def run(config: Config) -> None:
         raise ConfigError(f"milter socket {spec}: cannot listen ({exc})") from exc
     finally:
         os.umask(previous)
+        DirectMilter.confirmations.stop()
         DirectMilter.agent.close()
     log.info("stopped", socket=spec)
 

@@ -118,7 +118,7 @@ class TrackingStore:
         """Record a processed / dispatched / failed confirmation; False when nothing tracked matches."""
         column = {"processed": "processed_at", "dispatched": "dispatched_at", "failed": "failed_at"}[kind]
         with self._cursor() as run:
-            cursor = run(f"UPDATE outgoing SET {column} = COALESCE({column}, %s), "  # noqa: S608 -- fixed names
+            cursor = run(f"UPDATE outgoing SET {column} = COALESCE({column}, %s), "
                          "failure = COALESCE(failure, %s) WHERE message_id = %s AND recipient = %s",
                          (now, failure, message_id, recipient.lower()))
             return bool(cursor.rowcount)
