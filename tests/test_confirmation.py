@@ -108,3 +108,17 @@ def test_replayed_message_is_delivered_once(world: World, hisps: dict[str, Any])
     time.sleep(1)
     assert len(hisps["b"].maildir(BOB)) == before + 1
     assert "replay" in (hisps["root"] / "milter-b.log").read_text()
+
+
+def test_dispatched_mdn_when_final_delivery_was_requested(hisps: dict[str, Any]) -> None:
+    """X-DIRECT-FINAL-DESTINATION-DELIVERY asked for: B sends processed and dispatched; A's tracking shows both."""
+    message = plain_message(extra=b"Disposition-Notification-Options: X-DIRECT-FINAL-DESTINATION-DELIVERY="
+                                  b"optional,true\r\n").replace(b"<test-1@", b"<dispatch-1@")
+    assert submit(hisps["a"].submission_port, ALICE, [BOB], message).ok
+    store = open_store(hisps["tracking_a"])
+    try:
+        wait_until(lambda: [s for s in store.states("<dispatch-1@direct.a.test>") if s.state == "dispatched"],
+                   "the dispatched MDN to be matched at A")
+    finally:
+        store.close()
+    assert "disposition='dispatched'" in (hisps["root"] / "milter-b.log").read_text()

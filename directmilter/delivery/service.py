@@ -26,6 +26,8 @@ from directmilter.delivery.reinject import reinject
 from directmilter.errors import DirectMilterError
 from directmilter.log import get_logger
 from directmilter.notify import (
+    FINAL_DESTINATION_DELIVERY,
+    Disposition,
     Notification,
     build_dsn,
     build_mdn,
@@ -99,8 +101,14 @@ class Confirmations:
                 log.warning("replay", message_id=message_id, recipient=replay, sender=sender)
         target = mdn_target(envelope_sender=sender, headers=headers)
         if self.settings.mdn and target and self.settings.reinject:
+            # Dispatched (Delivery Notification IG): for a milter, final delivery is Postfix's local delivery into
+            # the hosted mailbox, which follows acceptance; so it goes right after the processed MDN.
+            dispositions: tuple[Disposition, ...] = (
+                ("processed", "dispatched") if wants_dispatched(headers) else ("processed",)
+            )
             for recipient in fresh:
-                self._later(functools.partial(self._send_mdn, delivered, recipient, target))
+                for disposition in dispositions:
+                    self._later(functools.partial(self._send_mdn, delivered, recipient, target, disposition))
         elif self.settings.mdn:
             log.warning("mdn_not_sent", reason="no target or no reinject listener configured", message_id=message_id)
         return IncomingDecision(tuple(fresh))
@@ -122,10 +130,11 @@ class Confirmations:
                  matched=matched)
         return matched and self.settings.consume_notifications
 
-    def _send_mdn(self, delivered: bytes, recipient: str, target: str) -> None:
+    def _send_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition) -> None:
         domain = recipient.rpartition("@")[2]
+        extensions = {FINAL_DESTINATION_DELIVERY: ""} if disposition == "dispatched" else None
         mdn = build_mdn(original=delivered, reporting_ua=f"{self.reporting}; directmilter", final_recipient=recipient,
-                        to=target, disposition="processed", message_id_domain=domain)
+                        to=target, disposition=disposition, extensions=extensions, message_id_domain=domain)
         try:
             secured = self.agent.outgoing(MessageEnvelope(recipient, (target,), mdn))
         except DirectMilterError as exc:
@@ -134,7 +143,7 @@ class Confirmations:
             return
         assert self.settings.reinject is not None
         reinject(self.settings.reinject, recipient, [target], secured.message)
-        log.info("mdn_sent", recipient=recipient, target=target,
+        log.info("mdn_sent", recipient=recipient, target=target, disposition=disposition,
                  original_message_id=parse_entity(delivered).get("message-id"))
 
     def _later(self, job: Callable[[], None]) -> None:
