@@ -1,0 +1,56 @@
+"""The tracking store against SQLite and a real PostgreSQL server on loopback; state survives a reopen."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mta import scratch_dir
+from pgserver import Postgres, find_bindir
+
+from directmilter.errors import TemporaryFailure
+from directmilter.tracking import open_store
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    if find_bindir() is None:
+        pytest.skip("PostgreSQL server binaries are not installed (scripts/bootstrap installs 'postgresql')")
+    with scratch_dir("directmilter-pg-") as root, Postgres(root / "pg") as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:{tmp_path}/tracking.db"
+    server: Postgres = request.getfixturevalue("postgres")
+    return server.create_database(f"tracking_{tmp_path.name.lower().replace('-', '_')}"[:60])
+
+
+def test_outgoing_confirmations_timeouts_and_reopen(url: str) -> None:
+    store = open_store(url)
+    store.record_outgoing("<m1@a>", "Alice@A", ["bob@b", "carol@b"], wants_dispatched=True, now=100)
+    store.record_outgoing("<m1@a>", "alice@a", ["bob@b"], wants_dispatched=True, now=999)  # a retry: no change
+    assert store.record_confirmation("<m1@a>", "BOB@b", "processed", now=110)
+    assert not store.record_confirmation("<unknown@a>", "bob@b", "processed", now=110)
+    late = store.overdue(now=5000, processed_within=3600, dispatched_within=3600)
+    assert {(o.recipient, o.waiting_for) for o in late} == {("bob@b", "dispatched"), ("carol@b", "processed")}
+    store.mark_reported("<m1@a>", "carol@b", now=5000)
+    store.close()
+    reopened = open_store(url)  # e.g. after a milter restart: nothing lost
+    try:
+        assert [(s.recipient, s.state) for s in reopened.states("<m1@a>")] == [("bob@b", "processed"),
+                                                                            ("carol@b", "pending")]
+        assert [o.recipient for o in reopened.overdue(5000, 3600, 3600)] == ["bob@b"]
+        assert reopened.first_delivery("<i@b>", "alice@a", "d1", 1)
+        assert not reopened.first_delivery("<i@b>", "ALICE@a", "d1", 2)
+        assert reopened.first_delivery("<i@b>", "alice@a", "d2", 3)  # same id, other content: not a replay
+    finally:
+        reopened.close()
+
+
+def test_unreachable_database_is_a_temporary_failure() -> None:
+    with pytest.raises(TemporaryFailure, match="tracking store"):
+        open_store("postgresql://postgres@127.0.0.1:9/none?connect_timeout=1")
