@@ -122,3 +122,32 @@ def test_dispatched_mdn_when_final_delivery_was_requested(hisps: dict[str, Any])
     finally:
         store.close()
     assert "disposition='dispatched'" in (hisps["root"] / "milter-b.log").read_text()
+
+
+@pytest.mark.conformance("AS-3.0-7")
+def test_postfix_bounce_about_direct_mail_never_leaves_in_clear(world: World) -> None:
+    """B accepts a Direct message for bob2, whose delivery then fails: Postfix's bounce passes the milter
+    (internal_mail_filter_classes = bounce) and is stopped, so nothing in clear reaches A's side (a wire sink)."""
+    import opensslpeer as peer
+
+    with scratch_dir("directmilter-bounce-") as root, Sink(root / "wire") as wire:
+        milter = Milterd(world.directory / "bounce-b.conf", root / "milter.log")
+        b = Postfix(root=root / "b", name="mx.b.test", mailboxes={BOB: "bob"}, milter=milter.postfix_spec,
+                    relay={"direct.a.test": f"127.0.0.1:{wire.port}"},
+                    main_cf={"non_smtpd_milters": milter.postfix_spec, "internal_mail_filter_classes": "bounce",
+                             "smtpd_reject_unlisted_recipient": "no",
+                             "transport_maps": "inline:{ bob2@direct.b.test=error:5.2.1_mailbox_disabled } "
+                                               f"texthash:{root / 'b' / 'etc' / 'transport'}"})
+        body = world.hisp_b_body()
+        world.write_config("bounce-b", {**body, "milter": {"internal_hosts": [], "submission_daemons": []}})
+        signed = peer.sign(b"Content-Type: text/plain\r\n\r\nsecret clinical note\r\n", world.alice)
+        message = (b"From: alice@direct.a.test\r\nTo: bob2@direct.b.test\r\nMessage-ID: <bounce-1@direct.a.test>\r\n"
+                   + peer.encrypt(signed, [world.bob2.cert_path]))
+        with milter, b:
+            assert submit(b.smtp_port, ALICE, ["bob2@direct.b.test"], message).ok
+            wait_until(lambda: "bounce" in b.maillog() or "milter-reject" in b.maillog(), "the bounce attempt")
+            time.sleep(2)
+            log = (root / "milter.log").read_text()
+        assert all(b"secret clinical note" not in m.data for m in wire.messages())
+        assert all(b"multipart/report" not in m.data or b"pkcs7-mime" in m.data for m in wire.messages())
+        assert "would leave unencrypted" in log

@@ -114,6 +114,12 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             return int(Milter.TEMPFAIL)
         if self.kind is Direction.OUTGOING and this is Group.REMOTE:
             self.agent.check_recipient(self.sender, recipient)
+        elif this is Group.REMOTE and not self.sender:
+            # Null-sender mail to a remote address is a report; the MTA's own bounces (internal_mail_filter_classes
+            # = bounce) about mail accepted for a hosted recipient carry its content. Never in clear (AS 3.0).
+            raise PermanentFailure(
+                f"recipient {recipient}: a delivery report to a remote address would leave unencrypted"
+            )
         elif this is Group.REMOTE and self.sender and self.config.is_hosted(self.sender):
             # A hosted sender whose client may not submit: securing is refused, so passing it on would send
             # a Direct user's mail to a remote address in clear. Never.
