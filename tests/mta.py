@@ -727,7 +727,9 @@ class Sink:
         busy = self._open_files()
         dumps = [p for p in self.root.iterdir() if p.is_file() and str(p) not in busy]
         dumps.sort(key=lambda p: (p.stat().st_mtime_ns, p.name))
-        return [parse_sink_dump(p) for p in dumps]
+        # A dump smtp-sink has created but not yet written (between our /proc check and its first write) parses
+        # with no recipients: it is not a received message yet.
+        return [m for m in map(parse_sink_dump, dumps) if m.rcpts and m.raw]
 
     def wait(self, count: int = 1, timeout: float = 20) -> list[SinkMessage]:
         """Wait until at least ``count`` messages have arrived and return them all."""
