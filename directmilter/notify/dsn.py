@@ -23,6 +23,7 @@ from directmilter.notify.text import (
     format_field,
     message_id_token,
     new_message_id,
+    report_headers,
     text_body,
 )
 
@@ -100,18 +101,8 @@ def build_dsn(
     ])
     subject = ("Delivery failure" if "failed" in actions
                else "Delivery delayed" if "delayed" in actions else "Delivery status")
-    headers = [
-        format_field("From", from_address),
-        format_field("To", original_sender),
-        format_field("Date", format_date(date)),
-        format_field("Message-ID", own_id),
-        format_field("Subject", f"{subject}: message {reference}"),
-    ]
-    in_reply_to = message_id_token(original_id)
-    if in_reply_to:
-        headers.append(format_field("In-Reply-To", in_reply_to))
-        headers.append(format_field("References", in_reply_to))
-    headers.append(format_field("Auto-Submitted", "auto-replied"))
+    headers = report_headers(from_address, original_sender, date, own_id, f"{subject}: message {reference}",
+                             original_id)
     return assemble(headers, report_type="delivery-status", human=human, report=b"\r\n".join(blocks))
 
 

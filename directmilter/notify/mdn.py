@@ -18,10 +18,10 @@ from directmilter.notify.report import assemble
 from directmilter.notify.text import (
     check_address,
     clean_value,
-    format_date,
     format_field,
     message_id_token,
     new_message_id,
+    report_headers,
     text_body,
     usable_address,
 )
@@ -117,18 +117,8 @@ def build_mdn(
         paragraphs.append("Error: " + error)
     paragraphs.append("This notification does not repeat the content of your message.")
 
-    headers = [
-        format_field("From", final_recipient),
-        format_field("To", to),
-        format_field("Date", format_date(date)),
-        format_field("Message-ID", own_id),
-        format_field("Subject", f"{disposition.capitalize()}: message {reference}"),
-    ]
-    in_reply_to = message_id_token(original_id)
-    if in_reply_to:
-        headers.append(format_field("In-Reply-To", in_reply_to))
-        headers.append(format_field("References", in_reply_to))
-    headers.append(format_field("Auto-Submitted", "auto-replied"))
+    subject = f"{disposition.capitalize()}: message {reference}"
+    headers = report_headers(final_recipient, to, date, own_id, subject, original_id)
     return assemble(headers, report_type="disposition-notification", human=text_body(paragraphs),
                     report=b"".join(fields))
 

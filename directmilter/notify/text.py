@@ -164,3 +164,21 @@ __all__ = [
     "text_body",
     "usable_address",
 ]
+
+
+def report_headers(sender: str, to: str, date: datetime | None, own_id: str, subject: str,
+                   original_id: str | None) -> list[bytes]:
+    """The RFC 5322 header fields every report carries (AS 2.2), threaded to the message it reports on."""
+    headers = [
+        format_field("From", sender),
+        format_field("To", to),
+        format_field("Date", format_date(date)),
+        format_field("Message-ID", own_id),
+        format_field("Subject", subject),
+    ]
+    in_reply_to = message_id_token(original_id)
+    if in_reply_to:
+        headers.append(format_field("In-Reply-To", in_reply_to))
+        headers.append(format_field("References", in_reply_to))
+    headers.append(format_field("Auto-Submitted", "auto-replied"))
+    return headers
