@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from milterd import Milterd  # noqa: E402
-from mta import Postfix, scratch_dir, submit  # noqa: E402
-from pki import PKI, Issued  # noqa: E402
+from milterd import Milterd
+from mta import Postfix, scratch_dir, submit
+from pki import PKI, Issued
 
 ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
 MESSAGE = (
