@@ -31,7 +31,8 @@ MILTER = '[milter]\ninternal_hosts = []\nsubmission_daemons = ["ORIGINATING"]\n'
 
 
 def hisp_config(path: Path, domain: str, user: Issued, anchor: Issued, peer: Issued) -> Path:
-    path.write_text(MILTER + textwrap.dedent(f"""\
+    tracking = f'[notify]\ntracking = "sqlite:{path.with_suffix(".db")}"\n'
+    path.write_text(MILTER + tracking + textwrap.dedent(f"""\
         [domains."{domain}"]
         anchors = ["{anchor.cert_path}"]
         [addresses."{user.name}@{domain}"]
