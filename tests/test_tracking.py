@@ -54,3 +54,21 @@ def test_outgoing_confirmations_timeouts_and_reopen(url: str) -> None:
 def test_unreachable_database_is_a_temporary_failure() -> None:
     with pytest.raises(TemporaryFailure, match="tracking store"):
         open_store("postgresql://postgres@127.0.0.1:9/none?connect_timeout=1")
+
+
+def test_undone_delivery_is_not_a_replay_on_retry(tmp_path: Path) -> None:
+    """If the milter fails after screening, the client's retry must be delivered, not dropped as a replay."""
+    from typing import Any, cast
+
+    from directmilter.config import NotifySettings
+    from directmilter.delivery.service import Confirmations
+
+    message = b"From: a@x.test\r\nMessage-ID: <r1@x.test>\r\n\r\nbody\r\n"
+    service = Confirmations(cast(Any, None), NotifySettings(mdn=False), open_store(f"sqlite:{tmp_path}/t.db"))
+    first = service.screen_incoming(message, "a@x.test", ["b@y.test"])
+    assert first.deliver_to == ("b@y.test",)
+    service.undo(first)
+    retry = service.screen_incoming(message, "a@x.test", ["b@y.test"])
+    assert retry.deliver_to == ("b@y.test",)
+    assert service.screen_incoming(message, "a@x.test", ["b@y.test"]).deliver_to == ()
+    service.store.close()

@@ -45,10 +45,19 @@ _KINDS = {"processed": "processed", "dispatched": "dispatched", "failed": "faile
 
 @dataclass(frozen=True)
 class IncomingDecision:
-    """Who still gets the message (replays removed), and whether it was a report consumed by tracking."""
+    """Who still gets the message (replays removed), and whether it was a report consumed by tracking.
+
+    The replay fingerprints are recorded when the decision is made; the milter calls :meth:`Confirmations.undo`
+    if it then fails to deliver (so the client's retry is not mistaken for a replay and lost), and
+    :meth:`Confirmations.confirm` once the message is accepted, which is when MDNs may be queued.
+    """
 
     deliver_to: tuple[str, ...]
     consumed: bool = False
+    delivered: bytes = b""
+    sender: str = ""
+    message_id: str | None = None
+    digest: str = ""
 
 
 class Confirmations:
@@ -87,31 +96,44 @@ class Confirmations:
         self.store.record_outgoing(message_id, sender, recipients, wants_dispatched=wants_dispatched(headers),
                                    now=time.time())
 
-    def after_incoming(self, delivered: bytes, sender: str, recipients: Sequence[str]) -> IncomingDecision:
+    def screen_incoming(self, delivered: bytes, sender: str, recipients: Sequence[str]) -> IncomingDecision:
+        """Consume reports about tracked mail; leave out recipients who already received this very message."""
         headers = parse_entity(delivered)
         report = parse_notification(delivered)
         if report is not None or is_notification(headers):
             return IncomingDecision(tuple(recipients), self._record_report(report))
         message_id = headers.get("message-id")
+        digest = hashlib.sha256(delivered).hexdigest()
         fresh = list(recipients)
         if message_id is not None:
-            digest = hashlib.sha256(delivered).hexdigest()
             fresh = [r for r in recipients if self.store.first_delivery(message_id, r, digest, time.time())]
             for replay in set(recipients) - set(fresh):
                 log.warning("replay", message_id=message_id, recipient=replay, sender=sender)
-        target = mdn_target(envelope_sender=sender, headers=headers)
-        if self.settings.mdn and target and self.settings.reinject:
-            # Dispatched (Delivery Notification IG): for a milter, final delivery is Postfix's local delivery into
-            # the hosted mailbox, which follows acceptance; so it goes right after the processed MDN.
-            dispositions: tuple[Disposition, ...] = (
-                ("processed", "dispatched") if wants_dispatched(headers) else ("processed",)
-            )
-            for recipient in fresh:
-                for disposition in dispositions:
-                    self._later(functools.partial(self._send_mdn, delivered, recipient, target, disposition))
-        elif self.settings.mdn:
-            log.warning("mdn_not_sent", reason="no target or no reinject listener configured", message_id=message_id)
-        return IncomingDecision(tuple(fresh))
+        return IncomingDecision(tuple(fresh), False, delivered, sender, message_id, digest)
+
+    def undo(self, decision: IncomingDecision) -> None:
+        if decision.message_id is not None:
+            for recipient in decision.deliver_to:
+                self.store.forget_delivery(decision.message_id, recipient, decision.digest)
+
+    def confirm(self, decision: IncomingDecision) -> None:
+        """Queue the MDNs of an accepted message (never for a report: reports are not answered, AS 3.0)."""
+        if decision.consumed or not decision.delivered or not self.settings.mdn:
+            return
+        headers = parse_entity(decision.delivered)
+        target = mdn_target(envelope_sender=decision.sender, headers=headers)
+        if not target or not self.settings.reinject:
+            log.warning("mdn_not_sent", reason="no target or no reinject listener configured",
+                        message_id=decision.message_id)
+            return
+        # Dispatched (Delivery Notification IG): for a milter, final delivery is Postfix's local delivery into the
+        # hosted mailbox, which follows acceptance; so it goes right after the processed MDN.
+        dispositions: tuple[Disposition, ...] = (
+            ("processed", "dispatched") if wants_dispatched(headers) else ("processed",)
+        )
+        for recipient in decision.deliver_to:
+            for disposition in dispositions:
+                self._later(functools.partial(self._send_mdn, decision.delivered, recipient, target, disposition))
 
     # --- the work ------------------------------------------------------------------------------------------------
 

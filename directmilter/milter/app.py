@@ -158,27 +158,29 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             self._audit("rejected", reason=exc.reason,
                         rejected=getattr(exc, "rejected", {}), started=started)
             return self.refuse(exc)
-        outcome, consumed = self._confirm(outcome)
-        if consumed or not outcome.recipients:
-            self._audit("consumed" if consumed else "replay", rejected=outcome.rejected, started=started)
-            return int(Milter.DISCARD)
-        self._apply(outcome)
-        self._audit("processed", rejected=outcome.rejected, started=started, delivered=list(outcome.recipients))
-        return int(Milter.ACCEPT)
-
-    def _confirm(self, outcome: Outcome) -> tuple[Outcome, bool]:
-        """Tracking and MDNs: record outgoing mail; for incoming, consume reports, drop replays, queue MDNs."""
         confirmations = self.confirmations
         if confirmations is None or (self.group is not Group.REMOTE and self.kind is Direction.OUTGOING):
-            return outcome, False  # local to local: no confirmation travels
-        if self.kind is Direction.OUTGOING:
+            self._apply(outcome)  # local to local: no confirmation travels
+        elif self.kind is Direction.OUTGOING:
             confirmations.after_outgoing(self._message(), self.sender, outcome.recipients)
-            return outcome, False
-        decision = confirmations.after_incoming(outcome.message, self.sender, outcome.recipients)
-        replays = {r: DuplicateMessage(f"recipient {r}: this message was delivered before (replay)")
-                   for r in outcome.recipients if r not in decision.deliver_to}
-        kept = Outcome(outcome.message, decision.deliver_to, {**outcome.rejected, **replays})
-        return kept, decision.consumed
+            self._apply(outcome)
+        else:
+            decision = confirmations.screen_incoming(outcome.message, self.sender, outcome.recipients)
+            replays = {r: DuplicateMessage(f"recipient {r}: this message was delivered before (replay)")
+                       for r in outcome.recipients if r not in decision.deliver_to}
+            outcome = Outcome(outcome.message, decision.deliver_to, {**outcome.rejected, **replays})
+            if decision.consumed or not outcome.recipients:
+                self._audit("consumed" if decision.consumed else "replay", rejected=outcome.rejected,
+                            started=started)
+                return int(Milter.DISCARD)
+            try:
+                self._apply(outcome)
+            except BaseException:
+                confirmations.undo(decision)  # the client will retry: that retry is no replay
+                raise
+            confirmations.confirm(decision)
+        self._audit("processed", rejected=outcome.rejected, started=started, delivered=list(outcome.recipients))
+        return int(Milter.ACCEPT)
 
     def abort(self) -> int:
         self._reset()
