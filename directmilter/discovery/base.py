@@ -53,9 +53,3 @@ class ChainedSources:
             for cert in certs:
                 found.setdefault(cert.fingerprint(SHA256()), cert)
         return Lookup(list(found.values()), failures)
-
-    def find(self, name: str) -> Sequence[x509.Certificate]:
-        result = self.lookup(name)
-        if result.failures and not result.certificates:
-            raise result.failures[0]
-        return result.certificates
