@@ -114,8 +114,8 @@ _AGENT_KEYS = (
     "certificate_sha1",
 )
 _PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors", "revocation")
-_TRUST_KEYS = ("fetch", "revocation", "http_timeout", "bundle_refresh", "bundle_cache", "min_rsa_bits",
-               "enforce_key_usage")
+_TRUST_KEYS = ("fetch", "revocation", "http_timeout", "max_download", "bundle_refresh", "bundle_cache",
+               "min_rsa_bits", "enforce_key_usage")
 REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
@@ -186,6 +186,8 @@ class TrustSettings:
     fetch: bool = True
     revocation: str = "soft-fail"
     http_timeout: float = 5.0
+    #: Largest AIA certificate, CRL, OCSP answer or trust bundle downloaded (bytes); more is a failed fetch.
+    max_download: int = 10 << 20
     bundle_refresh: float = 3600.0
     bundle_cache: Path | None = None
     #: Smallest RSA key accepted anywhere in a path (RFC 5751 makes verifying 1024-bit signatures a MUST).
@@ -289,6 +291,11 @@ class Config:
         """
         party = self._anchor_party(address, direction)
         return party.anchors(direction) or () if party is not None else ()
+
+    def bundle_urls(self) -> tuple[str, ...]:
+        """Every trust bundle URL anywhere in the configuration, each once (for the background refresher)."""
+        parties = (*self.domains.values(), *self.addresses.values())
+        return tuple(dict.fromkeys(url for party in parties for url in (*party.bundles_in, *party.bundles_out)))
 
     def bundles_for(self, address: str, direction: Direction) -> tuple[str, ...]:
         """The trust bundle URLs that belong to the same anchor set as :meth:`anchors_for`."""
@@ -598,6 +605,7 @@ class _Loader:
             fetch=self.typed(table, "fetch", key, bool, default.fetch),
             revocation=self.revocation(table, key, default.revocation),
             http_timeout=self.positive(table, "http_timeout", key, default.http_timeout),
+            max_download=int(self.positive(table, "max_download", key, default.max_download)),
             bundle_refresh=self.positive(table, "bundle_refresh", key, default.bundle_refresh),
             bundle_cache=self.resolve(cache) if cache else None,
             min_rsa_bits=int(self.positive(table, "min_rsa_bits", key, default.min_rsa_bits)),

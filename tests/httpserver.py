@@ -6,6 +6,7 @@ Serves a table of path -> (body, content type), logs every request, and can dela
         http.set("/r1.crl", crl_der, "application/pkix-crl")
         http.delay("/slow.cer", 5)        # answer after 5 s (cut short by stop())
         http.status("/gone.cer", 404)     # this status, empty body
+        http.unsized("/big.crl")          # no Content-Length: the body ends with the connection
         url = http.url("/bob.cer")        # http://127.0.0.1:PORT/bob.cer
         ...
         assert ("GET", "/bob.cer") in http.requests()
@@ -49,6 +50,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         status, payload, content_type, delay = owner._lookup(self.path)
+        unsized = self.path.partition("?")[0] in owner._unsized
         owner._record(HttpRequest(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body,
                                   status, time.monotonic()))
         if delay > 0 and owner._stopping.wait(delay):
@@ -57,7 +59,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
+            if unsized:  # the body ends when the connection does, as an HTTP/1.0-style server would send it
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             if send_body:
                 self.wfile.write(payload)
@@ -99,6 +105,7 @@ class HttpServer:
         self._routes: dict[str, tuple[bytes, str]] = dict(routes or {})
         self._delays: dict[str, float] = {}
         self._statuses: dict[str, int] = {}
+        self._unsized: set[str] = set()
         self.log: list[HttpRequest] = []
         self._stopping = threading.Event()
         self._conns: set[socket.socket] = set()
@@ -132,6 +139,11 @@ class HttpServer:
                 self._statuses.pop(path, None)
             else:
                 self._statuses[path] = code
+
+    def unsized(self, path: str) -> None:
+        """Answer ``path`` without a Content-Length: the body ends when the server closes the connection."""
+        with self._lock:
+            self._unsized.add(path)
 
     def url(self, path: str) -> str:
         return f"http://{LOOPBACK}:{self.port}{path if path.startswith('/') else '/' + path}"

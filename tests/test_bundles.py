@@ -79,3 +79,34 @@ def test_bundle_never_fetched_is_a_temporary_failure(world: World, secured: byte
                 agent.incoming(envelope(secured, ALICE, BOB))
         finally:
             agent.close()
+
+
+def test_running_milter_refreshes_bundles_on_a_timer(world: World, secured: bytes) -> None:
+    """start_refreshing fetches at once and then every interval with no mail; mail never fetches itself."""
+    with HttpServer() as http:
+        http.set("/community.p7b", bundle(world, True), "application/pkcs7-mime")
+        agent = receiving_agent(world, http, "bundle-timer")
+        try:
+            agent.start_refreshing()
+            deadline = time.monotonic() + 5
+            while http.count("/community.p7b") < 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert http.count("/community.p7b") >= 3  # at start, then every 0.3 s without a message
+            http.status("/community.p7b", 503)
+            time.sleep(0.7)
+            fetched = http.count("/community.p7b")
+            assert agent.incoming(envelope(secured, ALICE, BOB)).recipients == (BOB,)  # the last good copy
+            assert http.count("/community.p7b") - fetched <= 1  # at most the timer's own fetch meanwhile
+        finally:
+            agent.close()
+
+
+def test_oversized_bundle_is_refused(world: World, secured: bytes) -> None:
+    with HttpServer() as http:
+        http.set("/community.p7b", bundle(world, True), "application/pkcs7-mime")
+        agent = receiving_agent(world, http, "bundle-big", max_download=64)
+        try:
+            with pytest.raises(TemporaryFailure, match="larger than 64 bytes"):
+                agent.incoming(envelope(secured, ALICE, BOB))
+        finally:
+            agent.close()

@@ -31,10 +31,11 @@ def rv(world: World) -> Iterator[dict[str, Any]]:
         http.set("/I.cer", inter.der())
         ocsp = OcspResponder(root / "ocsp", inter)
 
-        def leaf(name: str, *, crl: bool = False, with_ocsp: bool = False) -> Any:
+        def leaf(name: str, *, crl: bool | str = False, with_ocsp: bool = False) -> Any:
+            crl_path = crl if isinstance(crl, str) else "/I.crl"
             issued = world.pki.leaf(f"rv-{name}", inter, email=f"{name}@direct.b.test",
                                     aia_ca_issuers=http.url("/I.cer"),
-                                    crl_url=http.url("/I.crl") if crl else None,
+                                    crl_url=http.url(crl_path) if crl else None,
                                     ocsp_url=ocsp.url if with_ocsp else None)
             if with_ocsp:
                 ocsp.set_good(issued)
@@ -48,11 +49,18 @@ def rv(world: World) -> Iterator[dict[str, Any]]:
             "ocsprevoked": leaf("ocsprevoked", with_ocsp=True),
             "ocspgood": leaf("ocspgood", with_ocsp=True),
             "ocspdown": leaf("ocspdown", with_ocsp=True),
+            "ocspcached": leaf("ocspcached", with_ocsp=True),
+            "crlbig": leaf("crlbig", crl="/big.crl"),
+            "crlunsized": leaf("crlunsized", crl="/unsized.crl"),
         }
         ocsp.revoke(leaves["ocsprevoked"])
         http.set("/I.crl", make_crl(inter, [(leaves["crlrevoked"].cert,
                                              dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))]),
                  "application/pkix-crl")
+        padding = b"\0" * 4096  # past the 2 KiB download limit of the size tests; the CRL itself is fine
+        for path in ("/big.crl", "/unsized.crl"):
+            http.set(path, make_crl(inter, []) + padding, "application/pkix-crl")
+        http.unsized("/unsized.crl")
         with ocsp:
             yield {"http": http, "ocsp": ocsp, "leaves": leaves, "inter": inter}
 
@@ -95,6 +103,37 @@ def test_crl_is_fetched_once_and_kept_until_next_update(world: World, rv: dict[s
         assert result.recipients == ("crlgood3@direct.b.test",)
     finally:
         agent.close()
+
+
+@pytest.mark.conformance("AS-4.0-7")
+def test_ocsp_answer_is_reused_while_current(world: World, rv: dict[str, Any]) -> None:
+    """A second validation of the same certificate asks nobody while the first OCSP answer is current."""
+    agent = agent_for(world, rv, "rv-ocsp-cache", revocation="hard-fail")
+    try:
+        rcpt = "ocspcached@direct.b.test"
+        before = rv["ocsp"].requests
+        agent.outgoing(envelope(plain_message(to=rcpt), ALICE, rcpt))
+        assert rv["ocsp"].requests == before + 1
+        agent.context.validator.clear_cache()  # past the per-minute result cache: a real second validation
+        rv["ocsp"].stop()
+        try:
+            assert agent.outgoing(envelope(plain_message(to=rcpt), ALICE, rcpt)).recipients == (rcpt,)
+        finally:
+            rv["ocsp"].start()
+        assert rv["ocsp"].requests == before + 1
+    finally:
+        agent.close()
+
+
+@pytest.mark.parametrize("path", ["/big.crl", "/unsized.crl"], ids=["content-length", "until-close"])
+def test_oversized_crl_is_a_failed_fetch(world: World, rv: dict[str, Any], path: str) -> None:
+    """A CRL past ``max_download`` is never read whole: hard-fail defers (status unknown), soft-fail passes."""
+    rcpt = "crlbig@direct.b.test" if path == "/big.crl" else "crlunsized@direct.b.test"
+    with pytest.raises(RevocationUnavailable, match="could not be determined"):
+        send(agent_for(world, rv, "rv-big-hard", revocation="hard-fail", max_download=2048), rcpt)
+    assert rv["http"].count(path) >= 1
+    assert send(agent_for(world, rv, "rv-big-soft", max_download=2048), rcpt).recipients == (rcpt,)
+    assert send(agent_for(world, rv, "rv-big-ok", revocation="hard-fail"), rcpt).recipients == (rcpt,)
 
 
 @pytest.mark.conformance("AS-4.0-3", "AS-4.0-6")

@@ -25,7 +25,10 @@ def aia(world: World) -> Iterator[dict[str, Any]]:
         dave = world.pki.leaf("aia-dave", intermediate, email=DAVE, aia_ca_issuers=http.url("/I.cer"))
         orphan = world.pki.leaf("aia-orphan", intermediate, email="orphan@direct.b.test",
                                 aia_ca_issuers=http.url("/missing.cer"))
-        yield {"http": http, "I": intermediate, "dave": dave, "orphan": orphan}
+        http.set("/I-padded.cer", intermediate.der() + b"\0" * 4096)
+        erin = world.pki.leaf("aia-erin", intermediate, email="erin@direct.b.test",
+                              aia_ca_issuers=http.url("/I-padded.cer"))
+        yield {"http": http, "I": intermediate, "dave": dave, "orphan": orphan, "erin": erin}
 
 
 def agent_with(world: World, name: str, **overrides: Any) -> Agent:
@@ -66,3 +69,20 @@ def test_signer_intermediate_fetched_through_aia(world: World, aia: dict[str, An
     finally:
         agent.close()
     assert received.signers == (aia["dave"].cert,)
+
+
+def test_aia_download_is_bounded(world: World, aia: dict[str, Any]) -> None:
+    """An AIA answer past ``max_download`` is not read: no intermediate, so no path; within the limit it is."""
+    files = {"files": [str(aia["erin"].cert_path)]}
+    small = agent_with(world, "aia-small", certificates=files, trust={"max_download": 2048})
+    try:
+        with pytest.raises(NoTrustedRecipients, match="no path to a trust anchor"):
+            small.outgoing(envelope(plain_message(), ALICE, "erin@direct.b.test"))
+    finally:
+        small.close()
+    assert ("GET", "/I-padded.cer") in aia["http"].requests()
+    large = agent_with(world, "aia-large", certificates=files)
+    try:
+        assert large.outgoing(envelope(plain_message(), ALICE, "erin@direct.b.test")).recipients
+    finally:
+        large.close()

@@ -47,7 +47,8 @@ def default_sources(config: Config) -> list[CertificateSource]:
 
 def make_validator(config: Config) -> TrustValidator:
     """One validator for the process: one event loop and, when fetching, one HTTP client for AIA, CRL and OCSP."""
-    backend = CachingFetcherBackend(per_request_timeout=config.trust.http_timeout) if config.trust.fetch else None
+    backend = (CachingFetcherBackend(per_request_timeout=config.trust.http_timeout,
+                                     max_bytes=config.trust.max_download) if config.trust.fetch else None)
     return TrustValidator(
         allow_sha1=config.crypto.certificate_sha1,
         revocation_mode=config.trust.revocation,
@@ -74,7 +75,7 @@ class Agent:
             validator=validator or make_validator(config),
             intermediates=tuple(config.certificates),
             bundles=BundleStore(refresh=config.trust.bundle_refresh, timeout=config.trust.http_timeout,
-                                cache_dir=config.trust.bundle_cache),
+                                max_bytes=config.trust.max_download, cache_dir=config.trust.bundle_cache),
         )
 
     def outgoing(self, envelope: MessageEnvelope, *, moment: datetime | None = None) -> OutgoingMessage:
@@ -91,6 +92,11 @@ class Agent:
         """Raise unless ``sender`` trusts a certificate of ``recipient`` (for decisions at RCPT TO time)."""
         recipient_certificates(self.context, sender, recipient, moment)
 
+    def start_refreshing(self) -> None:
+        """Keep the trust bundles fresh from a background thread (the long-running milter calls this)."""
+        self.context.bundles.start(self.context.config.bundle_urls())
+
     def close(self) -> None:
+        self.context.bundles.close()
         if self._owns_validator:
             self.context.validator.close()

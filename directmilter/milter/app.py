@@ -249,6 +249,7 @@ def run(config: Config) -> None:
     _prepare_socket(spec)
     DirectMilter.agent = Agent(config)
     DirectMilter.config = config
+    DirectMilter.agent.start_refreshing()
     DirectMilter.confirmations = Confirmations(DirectMilter.agent, config.notify,
                                                open_store(config.notify.tracking)).start()
     Milter.factory = DirectMilter

@@ -1,8 +1,10 @@
 """Trust bundles published at URLs, the way Direct trust communities distribute their anchors.
 
 An ``anchors`` entry may be an ``http://`` or ``https://`` URL of a bundle (PKCS#7 ``.p7b``/``.p7c`` in DER or PEM,
-or PEM certificates). A bundle is fetched when first needed and again once it is older than the refresh interval;
-a refresh that fails keeps the last good copy (logged), and a copy is kept on disk so a restart does not depend on
+or PEM certificates). The running milter fetches every bundle at start and again every refresh interval from a
+background thread (:meth:`BundleStore.start`), so mail never waits for a publisher; without that thread (the CLI,
+tests) a bundle is fetched when first needed and again once it is older than the interval. A refresh that fails
+keeps the last good copy (logged), and a copy is kept on disk so a restart does not depend on
 the publisher being up. A bundle that has never been fetched is a temporary failure: mail waits rather than being
 refused for want of anchors.
 """
@@ -31,6 +33,8 @@ def is_bundle_url(value: str) -> bool:
 
 
 class BundleStore:
+    """The anchors at bundle URLs, refreshed in the background by :meth:`start` or, without it, when next needed."""
+
     def __init__(self, *, refresh: float = 3600.0, timeout: float = 10.0, max_bytes: int = 4 << 20,
                  cache_dir: Path | None = None) -> None:
         self.refresh = refresh
@@ -38,7 +42,10 @@ class BundleStore:
         self.max_bytes = max_bytes
         self.cache_dir = cache_dir
         self._bundles: dict[str, tuple[float, tuple[x509.Certificate, ...]]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _bundles
+        self._fetching = threading.Lock()  # one download at a time
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
 
     def anchors(self, urls: Sequence[str]) -> tuple[x509.Certificate, ...]:
         found: list[x509.Certificate] = []
@@ -46,11 +53,41 @@ class BundleStore:
             found.extend(c for c in self._bundle(url) if c not in found)
         return tuple(found)
 
+    def start(self, urls: Sequence[str]) -> None:
+        """Fetch ``urls`` now and every ``refresh`` seconds from a daemon thread, so mail never waits for one."""
+        if self._refresher is not None or not urls:
+            return
+        self._refresher = threading.Thread(target=self._refresh_loop, args=(tuple(dict.fromkeys(urls)),),
+                                           name="bundle-refresh", daemon=True)
+        self._refresher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join(self.timeout + 1)
+
+    def _refresh_loop(self, urls: tuple[str, ...]) -> None:
+        while not self._stop.is_set():
+            for url in urls:
+                with self._lock:
+                    entry = self._bundles.get(url) or self._from_disk(url)
+                try:
+                    self._refresh(url, entry)
+                except TemporaryFailure as exc:
+                    log.warning("bundle_unavailable", url=url, error=str(exc))
+            self._stop.wait(self.refresh)
+
     def _bundle(self, url: str) -> tuple[x509.Certificate, ...]:
         with self._lock:
             entry = self._bundles.get(url) or self._from_disk(url)
-            if entry is not None and time.monotonic() - entry[0] < self.refresh:
-                return entry[1]
+        background = self._refresher is not None and self._refresher.is_alive()
+        if entry is not None and (background or time.monotonic() - entry[0] < self.refresh):
+            return entry[1]
+        return self._refresh(url, entry)
+
+    def _refresh(self, url: str, entry: tuple[float, tuple[x509.Certificate, ...]] | None,
+                 ) -> tuple[x509.Certificate, ...]:
+        with self._fetching:
             try:
                 data = self._fetch(url)
                 certs = tuple(parse_certificates(data, Path(url), "trust bundle")[0])
@@ -58,9 +95,11 @@ class BundleStore:
                 if entry is None:
                     raise TemporaryFailure(f"trust bundle {url} is not available yet: {exc}") from exc
                 log.warning("bundle_refresh_failed", url=url, error=str(exc), keeping=len(entry[1]))
-                self._bundles[url] = (time.monotonic(), entry[1])  # retry after the next interval
+                with self._lock:
+                    self._bundles[url] = (time.monotonic(), entry[1])  # retry after the next interval
                 return entry[1]
-            self._bundles[url] = (time.monotonic(), certs)
+            with self._lock:
+                self._bundles[url] = (time.monotonic(), certs)
             self._to_disk(url, data)
             log.info("bundle_loaded", url=url, anchors=len(certs))
             return certs

@@ -1,53 +1,139 @@
-"""One HTTP client for AIA caIssuers, CRLs and OCSP, with CRLs kept until their nextUpdate.
+"""One HTTP client for AIA caIssuers, CRLs and OCSP: bounded in size, with revocation answers kept while current.
 
 pyhanko-certvalidator makes a fresh set of fetchers for every validation, so on its own every message would fetch
-every CRL again. :class:`CachingFetcherBackend` keeps a CRL from a distribution point until its nextUpdate (at most
-``crl_max_age``), so a burst of messages costs one download, and a publisher that goes down after a fetch does not
-matter while the CRL is current (Applicability Statement 4.0: retrieve and store CRLs). Everything runs on the
-validator's single event loop, so the cache needs no lock.
+every CRL and ask every OCSP responder again. :class:`CachingFetcherBackend` keeps a CRL from a distribution point
+until its nextUpdate, and an OCSP answer for a certificate until the answer's nextUpdate (both at most
+``max_age``), so a burst of messages costs one download, and a publisher that goes down after a fetch does not
+matter while its answer is current (Applicability Statement 4.0: retrieve and store CRLs).
+
+Every response body is read through :class:`BoundedResponse`, which stops at ``max_bytes``: a hostile or broken
+publisher can cost us a bounded download, never our memory. An oversized answer is a fetch failure like a refused
+connection, so the revocation policy (soft-fail / hard-fail) decides what it means.
+
+Everything runs on the validator's single event loop, so the caches need no lock.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import aiohttp
 from asn1crypto import crl as asn1_crl
+from asn1crypto import ocsp as asn1_ocsp
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers import AIOHttpFetcherBackend
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers.crl_client import AIOHttpCRLFetcher, _grab_crl
+from pyhanko_certvalidator.fetchers.aiohttp_fetchers.ocsp_client import AIOHttpOCSPFetcher
+from pyhanko_certvalidator.fetchers.aiohttp_fetchers.util import LazySession
 from pyhanko_certvalidator.fetchers.api import Fetchers
 from pyhanko_certvalidator.fetchers.common_utils import FetchKind
+from pyhanko_certvalidator.util import issuer_serial
+
+__all__ = ["DEFAULT_MAX_DOWNLOAD", "BoundedResponse", "CachingFetcherBackend", "ResponseTooLarge", "TimedCache"]
+
+DEFAULT_MAX_DOWNLOAD = 10 << 20
+"""Largest AIA certificate, CRL or OCSP answer read (bytes). Big community CRLs run to a few MiB."""
+
+OCSP_WITHOUT_NEXT_UPDATE = 300.0
+"""How long an OCSP answer that names no nextUpdate is reused (seconds): a burst, not a day."""
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-class CRLCache:
-    def __init__(self, max_age: float = 86400.0, max_entries: int = 1000) -> None:
+class ResponseTooLarge(aiohttp.ClientPayloadError):
+    """An HTTP body past the download limit. An aiohttp ClientError, so pyhanko reports it as a failed fetch."""
+
+
+class BoundedResponse(aiohttp.ClientResponse):
+    """A response whose :meth:`read` refuses to hold more than :attr:`max_bytes`."""
+
+    max_bytes = DEFAULT_MAX_DOWNLOAD
+
+    async def read(self) -> bytes:
+        if self._body is None:
+            declared = self.content_length
+            if declared is not None and declared > self.max_bytes:
+                self.close()
+                raise ResponseTooLarge(f"{self.url} announces {declared} bytes, more than {self.max_bytes}")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in self.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > self.max_bytes:
+                    self.close()
+                    raise ResponseTooLarge(f"{self.url} sent more than {self.max_bytes} bytes")
+                chunks.append(chunk)
+            self._body = b"".join(chunks)
+        return self._body
+
+
+class _BoundedSession(LazySession):
+    """pyhanko's lazily made session (bound to the loop that first uses it), reading through BoundedResponse."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._response_class = type("BoundedResponse", (BoundedResponse,), {"max_bytes": max_bytes})
+
+    def get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=ssl.create_default_context()),
+                response_class=self._response_class,
+            )
+        session: aiohttp.ClientSession = self._session
+        return session
+
+
+class TimedCache(Generic[K, V]):
+    """Entries that expire at their own time (a CRL's or OCSP answer's nextUpdate), capped at ``max_age``."""
+
+    def __init__(self, max_age: float, max_entries: int = 1000) -> None:
         self.max_age = max_age
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[float, asn1_crl.CertificateList]] = {}
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
         self.downloads = 0
+        self.hits = 0
 
-    def get(self, url: str) -> asn1_crl.CertificateList | None:
-        entry = self._entries.get(url)
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
         if entry is None or entry[0] <= time.monotonic():
-            self._entries.pop(url, None)
+            self._entries.pop(key, None)
             return None
+        self.hits += 1
         return entry[1]
 
-    def put(self, url: str, crl: asn1_crl.CertificateList) -> None:
-        next_update = crl["tbs_cert_list"]["next_update"].native
-        lifetime = self.max_age
+    def put(self, key: K, value: V, next_update: object, *, default: float | None = None) -> None:
+        lifetime = self.max_age if default is None else min(default, self.max_age)
         if isinstance(next_update, datetime):
-            lifetime = min(lifetime, (next_update - datetime.now(UTC)).total_seconds())
+            lifetime = min(self.max_age, (next_update - datetime.now(UTC)).total_seconds())
         if lifetime <= 0:
             return
-        if len(self._entries) >= self.max_entries:
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[url] = (time.monotonic() + lifetime, crl)
+        while len(self._entries) >= self.max_entries:
+            self._entries.popitem(last=False)
+        self._entries[key] = (time.monotonic() + lifetime, value)
+
+
+def _ocsp_next_update(response: asn1_ocsp.OCSPResponse) -> object:
+    try:
+        single = response["response_bytes"]["response"].parsed["tbs_response_data"]["responses"][0]
+        return single["next_update"].native
+    except (KeyError, IndexError, ValueError, TypeError):
+        return None
+
+
+def _ocsp_successful(response: asn1_ocsp.OCSPResponse) -> bool:
+    try:
+        return bool(response["response_status"].native == "successful")
+    except (KeyError, ValueError):
+        return False
 
 
 class _CachingCRLFetcher(AIOHttpCRLFetcher):
-    def __init__(self, cache: CRLCache, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, cache: TimedCache[str, asn1_crl.CertificateList], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._cache = cache
 
@@ -61,22 +147,45 @@ class _CachingCRLFetcher(AIOHttpCRLFetcher):
                 url, user_agent=self.user_agent, session=self.get_session(), timeout=self.per_request_timeout
             )
             self._cache.downloads += 1
-            self._cache.put(url, fetched)
+            self._cache.put(url, fetched, fetched["tbs_cert_list"]["next_update"].native)
             return fetched
 
         return await self._post_fetch_task(url, task)  # type: ignore[no-untyped-call]
 
 
+class _CachingOCSPFetcher(AIOHttpOCSPFetcher):
+    def __init__(self, cache: TimedCache[Any, asn1_ocsp.OCSPResponse], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cache = cache
+
+    async def _fetch(self, cert: Any, authority: Any) -> asn1_ocsp.OCSPResponse:
+        key = (issuer_serial(cert), authority.hashable)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        fetched: asn1_ocsp.OCSPResponse = await super()._fetch(cert, authority)
+        self._cache.downloads += 1
+        if _ocsp_successful(fetched):
+            self._cache.put(key, fetched, _ocsp_next_update(fetched), default=OCSP_WITHOUT_NEXT_UPDATE)
+        return fetched
+
+
 class CachingFetcherBackend(AIOHttpFetcherBackend):
-    def __init__(self, per_request_timeout: float = 10.0, crl_max_age: float = 86400.0) -> None:
+    def __init__(self, per_request_timeout: float = 10.0, max_age: float = 86400.0,
+                 max_bytes: int = DEFAULT_MAX_DOWNLOAD) -> None:
         super().__init__(per_request_timeout=per_request_timeout)
-        self.crl_cache = CRLCache(crl_max_age)
+        self.session = _BoundedSession(max_bytes)
+        self.crl_cache: TimedCache[str, asn1_crl.CertificateList] = TimedCache(max_age)
+        self.ocsp_cache: TimedCache[Any, asn1_ocsp.OCSPResponse] = TimedCache(max_age)
 
     def get_fetchers(self) -> Fetchers:
         fetchers = super().get_fetchers()
-        crl_fetcher = _CachingCRLFetcher(
-            self.crl_cache, self.session, per_request_timeout=self.per_request_timeout,
-            budget=getattr(fetchers.crl_fetcher, "_budget", None),  # share the budget of this validation
+        shared: dict[str, Any] = {
+            "per_request_timeout": self.per_request_timeout,
+            "budget": getattr(fetchers.crl_fetcher, "_budget", None),  # share the budget of this validation
+        }
+        return Fetchers(
+            ocsp_fetcher=_CachingOCSPFetcher(self.ocsp_cache, self.session, **shared),
+            crl_fetcher=_CachingCRLFetcher(self.crl_cache, self.session, **shared),
+            cert_fetcher=fetchers.cert_fetcher,
         )
-        return Fetchers(ocsp_fetcher=fetchers.ocsp_fetcher, crl_fetcher=crl_fetcher,
-                        cert_fetcher=fetchers.cert_fetcher)
