@@ -46,6 +46,18 @@ def test_recipient_intermediate_fetched_through_aia(world: World, aia: dict[str,
     assert ("GET", "/I.cer") in aia["http"].requests()
 
 
+def test_aia_intermediate_is_fetched_once_for_a_burst(world: World, aia: dict[str, Any]) -> None:
+    agent = agent_with(world, "aia-burst", certificates={"files": [str(aia["dave"].cert_path)]})
+    try:
+        before = aia["http"].count("/I.cer")
+        for _ in range(3):
+            agent.context.validator.clear_cache()  # a real validation each time, not the result cache
+            agent.outgoing(envelope(plain_message(to=DAVE), ALICE, DAVE))
+        assert aia["http"].count("/I.cer") == before + 1
+    finally:
+        agent.close()
+
+
 @pytest.mark.conformance("AS-4.2.3-2")
 def test_no_chain_anywhere_is_untrusted(world: World, aia: dict[str, Any]) -> None:
     agent = agent_with(world, "aia-none", certificates={"files": [str(aia["orphan"].cert_path)]})

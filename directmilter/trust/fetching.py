@@ -1,10 +1,11 @@
 """One HTTP client for AIA caIssuers, CRLs and OCSP: bounded in size, with revocation answers kept while current.
 
 pyhanko-certvalidator makes a fresh set of fetchers for every validation, so on its own every message would fetch
-every CRL and ask every OCSP responder again. :class:`CachingFetcherBackend` keeps a CRL from a distribution point
-until its nextUpdate, and an OCSP answer for a certificate until the answer's nextUpdate (both at most
-``max_age``), so a burst of messages costs one download, and a publisher that goes down after a fetch does not
-matter while its answer is current (Applicability Statement 4.0: retrieve and store CRLs).
+every CRL, ask every OCSP responder and download every AIA intermediate again. :class:`CachingFetcherBackend` keeps
+a CRL from a distribution point until its nextUpdate, an OCSP answer for a certificate until the answer's
+nextUpdate, and the certificates at an AIA caIssuers URL for an hour (all at most ``max_age``), so a burst of
+messages costs one download, and a publisher that goes down after a fetch does not matter while its answer is
+current (Applicability Statement 4.0: retrieve and store CRLs).
 
 Every response body is read through :class:`BoundedResponse`, which stops at ``max_bytes``: a hostile or broken
 publisher can cost us a bounded download, never our memory. An oversized answer is a fetch failure like a refused
@@ -25,6 +26,7 @@ import aiohttp
 from asn1crypto import crl as asn1_crl
 from asn1crypto import ocsp as asn1_ocsp
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers import AIOHttpFetcherBackend
+from pyhanko_certvalidator.fetchers.aiohttp_fetchers.cert_fetch_client import AIOHttpCertificateFetcher
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers.crl_client import AIOHttpCRLFetcher, _grab_crl
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers.ocsp_client import AIOHttpOCSPFetcher
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers.util import LazySession
@@ -36,6 +38,9 @@ __all__ = ["DEFAULT_MAX_DOWNLOAD", "BoundedResponse", "CachingFetcherBackend", "
 
 DEFAULT_MAX_DOWNLOAD = 10 << 20
 """Largest AIA certificate, CRL or OCSP answer read (bytes). Big community CRLs run to a few MiB."""
+
+AIA_MAX_AGE = 3600.0
+"""How long certificates fetched from an AIA caIssuers URL are reused (seconds); a CA may re-key, so not forever."""
 
 OCSP_WITHOUT_NEXT_UPDATE = 300.0
 """How long an OCSP answer that names no nextUpdate is reused (seconds): a burst, not a day."""
@@ -132,6 +137,21 @@ def _ocsp_successful(response: asn1_ocsp.OCSPResponse) -> bool:
         return False
 
 
+class _CachingCertFetcher(AIOHttpCertificateFetcher):
+    def __init__(self, cache: TimedCache[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cache = cache
+
+    async def fetch_certs(self, url: str, url_origin_type: str) -> Any:
+        cached = self._cache.get(url)
+        if cached is not None:
+            return cached
+        fetched = await super().fetch_certs(url, url_origin_type)  # type: ignore[no-untyped-call]
+        self._cache.downloads += 1
+        self._cache.put(url, fetched, None, default=AIA_MAX_AGE)
+        return fetched
+
+
 class _CachingCRLFetcher(AIOHttpCRLFetcher):
     def __init__(self, cache: TimedCache[str, asn1_crl.CertificateList], *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -177,6 +197,7 @@ class CachingFetcherBackend(AIOHttpFetcherBackend):
         self.session = _BoundedSession(max_bytes)
         self.crl_cache: TimedCache[str, asn1_crl.CertificateList] = TimedCache(max_age)
         self.ocsp_cache: TimedCache[Any, asn1_ocsp.OCSPResponse] = TimedCache(max_age)
+        self.aia_cache: TimedCache[str, Any] = TimedCache(max_age)
 
     def get_fetchers(self) -> Fetchers:
         fetchers = super().get_fetchers()
@@ -187,5 +208,5 @@ class CachingFetcherBackend(AIOHttpFetcherBackend):
         return Fetchers(
             ocsp_fetcher=_CachingOCSPFetcher(self.ocsp_cache, self.session, **shared),
             crl_fetcher=_CachingCRLFetcher(self.crl_cache, self.session, **shared),
-            cert_fetcher=fetchers.cert_fetcher,
+            cert_fetcher=_CachingCertFetcher(self.aia_cache, self.session, **shared),
         )
