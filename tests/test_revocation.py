@@ -204,3 +204,24 @@ def test_through_postfix_revoked_refused_and_responder_down_by_policy(world: Wor
         assert "revocation_status_undetermined" in results["soft-fail"][2]
         [wire] = sink.messages()
         assert wire.rcpts == ["ocspdown@direct.b.test"] and b"application/pkcs7-mime" in wire.data
+
+
+@pytest.mark.conformance("AS-4.0-6")
+def test_revocation_status_is_good_only_with_evidence(world: World, rv: dict[str, Any]) -> None:
+    """A path is "good" only when its certificates were checked; no source or a soft failure is "undetermined"."""
+    agent = agent_for(world, rv, "rv-status")
+    validator, inter = agent.context.validator, rv["inter"].cert
+    try:
+        good = rv["leaves"]["ocspgood"].cert
+        assert validator.validate(good, [inter], []).revocation_status == "good"
+        # below R1 the intermediate names no CRL or OCSP source, so the whole path is not known to be good
+        assert validator.validate(good, [world.r1.cert], [inter]).revocation_status == "undetermined"
+        assert validator.validate(world.bob.cert, [world.r1.cert], []).revocation_status == "undetermined"
+        rv["ocsp"].stop()
+        try:
+            down = validator.validate(rv["leaves"]["ocspdown"].cert, [world.r1.cert], [inter])
+        finally:
+            rv["ocsp"].start()
+        assert down.revocation_status == "undetermined" and down.soft_failures
+    finally:
+        agent.close()

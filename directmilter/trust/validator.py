@@ -25,10 +25,11 @@ Policy (the Applicability Statement leaves these choices to the STA):
   since deployed Direct PKIs such as the reference implementation's still sign with SHA-1). RSA issuer keys
   of fewer than ``min_rsa_bits`` (default 1024: RFC 5751 makes verification with 1024-2048-bit keys a MUST;
   pyhanko's own default would refuse anything below 2048) are refused.
-- Revocation: ``revocation_mode`` "soft-fail" and no fetching for now, so the revocation status is reported
-  as "undetermined", never as "not revoked". A fetcher backend (AIA caIssuers, CRL, OCSP) can be plugged in
-  through ``fetcher_backend``; it then lives on the validator's loop and is closed by
-  :meth:`TrustValidator.close`.
+- Revocation: ``revocation_mode`` soft-fail, hard-fail or require (per call). The fetcher backend (AIA caIssuers,
+  CRL, OCSP; see :mod:`directmilter.trust.fetching`) is plugged in through ``fetcher_backend``; it lives on the
+  validator's loop and is closed by :meth:`TrustValidator.close`. Without it nothing is fetched. A path's
+  :attr:`ValidatedPath.revocation_status` is "good" only when every certificate below the anchor names a CRL or
+  OCSP source and all were checked without a soft failure; otherwise it is "undetermined", never "not revoked".
 - Key usage (AS-4.1.3-1, optional): ``key_usage={"digital_signature"}`` etc. requires those keyUsage bits
   when the leaf has a keyUsage extension; a leaf without the extension is unrestricted (RFC 5280 §4.2.1.3).
   This check is done here rather than by pyhanko's ``validate_usage``, which refuses a leaf without a
@@ -122,6 +123,21 @@ _KEY_USAGE_ATTR = {
 }
 
 REVOCATION_UNDETERMINED = "undetermined"
+REVOCATION_GOOD = "good"
+
+
+def _names_revocation_source(cert: x509.Certificate) -> bool:
+    """True when the certificate points at a CRL distribution point or an OCSP responder."""
+    try:
+        if cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value:
+            return True
+    except (x509.ExtensionNotFound, ValueError):
+        pass
+    try:
+        access = cert.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    return any(d.access_method == x509.oid.AuthorityInformationAccessOID.OCSP for d in access)
 
 
 @dataclass(frozen=True)
@@ -137,7 +153,8 @@ class ValidatedPath:
     moment: datetime
     """The validation time (UTC)."""
     revocation_status: str = REVOCATION_UNDETERMINED
-    """"undetermined" while no CRL/OCSP source is configured: never claim "not revoked" without evidence."""
+    """"good" when every certificate below the anchor was checked against its CRL or OCSP source, else
+    "undetermined": never claim "not revoked" without evidence."""
     soft_failures: tuple[str, ...] = ()
     """Problems soft-fail revocation checking tolerated (e.g. a CRL that could not be fetched), to log."""
 
@@ -529,8 +546,10 @@ class TrustValidator:
             ) from e
 
         chain = tuple(request.to_crypto(c) for c in path.iter_certs(include_root=True))
+        checked = self._fetcher_backend is not None and not soft and all(map(_names_revocation_source, chain[1:]))
         return ValidatedPath(
-            certificates=tuple(reversed(chain)), moment=request.moment, soft_failures=tuple(soft)
+            certificates=tuple(reversed(chain)), moment=request.moment, soft_failures=tuple(soft),
+            revocation_status=REVOCATION_GOOD if checked else REVOCATION_UNDETERMINED,
         )
 
     def _check_key_usage(self, cert: x509.Certificate, usages: frozenset[str]) -> None:
