@@ -56,6 +56,9 @@ def trusted_certificates(
             # Soft-fail policy: accepted, but never reported as "not revoked".
             log.warning("revocation_status_undetermined", address=address, certificate=describe_certificate(cert),
                         reasons=list(path.soft_failures))
+        else:
+            log.debug("certificate_trusted", address=address, certificate=describe_certificate(cert),
+                      revocation=path.revocation_status)
         trusted.append(cert)
     if not candidates:
         first_error = NoCertificate(f"no certificate found for {address}")
