@@ -23,7 +23,7 @@ def secure(agent_for, world: World, message: bytes | None = None, *rcpts: str, s
     return agent_for(world.hisp_a()).outgoing(envelope(message or plain_message(sender=sender), sender, *rcpts))
 
 
-@pytest.mark.conformance("ALG-4", "ALG-8", "AS-4.2.3-1", "AS-2.4-5")
+@pytest.mark.conformance("ALG-4", "ALG-8", "AS-4.2.3-1", "AS-2.4-5", "AS-4.2.2-1")
 def test_untrusted_recipient_removed_and_trusted_one_kept(world: World, agent_for) -> None:
     result = secure(agent_for, world, None, BOB, CAROL)
     assert result.recipients == (BOB,)

@@ -215,7 +215,7 @@ REFUSALS: list[Any] = [
     pytest.param(lambda w: to_bob(w, signed(w, md="md5")), ForbiddenAlgorithm, r"\bMD5\b",
                  id="md5", marks=conformance("AS-2.6-4")),
     pytest.param(lambda w: to_bob(w, signed(w, nocerts=True)), NoSignerCertificate, "no signer certificate",
-                 id="nocerts", marks=conformance("AS-2.5.2-1", "ALG-18")),
+                 id="nocerts", marks=conformance("AS-2.5.2-1", "ALG-18", "AS-4.2.2-3")),
     pytest.param(lambda w: to_bob(w, signed(w, nodetach=True)), NotSigned, "opaque signed-data",
                  id="opaque-signed-data", marks=conformance("AS-2.5.1-3", "ALG-14")),
     pytest.param(lambda w: to_bob(w, UNWRAPPED), NotSigned, "text/plain, not multipart/signed",
@@ -256,7 +256,7 @@ def assert_refused(refused: DirectMilterError, error: type[DirectMilterError], r
     assert re.search(reason, refused.reason), refused.reason
 
 
-@conformance("ALG-18", "ALG-19")
+@conformance("ALG-18", "ALG-19", "AS-4.2.2-1")
 def test_signer_under_untrusted_root_is_refused(world: World, agent_for) -> None:
     wire = to_bob(world, signed(world, plain_message(sender=CAROL), signer="carol"))
     assert_refused(receive_refused(agent_for, world, wire, sender=CAROL), NoTrustPath, "no path to a trust anchor")
