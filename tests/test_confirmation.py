@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import World, plain_message
+from conftest import CANARY, World, plain_message
 from milterd import Milterd
 from mta import Postfix, Sink, scratch_dir, submit
+from pgserver import Postgres, find_bindir
 
 from directmilter.notify import parse_notification
 from directmilter.tracking import open_store
@@ -33,16 +35,24 @@ def wait_until(condition: Any, what: str, timeout: float = 30) -> Any:
 
 @pytest.fixture(scope="module")
 def hisps(world: World) -> Iterator[dict[str, Any]]:
-    with scratch_dir("directmilter-mdn-") as root, Sink(root / "nowhere") as nowhere:
+    """A tracks in PostgreSQL (as a HISP with several hosts would), B in the default SQLite."""
+    if find_bindir() is None:
+        pytest.fail("PostgreSQL server binaries are not installed (scripts/bootstrap installs 'postgresql')")
+    with scratch_dir("directmilter-mdn-") as root, Sink(root / "nowhere") as nowhere, Postgres(root / "pg") as pg:
         milter_a = Milterd(world.directory / "mdn-a.conf", root / "milter-a.log")
         milter_b = Milterd(world.directory / "mdn-b.conf", root / "milter-b.log")
         a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"}, milter=milter_a.postfix_spec)
+        # bob2's delivery fails after acceptance; Postfix's bounce passes B's milter, which secures it.
         b = Postfix(root=root / "b", name="mx.b.test", mailboxes={BOB: "bob"}, milter=milter_b.postfix_spec,
-                    relay={"direct.a.test": f"127.0.0.1:{a.smtp_port}"})
+                    relay={"direct.a.test": f"127.0.0.1:{a.smtp_port}"},
+                    main_cf={"non_smtpd_milters": milter_b.postfix_spec, "internal_mail_filter_classes": "bounce",
+                             "smtpd_reject_unlisted_recipient": "no",
+                             "transport_maps": "inline:{ bob2@direct.b.test=error:5.2.1_mailbox_disabled } "
+                                               f"texthash:{root / 'b' / 'etc' / 'transport'}"})
         a.relay.update({"direct.b.test": f"127.0.0.1:{b.smtp_port}", "silent.test": f"127.0.0.1:{nowhere.port}"})
         a.write_config()
         silent = world.pki.leaf("silent", world.r1, email="nobody@silent.test")
-        tracking_a = f"sqlite:{root}/tracking-a.db"
+        tracking_a = pg.create_database("tracking_a")
         milter = {"internal_hosts": [], "submission_daemons": ["ORIGINATING"]}
         body_a = world.hisp_a_body()
         body_a["certificates"]["files"].append(str(silent.cert_path))
@@ -53,7 +63,7 @@ def hisps(world: World) -> Iterator[dict[str, Any]]:
             "reinject": f"127.0.0.1:{b.reinject_port}", "tracking": f"sqlite:{root}/tracking-b.db",
             "mdn_delay": 0.2}})
         with milter_a, milter_b, a, b:
-            yield {"a": a, "b": b, "tracking_a": tracking_a, "root": root, "nowhere": nowhere}
+            yield {"a": a, "b": b, "tracking_a": tracking_a, "root": root, "nowhere": nowhere, "milter_a": milter_a}
 
 
 @pytest.mark.conformance("AS-3.2-1", "AS-3.2-2", "AS-3.0-3", "AS-3.0-4", "AS-3.1.1-5", "AS-3.1.1-1")
@@ -94,6 +104,44 @@ def test_silent_recipient_earns_the_sender_a_failed_dsn(hisps: dict[str, Any]) -
     assert report.recipients[0].result == "failed"
 
 
+@pytest.mark.conformance("AS-3.1.2-2", "AS-3.3-5")
+def test_failed_dsn_reaches_the_sender_and_tracking_after_the_processed_mdn(hisps: dict[str, Any]) -> None:
+    """alice -> bob2, whose mailbox fails at B after acceptance: A's tracking sees processed and then failed, and
+    the decrypted DSN reaches alice (a failure is never consumed), naming bob2 and the original Message-ID."""
+    message = plain_message(to="bob2@direct.b.test").replace(b"<test-1@", b"<fails-1@")
+    assert submit(hisps["a"].submission_port, ALICE, ["bob2@direct.b.test"], message).ok
+    store = open_store(hisps["tracking_a"])
+    try:
+        [state] = wait_until(lambda: [s for s in store.states("<fails-1@direct.a.test>") if s.state == "failed"],
+                             "the failed DSN to be matched at A")
+    finally:
+        store.close()
+    assert state.recipient == "bob2@direct.b.test"
+    [copy] = wait_until(lambda: [m for m in hisps["a"].maildir(ALICE) if b"fails-1@direct.a.test" in m],
+                        "the DSN in alice's mailbox")
+    assert b"pkcs7-mime" not in copy  # A decrypted it: alice reads it like any report
+    dsn = parse_notification(copy.replace(b"\n", b"\r\n"))
+    assert dsn is not None and dsn.kind == "dsn" and dsn.original_message_id == "<fails-1@direct.a.test>"
+    assert dsn.recipients[0].final_recipient == "bob2@direct.b.test" and dsn.recipients[0].result == "failed"
+
+
+def test_tracking_survives_a_milter_restart(hisps: dict[str, Any]) -> None:
+    """A's milter restarts between sending and the MDN's arrival: the record is still there and gets matched."""
+    message = plain_message().replace(b"<test-1@", b"<restart-1@")
+    assert submit(hisps["a"].submission_port, ALICE, [BOB], message).ok
+    hisps["milter_a"].stop()  # the message is tracked; A's milter goes away before the MDN can arrive
+    try:
+        time.sleep(1)  # B's MDN meets a 4xx at A meanwhile and stays in B's queue
+    finally:
+        hisps["milter_a"].start()
+    store = open_store(hisps["tracking_a"])
+    try:
+        wait_until(lambda: [s for s in store.states("<restart-1@direct.a.test>") if s.state == "processed"],
+                   "the MDN to be matched after the restart", timeout=60)
+    finally:
+        store.close()
+
+
 def test_replayed_message_is_delivered_once(world: World, hisps: dict[str, Any]) -> None:
     import opensslpeer as peer
 
@@ -124,10 +172,12 @@ def test_dispatched_mdn_when_final_delivery_was_requested(hisps: dict[str, Any])
     assert "disposition='dispatched'" in (hisps["root"] / "milter-b.log").read_text()
 
 
-@pytest.mark.conformance("AS-3.0-7")
-def test_postfix_bounce_about_direct_mail_never_leaves_in_clear(world: World) -> None:
-    """B accepts a Direct message for bob2, whose delivery then fails: Postfix's bounce passes the milter
-    (internal_mail_filter_classes = bounce) and is stopped, so nothing in clear reaches A's side (a wire sink)."""
+@pytest.mark.conformance("AS-3.0-7", "AS-3.1.2-1", "AS-3.1.2-3", "AS-3.1.2-4", "AS-3.3-1", "AS-3.3-5")
+def test_postfix_bounce_becomes_a_secured_dsn_after_the_processed_mdn(world: World) -> None:
+    """B accepts a Direct message for bob2, whose delivery then fails. Postfix's bounce (which would carry the
+    decrypted note) passes the milter (internal_mail_filter_classes = bounce) and is replaced: A's side (a wire
+    sink) gets bob2's processed MDN and then a DSN with X-Original-Message-ID, both signed and encrypted, with a
+    non-null envelope sender, and never the note itself."""
     import opensslpeer as peer
 
     with scratch_dir("directmilter-bounce-") as root, Sink(root / "wire") as wire:
@@ -138,16 +188,61 @@ def test_postfix_bounce_about_direct_mail_never_leaves_in_clear(world: World) ->
                              "smtpd_reject_unlisted_recipient": "no",
                              "transport_maps": "inline:{ bob2@direct.b.test=error:5.2.1_mailbox_disabled } "
                                                f"texthash:{root / 'b' / 'etc' / 'transport'}"})
-        body = world.hisp_b_body()
-        world.write_config("bounce-b", {**body, "milter": {"internal_hosts": [], "submission_daemons": []}})
+        world.write_config("bounce-b", {**world.hisp_b_body(), "milter": {"internal_hosts": [],
+                                                                            "submission_daemons": []},
+                                         "notify": {"reinject": f"127.0.0.1:{b.reinject_port}",
+                                                    "tracking": f"sqlite:{root}/tracking-b.db", "mdn_delay": 0.5}})
         signed = peer.sign(b"Content-Type: text/plain\r\n\r\nsecret clinical note\r\n", world.alice)
         message = (b"From: alice@direct.a.test\r\nTo: bob2@direct.b.test\r\nMessage-ID: <bounce-1@direct.a.test>\r\n"
                    + peer.encrypt(signed, [world.bob2.cert_path]))
         with milter, b:
             assert submit(b.smtp_port, ALICE, ["bob2@direct.b.test"], message).ok
-            wait_until(lambda: "bounce" in b.maillog() or "milter-reject" in b.maillog(), "the bounce attempt")
-            time.sleep(2)
+            arrived = wait_until(lambda: len(wire.messages()) >= 2 and wire.messages(), "the MDN and the DSN")
+            # Null-sender mail that is no DSN about a hosted recipient is still refused: nothing in clear.
+            forged = submit(b.smtp_port, "", [ALICE], plain_message())
+            time.sleep(1)
             log = (root / "milter.log").read_text()
-        assert all(b"secret clinical note" not in m.data for m in wire.messages())
-        assert all(b"multipart/report" not in m.data or b"pkcs7-mime" in m.data for m in wire.messages())
-        assert "would leave unencrypted" in log
+            assert len(wire.messages()) == 2
+    assert forged.data is not None and forged.data[0] == 550 and "would leave unencrypted" in forged.data[1], forged
+    assert all(b"secret clinical note" not in m.data and b"application/pkcs7-mime" in m.data for m in arrived)
+    assert {m.mail_from for m in arrived} == {"bob2@direct.b.test"}  # AS 3.1.2: not the null sender
+    reports = [parse_notification(peer.verify(peer.decrypt(m.data, world.alice), None)) for m in arrived]
+    by_kind = {r.kind: r for r in reports if r is not None}
+    assert set(by_kind) == {"mdn", "dsn"}
+    dsn = by_kind["dsn"]
+    assert dsn.original_message_id == "<bounce-1@direct.a.test>" and dsn.correlated_by == "x-original-message-id"
+    assert dsn.sender == "bob2@direct.b.test" and dsn.message_id
+    [result] = dsn.recipients
+    assert (result.final_recipient, result.result, result.status) == ("bob2@direct.b.test", "failed", "5.0.0")
+    assert "mailbox_disabled" in (result.text or "")  # the cause Postfix gave, passed on (AS 3.3)
+    assert by_kind["mdn"].recipients[0].result == "processed"
+    assert log.index("mdn_sent") < log.index("dsn_sent")  # AS 3.3: the failure only after the processed MDN
+    assert "bounce_secured" in log
+
+
+@pytest.mark.conformance("AS-3.1.2-1")
+def test_recipient_removed_at_end_of_message_earns_the_sender_a_dsn(tmp_path: Path) -> None:
+    """A recipient dropped at end of message (say its certificate was revoked since RCPT): alice hears at once."""
+    from typing import cast
+
+    from directmilter.config import NotifySettings
+    from directmilter.delivery.service import Confirmations
+    from directmilter.errors import CertificateRevoked
+
+    with scratch_dir("directmilter-removed-") as root, Sink(root / "listener") as listener:
+        settings = NotifySettings(reinject=("127.0.0.1", listener.port), mdn_delay=0)
+        service = Confirmations(cast(Any, None), settings, open_store(f"sqlite:{tmp_path}/t.db")).start()
+        try:
+            removed = {"carol@direct.b.test": CertificateRevoked("recipient carol@direct.b.test: certificate "
+                                                                 "revoked (issuer CN=R2, serial 7)")}
+            service.after_outgoing(plain_message(to=BOB), ALICE, [BOB], removed)
+            [got] = listener.wait(1)
+        finally:
+            service.stop()
+    assert got.mail_from == "postmaster@direct.a.test" and got.rcpts == [ALICE]
+    report = parse_notification(got.data)
+    assert report is not None and report.kind == "dsn" and report.original_message_id == "<test-1@direct.a.test>"
+    [result] = report.recipients
+    assert (result.final_recipient, result.result, result.status) == ("carol@direct.b.test", "failed", "5.7.1")
+    assert "certificate revoked" in (result.text or "")  # the cause, never the content or Subject
+    assert b"Patient" not in got.data and CANARY.encode() not in got.data

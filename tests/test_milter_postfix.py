@@ -193,6 +193,17 @@ def test_unix_socket_mode_stale_socket_and_other_mail_policy(world: World) -> No
                 assert "not a Direct address hosted here" in result.refused["pat@plain.test"][1]
 
 
+@pytest.mark.conformance("AS-3.0-7")
+def test_null_sender_to_a_remote_address_is_refused_without_a_reinject_listener(rig: dict[str, Any]) -> None:
+    """A report that cannot be replaced by a secured DSN (nowhere to queue one) is refused, never passed in clear."""
+    rig["sink"].clear()
+    result = submit(rig["a"].smtp_port, "", [BOB], plain_message())
+    assert not result.accepted and result.refused[BOB][0] == 550
+    assert "would leave unencrypted" in result.refused[BOB][1]
+    time.sleep(0.5)
+    assert rig["sink"].messages() == []
+
+
 @pytest.mark.conformance("AS-2.4-6")
 def test_hosted_sender_through_the_mx_listener_cannot_send_remote_mail_in_clear(rig: dict[str, Any]) -> None:
     """alice's address at A's MX (not the submission listener): refused, so nothing leaves A unencrypted."""

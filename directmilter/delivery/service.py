@@ -5,7 +5,12 @@ Processed MDNs are built, secured by the agent like any Direct message (signed b
 encrypted to the original sender's) and queued through Postfix's milter-free listener by a worker thread, a
 moment after the milter has accepted the message. Reports are never answered with reports, and nothing is ever
 sent unsecured to another party. A sweeper thread tells hosted senders, with a DSN, about recipients whose
-confirmation did not arrive in time.
+confirmation did not arrive in time; recipients removed at end of message earn the hosted sender a DSN at once.
+
+When Postfix cannot deliver a message it accepted for a hosted recipient, its bounce (which would carry the
+decrypted content) passes the milter (``internal_mail_filter_classes = bounce``) and :meth:`secure_bounce` replaces
+it: a fresh DSN with X-Original-Message-ID and the status only (AS 3.1.2), from the hosted recipient, signed and
+encrypted to the remote sender, queued before the bounce is discarded; the processed MDN goes first (AS 3.3).
 """
 
 from __future__ import annotations
@@ -16,26 +21,30 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.cms.mime import parse_entity
 from directmilter.config import NotifySettings
 from directmilter.delivery.reinject import reinject
-from directmilter.errors import DirectMilterError
+from directmilter.errors import DirectMilterError, PermanentFailure, TemporaryFailure
 from directmilter.log import get_logger
 from directmilter.notify import (
+    ACTIONS,
     FINAL_DESTINATION_DELIVERY,
     Disposition,
+    DsnRecipient,
     Notification,
     build_dsn,
     build_mdn,
     is_notification,
     mdn_target,
     parse_notification,
+    returned_message_id,
     wants_dispatched,
 )
+from directmilter.replies import reply_for
 from directmilter.tracking.store import TrackingStore
 
 log = get_logger("directmilter.delivery")
@@ -60,13 +69,30 @@ class IncomingDecision:
     digest: str = ""
 
 
+class _Job:
+    """A queued send that runs once, whether the worker gets to it or a bounce needs it sent first."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self._action = action
+        self._lock = threading.Lock()
+        self.done = False
+
+    def run(self) -> None:
+        with self._lock:
+            if not self.done:
+                self._action()
+                self.done = True
+
+
 class Confirmations:
     def __init__(self, agent: Agent, settings: NotifySettings, store: TrackingStore) -> None:
         self.agent = agent
         self.settings = settings
         self.store = store
         self.reporting = settings.reporting_mta or socket.getfqdn()
-        self._jobs: queue.Queue[tuple[float, Callable[[], None]] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[float, _Job] | None] = queue.Queue()
+        self._pending: dict[tuple[str | None, str], list[_Job]] = {}  # MDNs not sent yet, by (Message-ID, rcpt)
+        self._pending_lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -88,13 +114,59 @@ class Confirmations:
 
     # --- called by the milter ------------------------------------------------------------------------------------
 
-    def after_outgoing(self, message: bytes, sender: str, recipients: Sequence[str]) -> None:
+    def after_outgoing(self, message: bytes, sender: str, recipients: Sequence[str],
+                       removed: Mapping[str, DirectMilterError] | None = None) -> None:
+        """Track an accepted outgoing message; tell the hosted sender at once about recipients it goes without."""
         headers = parse_entity(message)
         message_id = headers.get("message-id")
+        if removed and not is_notification(headers):
+            self._later(functools.partial(self._tell_sender, sender, message_id, [
+                DsnRecipient(address, "failed", reply_for(error).status, f"{error.reason}; the message was not "
+                             "sent to this recipient") for address, error in removed.items()]))
         if message_id is None or is_notification(headers):
             return  # our own reports are not tracked, and a message without an id cannot be matched
         self.store.record_outgoing(message_id, sender, recipients, wants_dispatched=wants_dispatched(headers),
                                    now=time.time())
+
+    def secure_bounce(self, bounce: bytes, remote: str) -> int:
+        """Replace the MTA's bounce to ``remote`` by one secured DSN per hosted recipient it reports on.
+
+        Returns how many were queued; the caller then discards the bounce. Raises :class:`PermanentFailure` when
+        the bounce is no DSN about a hosted recipient (it must not leave in clear either way), and
+        :class:`TemporaryFailure` when a DSN or the processed MDN before it cannot be queued now (Postfix retries
+        the bounce, so the failure report is not lost).
+        """
+        report = parse_notification(bounce)
+        config = self.agent.context.config
+        results = [] if report is None or report.kind != "dsn" else [
+            r for r in report.recipients if r.final_recipient and config.is_hosted(r.final_recipient)]
+        if report is None or not results:
+            raise PermanentFailure(f"recipient {remote}: a report that is no DSN about a hosted recipient would "
+                                   "leave unencrypted")
+        if self.settings.reinject is None:
+            raise PermanentFailure(f"recipient {remote}: no reinject listener configured to send a secured DSN")
+        original = report.original_message_id or returned_message_id(bounce)
+        sent = 0
+        for result in results:
+            recipient = result.final_recipient or ""
+            self._flush_mdns(original, recipient)  # AS 3.3: a failure report only after the processed MDN
+            action = result.result if result.result in ACTIONS else "failed"
+            status = result.status or ("4.0.0" if action == "delayed" else "5.0.0")
+            domain = recipient.rpartition("@")[2]
+            dsn = build_dsn(reporting_mta=self.reporting, original_message_id=original, original_sender=remote,
+                            from_address=recipient, message_id_domain=domain,
+                            recipients=[DsnRecipient(recipient, action, status, result.text)])
+            try:
+                secured = self.agent.outgoing(MessageEnvelope(recipient, (remote,), dsn))
+            except PermanentFailure as exc:  # never in clear: no DSN (the sender's tracking times out instead)
+                log.warning("dsn_not_sent", recipient=recipient, target=remote, reason=exc.reason,
+                            original_message_id=original)
+                continue
+            reinject(self.settings.reinject, recipient, [remote], secured.message)
+            sent += 1
+            log.info("dsn_sent", recipient=recipient, to=remote, action=action, status=status,
+                     original_message_id=original)
+        return sent
 
     def screen_incoming(self, delivered: bytes, sender: str, recipients: Sequence[str]) -> IncomingDecision:
         """Consume reports about tracked mail; leave out recipients who already received this very message."""
@@ -133,24 +205,30 @@ class Confirmations:
         )
         for recipient in decision.deliver_to:
             for disposition in dispositions:
-                self._later(functools.partial(self._send_mdn, decision.delivered, recipient, target, disposition))
+                job = self._later(functools.partial(self._send_mdn, decision.delivered, recipient, target,
+                                                    disposition))
+                with self._pending_lock:
+                    self._pending.setdefault((decision.message_id, recipient), []).append(job)
 
     # --- the work ------------------------------------------------------------------------------------------------
 
     def _record_report(self, report: Notification | None) -> bool:
-        """Record what a report says about tracked mail; True when it concerned a tracked message (consume it)."""
+        """Record what a report says about tracked mail; True when it concerned a tracked message and may be
+        consumed. A failure is never consumed: the hosted sender must learn of it (the report is delivered)."""
         if report is None or not report.original_message_id:
             return False
         matched = False
+        failed = False
         for result in report.recipients:
             kind = _KINDS.get(result.result or "")
             if kind is None or result.final_recipient is None:
                 continue
+            failed |= kind == "failed"
             matched |= self.store.record_confirmation(report.original_message_id, result.final_recipient, kind,
                                                       now=time.time(), failure=result.text)
         log.info("report_received", kind=report.kind, original_message_id=report.original_message_id,
                  matched=matched)
-        return matched and self.settings.consume_notifications
+        return matched and not failed and self.settings.consume_notifications
 
     def _send_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition) -> None:
         domain = recipient.rpartition("@")[2]
@@ -168,8 +246,29 @@ class Confirmations:
         log.info("mdn_sent", recipient=recipient, target=target, disposition=disposition,
                  original_message_id=parse_entity(delivered).get("message-id"))
 
-    def _later(self, job: Callable[[], None]) -> None:
+    def _later(self, action: Callable[[], None]) -> _Job:
+        job = _Job(action)
         self._jobs.put((time.monotonic() + self.settings.mdn_delay, job))
+        return job
+
+    def _flush_mdns(self, message_id: str | None, recipient: str) -> None:
+        """Send now the MDNs still queued for (message, recipient); a failure defers the caller (TemporaryFailure)."""
+        with self._pending_lock:
+            jobs = self._pending.pop((message_id, recipient), [])
+        try:
+            for job in jobs:
+                job.run()
+        except DirectMilterError as exc:
+            raise TemporaryFailure(f"the processed MDN to {recipient}'s sender must go first and could not be "
+                                   f"sent yet: {exc.reason}") from exc
+
+    def _forget(self, job: _Job) -> None:
+        with self._pending_lock:
+            for key, jobs in list(self._pending.items()):
+                if job in jobs:
+                    jobs.remove(job)
+                    if not jobs:
+                        del self._pending[key]
 
     def _work(self) -> None:
         while True:
@@ -181,7 +280,8 @@ class Confirmations:
                 return
             for attempt in range(5):
                 try:
-                    job()
+                    job.run()
+                    self._forget(job)
                     break
                 except DirectMilterError as exc:
                     log.warning("confirmation_retry", attempt=attempt + 1, reason=exc.reason)
@@ -202,19 +302,20 @@ class Confirmations:
         """Tell hosted senders about recipients whose confirmation is overdue (a failed DSN, delivered locally)."""
         now = time.time()
         for late in self.store.overdue(now, self.settings.processed_timeout, self.settings.dispatched_timeout):
-            domain = late.sender.rpartition("@")[2]
-            dsn = build_dsn(
-                reporting_mta=self.reporting, original_message_id=late.message_id, original_sender=late.sender,
-                from_address=f"postmaster@{domain}", message_id_domain=domain,
-                recipients=[(late.recipient, "failed", "4.4.7",
-                             f"no {late.waiting_for} confirmation (MDN) arrived in time; the recipient's system may "
-                             "not have received the message - please check with the recipient")],
-            )
-            if self.settings.reinject is None:
-                log.warning("dsn_not_sent", reason="no reinject listener configured", message_id=late.message_id)
-            else:
-                # To our own hosted sender: it never leaves this host (checklist ambiguity 7).
-                reinject(self.settings.reinject, f"postmaster@{domain}", [late.sender], dsn)
-                log.info("dsn_sent", message_id=late.message_id, recipient=late.recipient, to=late.sender,
-                         waiting_for=late.waiting_for)
+            self._tell_sender(late.sender, late.message_id, [DsnRecipient(
+                late.recipient, "failed", "4.4.7",
+                f"no {late.waiting_for} confirmation (MDN) arrived in time; the recipient's system may not have "
+                "received the message - please check with the recipient")])
             self.store.mark_reported(late.message_id, late.recipient, now)
+
+    def _tell_sender(self, sender: str, message_id: str | None, recipients: Sequence[DsnRecipient]) -> None:
+        """A failed DSN to a hosted sender, from the domain's postmaster, delivered locally (ambiguity 7)."""
+        domain = sender.rpartition("@")[2]
+        if self.settings.reinject is None:
+            log.warning("dsn_not_sent", reason="no reinject listener configured", message_id=message_id)
+            return
+        dsn = build_dsn(reporting_mta=self.reporting, original_message_id=message_id, original_sender=sender,
+                        from_address=f"postmaster@{domain}", message_id_domain=domain, recipients=recipients)
+        # To our own hosted sender: it never leaves this host.
+        reinject(self.settings.reinject, f"postmaster@{domain}", [sender], dsn)
+        log.info("dsn_sent", message_id=message_id, recipients=[r.address for r in recipients], to=sender)

@@ -116,10 +116,12 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             self.agent.check_recipient(self.sender, recipient)
         elif this is Group.REMOTE and not self.sender:
             # Null-sender mail to a remote address is a report; the MTA's own bounces (internal_mail_filter_classes
-            # = bounce) about mail accepted for a hosted recipient carry its content. Never in clear (AS 3.0).
-            raise PermanentFailure(
-                f"recipient {recipient}: a delivery report to a remote address would leave unencrypted"
-            )
+            # = bounce) about mail accepted for a hosted recipient carry its content. Never in clear (AS 3.0):
+            # at end of message it is replaced by a secured DSN, or refused when that cannot be done.
+            if self.confirmations is None or self.config.notify.reinject is None:
+                raise PermanentFailure(
+                    f"recipient {recipient}: a delivery report to a remote address would leave unencrypted"
+                )
         elif this is Group.REMOTE and self.sender and self.config.is_hosted(self.sender):
             # A hosted sender whose client may not submit: securing is refused, so passing it on would send
             # a Direct user's mail to a remote address in clear. Never.
@@ -148,6 +150,8 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
     @_guarded
     def eom(self) -> int:
         self.queue_id = self.getsymval("i")
+        if not self.sender and self.group is Group.REMOTE and self.confirmations is not None:
+            return self._replace_bounce(self.confirmations)
         if self.group is not Group.HOSTED and self.kind is not Direction.OUTGOING:
             log.info("other_mail", queue_id=self.queue_id, sender=self.sender, recipients=self.recipients)
             return int(Milter.ACCEPT)
@@ -162,7 +166,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         if confirmations is None or (self.group is not Group.REMOTE and self.kind is Direction.OUTGOING):
             self._apply(outcome)  # local to local: no confirmation travels
         elif self.kind is Direction.OUTGOING:
-            confirmations.after_outgoing(self._message(), self.sender, outcome.recipients)
+            confirmations.after_outgoing(self._message(), self.sender, outcome.recipients, outcome.rejected)
             self._apply(outcome)
         else:
             decision = confirmations.screen_incoming(outcome.message, self.sender, outcome.recipients)
@@ -181,6 +185,13 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             confirmations.confirm(decision)
         self._audit("processed", rejected=outcome.rejected, started=started, delivered=list(outcome.recipients))
         return int(Milter.ACCEPT)
+
+    def _replace_bounce(self, confirmations: Confirmations) -> int:
+        """The MTA's report to a remote sender goes as secured DSNs instead; the clear original is discarded."""
+        started = time.monotonic()
+        sent = sum(confirmations.secure_bounce(self._message(), recipient) for recipient in self.recipients)
+        self._audit("bounce_secured", rejected={}, started=started, dsns=sent)
+        return int(Milter.DISCARD)
 
     def abort(self) -> int:
         self._reset()

@@ -18,7 +18,14 @@ from directmilter.notify.mdn import (
     mdn_target,
     wants_dispatched,
 )
-from directmilter.notify.report import Kind, Notification, RecipientResult, is_notification, parse_notification
+from directmilter.notify.report import (
+    Kind,
+    Notification,
+    RecipientResult,
+    is_notification,
+    parse_notification,
+    returned_message_id,
+)
 from directmilter.notify.text import format_field, new_message_id
 
 __all__ = [
@@ -39,5 +46,6 @@ __all__ = [
     "mdn_target",
     "new_message_id",
     "parse_notification",
+    "returned_message_id",
     "wants_dispatched",
 ]

@@ -196,6 +196,31 @@ def parse_notification(message: bytes | Entity) -> Notification | None:
     )
 
 
+_RETURNED_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers", "message/global",
+                   "message/global-headers")
+
+
+def returned_message_id(message: bytes | Entity) -> str | None:
+    """The Message-ID of the message a report returns (its third part, RFC 6522), for reports such as an MTA's own
+    bounces that name the original only there; ``None`` when there is none or it cannot be read."""
+    try:
+        found = _find_report(_entity(message))
+        if found is None or found[0].content_type != "multipart/report":
+            return None
+        parts, _ = split_multipart(found[0], what="notification")
+        for part in parts:
+            entity = parse_entity(part, what="notification part")
+            if entity.content_type in _RETURNED_TYPES:
+                returned = canonicalize(decode_body(entity, what="returned message"))
+                if CRLF + CRLF not in returned:
+                    returned += CRLF  # headers only: end the header block
+                match = _MSG_ID.search(parse_entity(returned, what="returned message").get("message-id") or "")
+                return match.group(0) if match else None
+    except MalformedMessage:
+        return None
+    return None
+
+
 def _entity(message: Entity | bytes) -> Entity:
     if isinstance(message, Entity):
         return message
