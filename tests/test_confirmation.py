@@ -85,6 +85,23 @@ def test_processed_mdn_comes_back_secured_and_is_matched(hisps: dict[str, Any]) 
     assert "from=<bob@direct.b.test>" in maillog_b  # the MDN's envelope sender is not null
 
 
+@pytest.mark.conformance("AS-3.2-5")
+def test_each_confirmation_sent_or_received_has_one_audit_record(hisps: dict[str, Any]) -> None:
+    """B logs the MDN it sent and A the one it received: time, queue id, both Message-IDs, recipient, outcome;
+    neither log holds the Subject (the canary) or the body."""
+    sent = [line for line in (hisps["root"] / "milter-b.log").read_text().splitlines()
+            if "mdn_sent" in line and "<mdn-1@direct.a.test>" in line]
+    received = [line for line in (hisps["root"] / "milter-a.log").read_text().splitlines()
+                if "report_received" in line and "<mdn-1@direct.a.test>" in line]
+    assert len(sent) == 1 and len(received) == 1, (sent, received)
+    for line, fields in ((sent[0], ("timestamp=", "queue_id='", "mdn_message_id='<", "recipient='bob@")),
+                         (received[0], ("timestamp=", "queue_id='", "report_message_id='<", "consumed=True"))):
+        assert all(f in line for f in fields), line
+    for name in ("milter-a.log", "milter-b.log"):
+        text = (hisps["root"] / name).read_text()
+        assert CANARY not in text and "Patient summary" not in text
+
+
 @pytest.mark.conformance("AS-3.0-5")
 def test_reports_are_never_answered_with_reports(hisps: dict[str, Any]) -> None:
     log_a = (hisps["root"] / "milter-a.log").read_text()

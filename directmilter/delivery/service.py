@@ -67,6 +67,7 @@ class IncomingDecision:
     sender: str = ""
     message_id: str | None = None
     digest: str = ""
+    queue_id: str | None = None  # Postfix's, for the audit records
 
 
 class _Job:
@@ -168,12 +169,13 @@ class Confirmations:
                      original_message_id=original)
         return sent
 
-    def screen_incoming(self, delivered: bytes, sender: str, recipients: Sequence[str]) -> IncomingDecision:
+    def screen_incoming(self, delivered: bytes, sender: str, recipients: Sequence[str],
+                        queue_id: str | None = None) -> IncomingDecision:
         """Consume reports about tracked mail; leave out recipients who already received this very message."""
         headers = parse_entity(delivered)
         report = parse_notification(delivered)
         if report is not None or is_notification(headers):
-            return IncomingDecision(tuple(recipients), self._record_report(report))
+            return IncomingDecision(tuple(recipients), self._record_report(report, queue_id), queue_id=queue_id)
         message_id = headers.get("message-id")
         digest = hashlib.sha256(delivered).hexdigest()
         fresh = list(recipients)
@@ -181,7 +183,7 @@ class Confirmations:
             fresh = [r for r in recipients if self.store.first_delivery(message_id, r, digest, time.time())]
             for replay in set(recipients) - set(fresh):
                 log.warning("replay", message_id=message_id, recipient=replay, sender=sender)
-        return IncomingDecision(tuple(fresh), False, delivered, sender, message_id, digest)
+        return IncomingDecision(tuple(fresh), False, delivered, sender, message_id, digest, queue_id)
 
     def undo(self, decision: IncomingDecision) -> None:
         if decision.message_id is not None:
@@ -206,13 +208,13 @@ class Confirmations:
         for recipient in decision.deliver_to:
             for disposition in dispositions:
                 job = self._later(functools.partial(self._send_mdn, decision.delivered, recipient, target,
-                                                    disposition))
+                                                    disposition, decision.queue_id))
                 with self._pending_lock:
                     self._pending.setdefault((decision.message_id, recipient), []).append(job)
 
     # --- the work ------------------------------------------------------------------------------------------------
 
-    def _record_report(self, report: Notification | None) -> bool:
+    def _record_report(self, report: Notification | None, queue_id: str | None) -> bool:
         """Record what a report says about tracked mail; True when it concerned a tracked message and may be
         consumed. A failure is never consumed: the hosted sender must learn of it (the report is delivered)."""
         if report is None or not report.original_message_id:
@@ -226,11 +228,16 @@ class Confirmations:
             failed |= kind == "failed"
             matched |= self.store.record_confirmation(report.original_message_id, result.final_recipient, kind,
                                                       now=time.time(), failure=result.text)
-        log.info("report_received", kind=report.kind, original_message_id=report.original_message_id,
-                 matched=matched)
-        return matched and not failed and self.settings.consume_notifications
+        consumed = matched and not failed and self.settings.consume_notifications
+        # AS 3.2 (RECOMMENDED): one audit record per confirmation received.
+        log.info("report_received", kind=report.kind, queue_id=queue_id, original_message_id=report.original_message_id,
+                 report_message_id=report.message_id,
+                 results={r.final_recipient: r.result for r in report.recipients if r.final_recipient},
+                 matched=matched, consumed=consumed)
+        return consumed
 
-    def _send_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition) -> None:
+    def _send_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition,
+                  queue_id: str | None) -> None:
         domain = recipient.rpartition("@")[2]
         extensions = {FINAL_DESTINATION_DELIVERY: ""} if disposition == "dispatched" else None
         mdn = build_mdn(original=delivered, reporting_ua=f"{self.reporting}; directmilter", final_recipient=recipient,
@@ -243,8 +250,10 @@ class Confirmations:
             return
         assert self.settings.reinject is not None
         reinject(self.settings.reinject, recipient, [target], secured.message)
-        log.info("mdn_sent", recipient=recipient, target=target, disposition=disposition,
-                 original_message_id=parse_entity(delivered).get("message-id"))
+        # AS 3.2 (RECOMMENDED): one audit record per confirmation sent.
+        log.info("mdn_sent", queue_id=queue_id, recipient=recipient, target=target, disposition=disposition,
+                 original_message_id=parse_entity(delivered).get("message-id"),
+                 mdn_message_id=parse_entity(mdn).get("message-id"))
 
     def _later(self, action: Callable[[], None]) -> _Job:
         job = _Job(action)

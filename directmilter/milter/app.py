@@ -169,7 +169,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             confirmations.after_outgoing(self._message(), self.sender, outcome.recipients, outcome.rejected)
             self._apply(outcome)
         else:
-            decision = confirmations.screen_incoming(outcome.message, self.sender, outcome.recipients)
+            decision = confirmations.screen_incoming(outcome.message, self.sender, outcome.recipients, self.queue_id)
             replays = {r: DuplicateMessage(f"recipient {r}: this message was delivered before (replay)")
                        for r in outcome.recipients if r not in decision.deliver_to}
             outcome = Outcome(outcome.message, decision.deliver_to, {**outcome.rejected, **replays})
