@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 
 from directmilter import __version__
@@ -27,7 +26,7 @@ DEFAULT_CONFIG = "/etc/directmilter/directmilter.conf"
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        configure(args.log_level)
+        configure(args.log_level, json=args.log_format == "json")
         return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
@@ -41,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="directmilter", description="Direct Project Security/Trust Agent")
     parser.add_argument("--version", action="version", version=f"directmilter {__version__}")
     parser.add_argument("--log-level", default="warning", help="debug, info, warning (default), error")
+    parser.add_argument("--log-format", default="kv", choices=("kv", "json"),
+                        help="key=value lines (default) or JSON lines, both to stderr (journald under systemd)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     for name, handler, text in (
@@ -120,10 +121,8 @@ def _run(args: argparse.Namespace) -> int:
     from directmilter.milter.app import run  # pymilter is needed only here
 
     config = load_config(args.config)
-    if args.socket:
-        config = replace(config, milter=replace(config.milter, socket=args.socket))
-    configure(args.log_level if args.log_level != "warning" else "info")
-    run(config)
+    configure(args.log_level if args.log_level != "warning" else "info", json=args.log_format == "json")
+    run(config, socket_override=args.socket)
     return EX_OK
 
 

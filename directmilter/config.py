@@ -119,7 +119,7 @@ _TRUST_KEYS = ("fetch", "revocation", "http_timeout", "max_download", "bundle_re
 REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
-                "other_mail", "timeout")
+                "other_mail", "timeout", "metrics")
 _OTHER_MAIL = ("accept", "reject")
 _NOTIFY_KEYS = ("mdn", "reinject", "tracking", "processed_timeout", "dispatched_timeout", "sweep_interval",
                 "consume_notifications", "reporting_mta", "mdn_delay")
@@ -161,6 +161,8 @@ class MilterSettings:
     trust_authenticated: bool = True
     other_mail: str = "accept"
     timeout: int = 600
+    #: Where the Prometheus endpoint listens, (host, port); None (the default): no endpoint.
+    metrics: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -561,18 +563,22 @@ class _Loader:
             notify=self.notify(data),
         )
 
+    def host_port(self, table: Mapping[str, object], name: str, key: str, what: str = "") -> tuple[str, int] | None:
+        """A ``HOST:PORT`` value (IPv6 hosts in brackets), or None when the key is absent or empty."""
+        text = self.typed(table, name, key, str, "")
+        if not text:
+            return None
+        host, _, port = text.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise self.err(f"{key}.{name}", f"{text!r}: expected HOST:PORT{' ' + what if what else ''}")
+        return host.strip("[]"), int(port)
+
     def notify(self, data: Mapping[str, object]) -> NotifySettings:
         key = "[notify]"
         table = self.table(data.get("notify", {}), key)
         self.known(table, _NOTIFY_KEYS, key)
         default = NotifySettings()
-        reinject = None
-        if "reinject" in table:
-            text = self.typed(table, "reinject", key, str, "")
-            host, _, port = text.rpartition(":")
-            if not host or not port.isdigit():
-                raise self.err(f"{key}.reinject", f"{text!r}: HOST:PORT of a milter-free Postfix listener")
-            reinject = (host.strip("[]"), int(port))
+        reinject = self.host_port(table, "reinject", key, "of a milter-free Postfix listener")
         tracking = self.typed(table, "tracking", key, str, default.tracking)
         if not tracking.startswith(("sqlite:", "postgresql:", "postgres:")):
             raise self.err(f"{key}.tracking", f"{tracking!r}: use sqlite:/path or postgresql://...")
@@ -675,6 +681,7 @@ class _Loader:
             trust_authenticated=self.typed(table, "trust_authenticated", key, bool, default.trust_authenticated),
             other_mail=other,
             timeout=timeout,
+            metrics=self.host_port(table, "metrics", key),
         )
 
 

@@ -37,7 +37,11 @@ def test_outgoing_confirmations_timeouts_and_reopen(url: str) -> None:
     assert not store.record_confirmation("<unknown@a>", "bob@b", "processed", now=110)
     late = store.overdue(now=5000, processed_within=3600, dispatched_within=3600)
     assert {(o.recipient, o.waiting_for) for o in late} == {("bob@b", "dispatched"), ("carol@b", "processed")}
+    assert store.backlog() == 2
+    assert [(a.recipient, a.waiting_for, a.sent_at) for a in store.awaiting()] == [("bob@b", "dispatched", 100),
+                                                                                ("carol@b", "processed", 100)]
     store.mark_reported("<m1@a>", "carol@b", now=5000)
+    assert store.backlog() == 1
     store.close()
     reopened = open_store(url)  # e.g. after a milter restart: nothing lost
     try:

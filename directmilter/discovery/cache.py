@@ -21,18 +21,21 @@ class TTLCache(Generic[V]):
         self._max = max_entries
         self._clock = clock
         self._lock = threading.Lock()
+        self.hits = 0  # for the metrics endpoint: how often a burst was spared a lookup
+        self.misses = 0
 
     def get(self, key: str) -> V | None:
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
-                return None
-            expires, value = entry
-            if expires <= self._clock():
+            if entry is not None and entry[0] <= self._clock():
                 del self._entries[key]
+                entry = None
+            if entry is None:
+                self.misses += 1
                 return None
+            self.hits += 1
             self._entries.move_to_end(key)
-            return value
+            return entry[1]
 
     def put(self, key: str, value: V, ttl: float) -> None:
         if ttl <= 0 or self._max <= 0:

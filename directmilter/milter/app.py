@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -30,10 +31,11 @@ from directmilter.errors import (
     PermanentFailure,
 )
 from directmilter.log import get_logger
+from directmilter.milter import systemd
 from directmilter.milter.direction import Client, Direction, Group, direction, group
 from directmilter.milter.edits import header_edits, split_message
+from directmilter.milter.runtime import Runtime, block_reload_signal
 from directmilter.replies import reason_for, reply_for
-from directmilter.tracking.store import open_store
 
 log = get_logger("directmilter.milter")
 
@@ -56,21 +58,27 @@ def _guarded(callback: _F) -> _F:
             else:
                 log.error("internal_error", stage=callback.__name__, queue_id=self.queue_id,
                           error=type(exc).__name__)
-            return self.refuse(exc)
+            answer = self.refuse(exc)
+            self.runtime.metrics.count(self.kind.value, "tempfail" if answer == Milter.TEMPFAIL else "rejected")
+            return answer
 
     return wrapper  # type: ignore[return-value]
 
 
 class DirectMilter(Milter.Base):  # type: ignore[misc]
-    agent: ClassVar[Agent]
-    config: ClassVar[Config]
-    confirmations: ClassVar[Confirmations | None] = None
+    runtime: ClassVar[Runtime]
 
     def __init__(self) -> None:
         self.client = Client()
         self._reset()
 
     def _reset(self) -> None:
+        # A transaction works with one generation of configuration and agent from start to end, even across a
+        # reload (see directmilter.milter.runtime).
+        generation = self.runtime.current
+        self.agent: Agent = generation.agent
+        self.config: Config = generation.config
+        self.confirmations: Confirmations | None = self.runtime.confirmations
         self.sender = ""
         self.recipients: list[str] = []
         self.kind = Direction.INCOMING
@@ -231,15 +239,23 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             self.replacebody(body[start : start + _CHUNK])
 
     def _audit(self, event: str, *, rejected: dict[str, DirectMilterError], started: float, **extra: Any) -> None:
+        """One audit record per decision: queue id, Message-ID, envelope, removals and why; never content."""
+        seconds = time.monotonic() - started
         log.info(
             event,
             queue_id=self.queue_id,
+            message_id=self._message_id(),
             direction=self.kind.value,
             sender=self.sender,
+            recipients=self.recipients,
             removed={address: error.reason for address, error in rejected.items()},
-            ms=round((time.monotonic() - started) * 1000),
+            ms=round(seconds * 1000),
             **extra,
         )
+        self.runtime.metrics.observe(self.kind.value, event, seconds)
+
+    def _message_id(self) -> str | None:
+        return next((value.strip() for name, value in self.fields if name.lower() == "message-id"), None)
 
 
 def _address(smtp_path: str) -> str:
@@ -253,28 +269,28 @@ def _reply_text(reason: str) -> str:
     return flat if len(flat) <= 400 else flat[:397] + "..."
 
 
-def run(config: Config) -> None:
-    """Serve the milter socket from the configuration until SIGTERM / SIGINT."""
+def run(config: Config, *, socket_override: str | None = None) -> None:
+    """Serve the milter socket from the configuration until SIGTERM / SIGINT; SIGUSR1 reloads."""
+    block_reload_signal()  # before any thread exists, so SIGUSR1 reaches only the reload thread
+    if socket_override:
+        config = replace(config, milter=replace(config.milter, socket=socket_override))
     settings = config.milter
     spec = settings.socket
     _prepare_socket(spec)
-    DirectMilter.agent = Agent(config)
-    DirectMilter.config = config
-    DirectMilter.agent.start_refreshing()
-    DirectMilter.confirmations = Confirmations(DirectMilter.agent, config.notify,
-                                               open_store(config.notify.tracking)).start()
+    runtime = DirectMilter.runtime = Runtime(config, socket_override=socket_override).start()
+    runtime.watch_reload_signal()
     Milter.factory = DirectMilter
     Milter.set_flags(Milter.CHGBODY | Milter.CHGHDRS | Milter.ADDHDRS | Milter.DELRCPT)
     previous = os.umask(0o777 & ~settings.socket_mode)
-    log.info("starting", socket=spec)
+    log.info("starting", socket=spec, config=str(config.path))
+    systemd.ready_when_listening(spec)
     try:
         Milter.runmilter("directmilter", spec, timeout=settings.timeout)
     except Milter.milter.error as exc:
         raise ConfigError(f"milter socket {spec}: cannot listen ({exc})") from exc
     finally:
         os.umask(previous)
-        DirectMilter.confirmations.stop()
-        DirectMilter.agent.close()
+        runtime.close()
     log.info("stopped", socket=spec)
 
 

@@ -48,6 +48,7 @@ class Overdue:
     sender: str
     recipient: str
     waiting_for: str
+    sent_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,22 @@ class TrackingStore:
                 (now - processed_within, now - dispatched_within),
             ).fetchall()
         return [Overdue(*row) for row in rows]
+
+    _AWAITING = ("FROM outgoing WHERE reported_at IS NULL AND failed_at IS NULL AND (processed_at IS NULL OR "
+                 "(wants_dispatched = 1 AND dispatched_at IS NULL))")
+
+    def awaiting(self, limit: int = 1000) -> list[Overdue]:
+        """Recipients still waiting for their processed (or requested dispatched) MDN, oldest first."""
+        with self._cursor() as run:
+            rows = run("SELECT message_id, sender, recipient, CASE WHEN processed_at IS NULL THEN 'processed' "
+                       f"ELSE 'dispatched' END, sent_at {self._AWAITING} ORDER BY sent_at, recipient LIMIT %s",
+                       (limit,)).fetchall()
+        return [Overdue(*row) for row in rows]
+
+    def backlog(self) -> int:
+        """How many recipients are waiting for a confirmation (the metrics' tracking backlog)."""
+        with self._cursor() as run:
+            return int(run(f"SELECT COUNT(*) {self._AWAITING}").fetchone()[0])
 
     def mark_reported(self, message_id: str, recipient: str, now: float) -> None:
         with self._cursor() as run:

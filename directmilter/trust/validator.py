@@ -288,6 +288,8 @@ class TrustValidator:
             collections.OrderedDict()
         )
         self._cache_size = cache_size
+        self.cache_hits = 0  # for the metrics endpoint
+        self.cache_misses = 0
         self._cache_lock = threading.Lock()
 
     # --- event loop --------------------------------------------------------------------------------
@@ -346,6 +348,10 @@ class TrustValidator:
             return None
         with self._cache_lock:
             value = self._cache.get(key)
+            if value is None:
+                self.cache_misses += 1
+            else:
+                self.cache_hits += 1
             if value is not None:
                 self._cache.move_to_end(key)
             return value

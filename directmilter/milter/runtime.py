@@ -1,0 +1,106 @@
+"""What the running milter works with, and how a reload replaces it without dropping a message in flight.
+
+libmilter takes SIGHUP, SIGTERM and SIGINT for itself (SIGHUP stops it), so a reload has its own signal:
+SIGUSR1 (``systemctl reload`` runs ``kill -USR1 $MAINPID``). It is blocked in every thread from the start and
+waited for by one thread, so it can never kill the process or interrupt a callback. A reload builds a complete
+new configuration and agent (keys, anchors, trust bundles, caches) beside the old one and swaps them in one
+assignment: a transaction already under way keeps the generation it started with, and the old agent is closed
+only after the milter timeout has passed. A configuration that does not load is logged and the old one stays.
+The milter socket and the tracking store are fixed for the life of the process (a restart changes them).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from dataclasses import dataclass, replace
+
+from directmilter.agent import Agent
+from directmilter.config import Config, load_config
+from directmilter.delivery.service import Confirmations
+from directmilter.errors import DirectMilterError
+from directmilter.log import get_logger
+from directmilter.metrics import Metrics
+from directmilter.milter import systemd
+from directmilter.tracking.store import open_store
+
+log = get_logger("directmilter.runtime")
+
+RELOAD_SIGNAL = signal.SIGUSR1
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One loaded configuration and the agent built from it."""
+
+    config: Config
+    agent: Agent
+
+
+class Runtime:
+    def __init__(self, config: Config, *, socket_override: str | None = None) -> None:
+        self.socket_override = socket_override
+        self.current = Generation(config, Agent(config))
+        self.current.agent.start_refreshing()
+        self.confirmations = Confirmations(self.current.agent, config.notify, open_store(config.notify.tracking))
+        self.metrics = Metrics(lambda: (self.current.agent, self.confirmations.store))
+        self._reloading = threading.Lock()
+
+    def start(self) -> Runtime:
+        self.confirmations.start()
+        if self.current.config.milter.metrics is not None:
+            self.metrics.serve(*self.current.config.milter.metrics)
+        return self
+
+    # --- reload --------------------------------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Load the configuration file again and switch to it; False (old one kept) when it does not load."""
+        with self._reloading:
+            old = self.current
+            try:
+                config = load_config(old.config.path)
+                if self.socket_override:
+                    config = replace(config, milter=replace(config.milter, socket=self.socket_override))
+                agent = Agent(config)
+            except DirectMilterError as exc:
+                log.error("reload_failed", config=str(old.config.path), reason=exc.reason, keeping="previous")
+                return False
+            for name in ("socket", "metrics"):
+                if getattr(config.milter, name) != getattr(old.config.milter, name):
+                    log.warning("reload_ignored", key=f"[milter] {name}", reason="takes effect on restart")
+            if config.notify.tracking != old.config.notify.tracking:
+                log.warning("reload_ignored", key="[notify] tracking", reason="takes effect on restart")
+            agent.start_refreshing()
+            self.current = Generation(config, agent)
+            self.confirmations.agent = agent
+            self.confirmations.settings = replace(config.notify, tracking=old.config.notify.tracking)
+            grace = threading.Timer(old.config.milter.timeout + 5, old.agent.close)
+            grace.daemon = True
+            grace.start()
+            log.info("reloaded", config=str(config.path), domains=len(config.domains),
+                     addresses=len(config.addresses))
+            return True
+
+    def watch_reload_signal(self) -> None:
+        """Reload on every SIGUSR1 (blocked everywhere by :func:`block_reload_signal`, so only this thread sees it)."""
+
+        def wait() -> None:
+            while True:
+                signal.sigwait({RELOAD_SIGNAL})
+                systemd.notify("RELOADING=1")
+                try:
+                    self.reload()
+                finally:
+                    systemd.notify("READY=1")
+
+        threading.Thread(target=wait, name="reload", daemon=True).start()
+
+    def close(self) -> None:
+        self.confirmations.stop()
+        self.current.agent.close()
+
+
+def block_reload_signal() -> None:
+    """Block SIGUSR1 in this thread and so in every thread started after: call first thing in the daemon."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL})
