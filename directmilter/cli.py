@@ -8,9 +8,12 @@ after a refusal.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from directmilter import __version__
 from directmilter.agent import Agent, MessageEnvelope
@@ -70,7 +73,63 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="load the configuration and describe it")
     _config_option(check)
     check.set_defaults(handler=_check_config)
+    _admin_commands(commands)
     return parser
+
+
+def _admin_commands(commands: Any) -> None:
+    """keys, anchors, bundles, tracked: the operator's tasks on the folders the configuration names."""
+    from directmilter import admin
+
+    def add(group: Any, name: str, text: str, call: Callable[..., Any], *arguments: tuple[str, str],
+            direction: bool = False, **options: dict[str, Any]) -> None:
+        command = group.add_parser(name, help=text, description=text)
+        _config_option(command)
+        for argument, argument_help in arguments:
+            command.add_argument(argument, help=argument_help)
+        for option, settings in options.items():
+            command.add_argument(f"--{option.replace('_', '-')}", **settings)
+        if direction:
+            command.add_argument("--direction", choices=("incoming", "outgoing", "both"), default="both",
+                                 help="which anchor set (default: both)")
+        command.set_defaults(handler=functools.partial(_admin, call))
+
+    owner = ("owner", "a hosted domain or address")
+    keys = commands.add_parser("keys", help="import and list our private keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    add(keys, "import", "check a PKCS#12 file and store it 0600 in the owner's keys folder", admin.import_pkcs12,
+        owner, ("source", "the PKCS#12 file"), password_file={"type": Path, "help": "file holding its password"})
+    add(keys, "list", "every key and certificate we sign and decrypt with", admin.list_keys)
+    anchors = commands.add_parser("anchors", help="add, list and remove trust anchors").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    add(anchors, "add", "add the certificates in a file as anchors", admin.add_anchors, owner,
+        ("source", "PEM, DER or PKCS#7 file"), direction=True)
+    add(anchors, "remove", "remove an anchor by SHA-256 fingerprint (8+ hex digits)", admin.remove_anchor, owner,
+        ("prefix", "the start of the SHA-256 fingerprint"), direction=True)
+    add(anchors, "list", "the anchors and bundles in force for a domain or address", admin.list_anchors, owner)
+    bundles = commands.add_parser("bundles", help="add and remove trust bundle URLs").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    add(bundles, "add", "anchor a domain or address to a trust bundle URL", admin.add_bundle, owner,
+        ("url", "https://... .p7b"), direction=True)
+    add(bundles, "remove", "drop a trust bundle URL", admin.remove_bundle, owner, ("url", "the URL"),
+        direction=True)
+    add(commands, "tracked", "outgoing messages still waiting for their MDN", admin.list_awaiting,
+        limit={"type": int, "default": 100, "help": "show at most this many (default 100)"})
+
+
+def _admin(call: Callable[..., Any], args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    named = {k: v for k, v in vars(args).items() if k not in ("config", "handler", "command", "action",
+                                                             "log_level", "log_format") and v is not None}
+    if "source" in named:
+        named["source"] = Path(named["source"])
+    if "direction" in named:
+        named["which"] = named.pop("direction")
+    for line in call(config, **named):
+        print(line)
+    if args.command in ("keys", "anchors", "bundles") and args.action not in ("list",):
+        print("directmilter: run 'systemctl reload directmilter' (or send SIGUSR1) to apply", file=sys.stderr)
+    return EX_OK
 
 
 def _config_option(command: argparse.ArgumentParser) -> None:

@@ -37,8 +37,8 @@ from directmilter.cms.algorithms import (
 )
 from directmilter.errors import ConfigError
 from directmilter.keys.identity import PrivateIdentity
+from directmilter.keys.load import BUNDLE_URL_SUFFIX, load_certificates, load_identities, toml_type
 from directmilter.keys.load import dedupe_certificates as _dedupe
-from directmilter.keys.load import load_certificates, load_identities, toml_type
 from directmilter.trust.bundles import is_bundle_url
 
 __all__ = [
@@ -475,6 +475,20 @@ class _Loader:
             certs.extend(load_certificates(path, where=where))
         return tuple(_dedupe(certs))
 
+    def folder_bundle_urls(self, paths: list[str], key: str) -> list[str]:
+        """Trust bundle URLs kept in anchor folders as ``*.url`` files (``directmilter bundles add`` writes them)."""
+        urls: list[str] = []
+        for index, value in enumerate(paths):
+            folder = self.resolve(value)
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.glob(f"*{BUNDLE_URL_SUFFIX}")):
+                url = entry.read_text(errors="replace").strip()
+                if not is_bundle_url(url):
+                    raise self.err(f"{key}[{index}]", f"{entry}: not an http:// or https:// URL: {url[:80]!r}")
+                urls.append(url)
+        return urls
+
     def party(self, name: str, value: object, key: str) -> Party:
         table = self.table(value, key)
         self.known(table, _PARTY_KEYS, key)
@@ -490,7 +504,9 @@ class _Loader:
             entries = self.string_list(table, name_, key)
             files = None if entries is None else [e for e in entries if not is_bundle_url(e)]
             anchors[name_] = None if files is None else self.certificate_files(files, f"{key}.{name_}")
-            bundles[name_] = tuple(e.strip() for e in entries or () if is_bundle_url(e))
+            urls = [e.strip() for e in entries or () if is_bundle_url(e)]
+            urls += self.folder_bundle_urls(files or [], f"{key}.{name_}")
+            bundles[name_] = tuple(dict.fromkeys(urls))
         both = anchors["anchors"]
         incoming, outgoing = anchors["incoming_anchors"], anchors["outgoing_anchors"]
         return Party(

@@ -16,8 +16,10 @@ from mta import free_port
 class Milterd:
     """The milter daemon under test: started as a separate process, killed (SIGKILL saves libmilter's 5 s)."""
 
-    def __init__(self, config: Path, log: Path, port: int | None = None, unix: Path | None = None) -> None:
+    def __init__(self, config: Path, log: Path, port: int | None = None, unix: Path | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.config = config
+        self.env = env
         self.log = log
         self.unix = unix
         self.port = port or free_port()
@@ -47,6 +49,7 @@ class Milterd:
                 [sys.executable, "-m", "directmilter", "--log-level", "info", "run", "-c", str(self.config),
                  "--socket", self.milter_spec],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, **self.env} if self.env else None,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -56,6 +59,10 @@ class Milterd:
                 return self
             time.sleep(0.05)
         raise AssertionError(f"milter did not listen on {self.port}: {self.log.read_text()}")
+
+    def signal(self, number: int) -> None:
+        assert self.process is not None and self.process.poll() is None, "the milter is not running"
+        os.kill(self.process.pid, number)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

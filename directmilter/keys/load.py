@@ -47,7 +47,11 @@ __all__ = [
 ]
 
 #: The keys one entry of a ``keys = [...]`` array may have.
-KEY_SPEC_KEYS = ("cert", "key", "pkcs12", "password_file")
+KEY_SPEC_KEYS = ("cert", "key", "pkcs12", "password_file", "dir")
+#: In a ``{ dir = ... }`` keys folder: the PKCS#12 files loaded, each with the password in ``<file>.pass`` if any.
+PKCS12_SUFFIXES = (".p12", ".pfx")
+#: In an anchors folder: files naming a trust bundle URL (one per file) rather than holding certificates.
+BUNDLE_URL_SUFFIX = ".url"
 
 _PEM_BLOCK = re.compile(
     rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----",
@@ -197,7 +201,7 @@ def load_certificates(path: str | os.PathLike[str], *, where: str = "") -> list[
         raise ConfigError(f"{where}: {path}: {_os_reason(exc)}") from None
     certs: list[x509.Certificate] = []
     for entry in entries:
-        if entry.name.startswith("."):
+        if entry.name.startswith(".") or entry.name.endswith(BUNDLE_URL_SUFFIX):
             continue
         if entry.is_symlink() and not entry.exists():
             raise ConfigError(f"{where}: {entry}: broken symbolic link")
@@ -371,6 +375,11 @@ def _load_one(spec: object, where: str, base: Path | None) -> list[PrivateIdenti
     for name in spec:
         if name not in KEY_SPEC_KEYS:
             raise ConfigError(f"{where}.{name}: unknown key (expected one of {', '.join(KEY_SPEC_KEYS)})")
+    folder = _spec_path(spec, "dir", base, where)
+    if folder is not None:
+        if len(spec) > 1:
+            raise ConfigError(f"{where}: a {{ dir = ... }} entry takes no other keys")
+        return _load_folder(folder, f"{where}.dir")
     cert = _spec_path(spec, "cert", base, where)
     key = _spec_path(spec, "key", base, where)
     p12 = _spec_path(spec, "pkcs12", base, where)
@@ -383,6 +392,19 @@ def _load_one(spec: object, where: str, base: Path | None) -> list[PrivateIdenti
         missing = "cert" if cert is None else "key"
         raise ConfigError(f"{where}.{missing}: missing (an entry needs cert and key, or pkcs12)")
     return [_load_pem_pair(cert, key, password, where)]
+
+
+def _load_folder(folder: Path, where: str) -> list[PrivateIdentity]:
+    """Every PKCS#12 file in a keys folder (``directmilter keys import`` writes there); an empty folder is fine."""
+    try:
+        entries = sorted(p for p in folder.iterdir() if p.suffix.lower() in PKCS12_SUFFIXES and p.is_file())
+    except OSError as exc:
+        raise ConfigError(f"{where}: {folder}: {_os_reason(exc)}") from None
+    identities: list[PrivateIdentity] = []
+    for entry in entries:
+        password = entry.with_name(entry.name + ".pass")
+        identities.extend(_load_pkcs12(entry, password if password.is_file() else None, f"{where}: {entry.name}"))
+    return identities
 
 
 def load_identities(

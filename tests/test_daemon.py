@@ -1,0 +1,116 @@
+"""The daemon as systemd runs it: readiness (sd_notify), reload on SIGUSR1, metrics, refusing unsafe keys.
+
+One private Postfix (HISP A) relays to a sink; the milter runs as a child process with NOTIFY_SOCKET pointing at
+a datagram socket the test reads, as systemd's would be.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import CANARY, World, plain_message
+from milterd import Milterd
+from mta import Postfix, Sink, free_port, scratch_dir, submit
+
+ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
+
+
+def config_body(world: World, anchor: Path, metrics_port: int) -> dict[str, Any]:
+    body = world.hisp_a_body()
+    body["domains"]["direct.a.test"]["anchors"] = [str(anchor)]
+    return {**body, "milter": {"internal_hosts": [], "submission_daemons": ["ORIGINATING"],
+                               "metrics": f"127.0.0.1:{metrics_port}"}}
+
+
+def wait_for(condition: Any, what: str, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+    return found
+
+
+@pytest.fixture(scope="module")
+def daemon(world: World) -> Iterator[dict[str, Any]]:
+    with scratch_dir("directmilter-daemon-") as root:
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind(str(root / "notify"))
+        notify.settimeout(20)
+        metrics_port = free_port()
+        # To begin with alice trusts only R2, so bob (under R1) is refused; the reload test widens that.
+        conf = world.write_config("daemon-a", config_body(world, world.r2.cert_path, metrics_port))
+        milter = Milterd(conf, root / "milter.log", env={"NOTIFY_SOCKET": str(root / "notify")})
+        with Sink(root / "wire") as sink:
+            a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"},
+                        relay={"direct.b.test": f"127.0.0.1:{sink.port}"}, milter=milter.postfix_spec)
+            with milter, a:
+                yield {"a": a, "sink": sink, "milter": milter, "notify": notify, "conf": conf, "root": root,
+                       "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
+        notify.close()
+
+
+def test_ready_is_sent_once_the_socket_listens(daemon: dict[str, Any]) -> None:
+    state = daemon["notify"].recv(4096).decode()
+    assert "READY=1" in state and "STATUS=listening on" in state
+    assert daemon["milter"]._listening()
+
+
+def test_reload_switches_configuration_and_a_broken_one_is_not_taken(world: World, daemon: dict[str, Any]) -> None:
+    refused = submit(daemon["a"].submission_port, ALICE, [BOB], plain_message())
+    assert refused.refused[BOB][0] == 550, refused
+    log = daemon["root"] / "milter.log"
+
+    daemon["conf"].write_text(daemon["conf"].read_text() + "\n[unknown_section]\n")
+    daemon["milter"].signal(signal.SIGUSR1)
+    wait_for(lambda: "reload_failed" in log.read_text(), "the failed reload to be logged")
+    assert "unknown_section" in log.read_text()
+    assert submit(daemon["a"].submission_port, ALICE, [BOB], plain_message()).refused  # the old one is in force
+
+    metrics_port = int(daemon["metrics"].split(":")[2].split("/")[0])
+    world.write_config("daemon-a", config_body(world, world.r1.cert_path, metrics_port))
+    daemon["milter"].signal(signal.SIGUSR1)
+    wait_for(lambda: "event='reloaded'" in log.read_text(), "the reload")
+    states = [daemon["notify"].recv(4096).decode() for _ in range(4)]  # RELOADING/READY around each reload
+    assert states[0].startswith("RELOADING=1") and "READY=1" in states[1]
+    accepted = submit(daemon["a"].submission_port, ALICE, [BOB], plain_message())
+    assert accepted.ok, accepted
+    [wire] = daemon["sink"].wait(1)
+    assert b"application/pkcs7-mime" in wire.data and CANARY.encode() not in wire.data
+
+
+def test_metrics_count_decisions_and_carry_no_addresses(daemon: dict[str, Any]) -> None:
+    wait_for(lambda: daemon["sink"].messages(), "a secured message (run after the reload test)")
+    text = urllib.request.urlopen(daemon["metrics"], timeout=5).read().decode()
+    processed = re.search(r'directmilter_messages_total\{direction="outgoing",outcome="processed"\} (\S+)', text)
+    rejected = re.search(r'directmilter_messages_total\{direction="outgoing",outcome="rejected"\} (\S+)', text)
+    assert processed and float(processed.group(1)) >= 1, text
+    assert rejected and float(rejected.group(1)) >= 2, text  # the two refusals at RCPT
+    assert 'directmilter_processing_seconds_count{direction="outgoing"}' in text
+    assert re.search(r'directmilter_cache_lookups_total\{cache="validation",result="miss"\} [1-9]', text), text
+    assert "directmilter_tracking_backlog 1.0" in text  # bob's MDN never comes from a sink
+    assert "alice" not in text and "direct.b.test" not in text
+
+
+def test_daemon_refuses_a_private_key_others_can_read(world: World, tmp_path: Path) -> None:
+    key = tmp_path / "alice.key"
+    shutil.copy(world.alice.key_path, key)
+    key.chmod(0o644)
+    body = world.hisp_a_body()
+    body["addresses"]["alice@direct.a.test"]["keys"] = [{"cert": str(world.alice.cert_path), "key": str(key)}]
+    conf = world.write_config("daemon-badkey", body)
+    run = subprocess.run([sys.executable, "-m", "directmilter", "run", "-c", str(conf), "--socket",
+                          f"inet:{free_port()}@127.0.0.1"], capture_output=True, text=True, timeout=30)
+    assert run.returncode == 78, run
+    assert str(key) in run.stderr and "0600" in run.stderr
