@@ -17,9 +17,10 @@ class Milterd:
     """The milter daemon under test: started as a separate process, killed (SIGKILL saves libmilter's 5 s)."""
 
     def __init__(self, config: Path, log: Path, port: int | None = None, unix: Path | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, command: list[str] | None = None) -> None:
         self.config = config
         self.env = env
+        self.command = command or [sys.executable, "-m", "directmilter"]  # or the installed package's program
         self.log = log
         self.unix = unix
         self.port = port or free_port()
@@ -46,7 +47,7 @@ class Milterd:
     def start(self, timeout: float = 15) -> Milterd:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "directmilter", "--log-level", "info", "run", "-c", str(self.config),
+                [*self.command, "--log-level", "info", "run", "-c", str(self.config),
                  "--socket", self.milter_spec],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                 env={**os.environ, **self.env} if self.env else None,
