@@ -119,7 +119,7 @@ _TRUST_KEYS = ("fetch", "revocation", "http_timeout", "max_download", "bundle_re
 REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
-                "other_mail", "timeout", "metrics")
+                "other_mail", "timeout", "metrics", "workers")
 _OTHER_MAIL = ("accept", "reject")
 _NOTIFY_KEYS = ("mdn", "reinject", "tracking", "processed_timeout", "dispatched_timeout", "sweep_interval",
                 "consume_notifications", "reporting_mta", "mdn_delay")
@@ -163,6 +163,12 @@ class MilterSettings:
     timeout: int = 600
     #: Where the Prometheus endpoint listens, (host, port); None (the default): no endpoint.
     metrics: tuple[str, int] | None = None
+    #: Worker processes for signing, encrypting, decrypting and verifying; None: one per CPU; 0: in the milter's
+    #: threads (which share one GIL, so one core).
+    workers: int | None = None
+
+    def worker_count(self) -> int:
+        return (os.cpu_count() or 1) if self.workers is None else self.workers
 
 
 @dataclass(frozen=True)
@@ -698,7 +704,16 @@ class _Loader:
             other_mail=other,
             timeout=timeout,
             metrics=self.host_port(table, "metrics", key),
+            workers=self.workers(table, key),
         )
+
+    def workers(self, table: Mapping[str, object], key: str) -> int | None:
+        if "workers" not in table:
+            return None
+        count = self.typed(table, "workers", key, int, 0)
+        if not 0 <= count <= 256:
+            raise self.err(f"{key}.workers", f"{count}: expected 0 (no worker processes) to 256")
+        return count
 
 
 def _check_not_world_writable(path: Path, where: str) -> None:

@@ -120,6 +120,9 @@ class NoTrustedRecipients(PermanentFailure):
         super().__init__(reason)
         self.rejected = rejected
 
+    def __reduce__(self) -> tuple[type[NoTrustedRecipients], tuple[str, dict[str, DirectMilterError]]]:
+        return type(self), (self.reason, self.rejected)  # crosses from a worker process intact
+
     @classmethod
     def of(cls, rejected: dict[str, DirectMilterError]) -> NoTrustedRecipients:
         """One reason when every recipient fell for the same one, else each recipient's reason."""

@@ -6,6 +6,7 @@ a datagram socket the test reads, as systemd's would be.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -101,6 +102,37 @@ def test_metrics_count_decisions_and_carry_no_addresses(daemon: dict[str, Any]) 
     assert re.search(r'directmilter_cache_lookups_total\{cache="validation",result="miss"\} [1-9]', text), text
     assert "directmilter_tracking_backlog 1.0" in text  # bob's MDN never comes from a sink
     assert "alice" not in text and "direct.b.test" not in text
+
+
+def worker_pids(milter: Milterd) -> list[int]:
+    """The milter's crypto workers: its child processes started by multiprocessing's spawn."""
+    assert milter.process is not None
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat_file.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat_file.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == milter.process.pid and b"spawn_main" in command:
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+def test_crypto_runs_in_worker_processes_and_a_dead_one_defers_then_heals(daemon: dict[str, Any]) -> None:
+    """The milter signs and encrypts in worker processes (one per CPU by default). Kill them: the next message
+    is deferred (4.x.x, never passed unprocessed), and a fresh pool takes the one after."""
+    wait_for(lambda: len(worker_pids(daemon["milter"])) >= 1, "the crypto workers")
+    for pid in worker_pids(daemon["milter"]):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    deferred = submit(daemon["a"].submission_port, ALICE, [BOB], plain_message())
+    assert deferred.data is not None and deferred.data[0] == 451, deferred
+    assert "crypto worker" in deferred.data[1]
+    healed = wait_for(lambda: (r := submit(daemon["a"].submission_port, ALICE, [BOB], plain_message())).ok and r,
+                      "a message through a fresh worker pool", timeout=30)
+    assert healed.ok
+    assert worker_pids(daemon["milter"])
 
 
 def test_daemon_refuses_a_private_key_others_can_read(world: World, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from directmilter.agent.context import AgentContext
+from directmilter.agent.crypto import CryptoRunner, InProcess
 from directmilter.agent.envelope import IncomingMessage, MessageEnvelope, OutgoingMessage
 from directmilter.agent.incoming import process_incoming
 from directmilter.agent.outgoing import process_outgoing, recipient_certificates, sender_identities
@@ -67,8 +68,15 @@ class Agent:
         *,
         sources: Sequence[CertificateSource] = (),
         validator: TrustValidator | None = None,
+        workers: int = 0,
     ) -> None:
+        """``workers`` > 0 seals and opens in that many worker processes (the milter), 0 in the caller's thread."""
         self._owns_validator = validator is None
+        crypto: CryptoRunner = InProcess(config)
+        if workers > 0:
+            from directmilter.agent.workers import WorkerPool
+
+            crypto = WorkerPool(config, workers, timeout=max(30.0, config.milter.timeout / 2))
         self.context = AgentContext(
             config=config,
             source=ChainedSources(*default_sources(config), *sources),
@@ -76,6 +84,7 @@ class Agent:
             intermediates=tuple(config.certificates),
             bundles=BundleStore(refresh=config.trust.bundle_refresh, timeout=config.trust.http_timeout,
                                 max_bytes=config.trust.max_download, cache_dir=config.trust.bundle_cache),
+            crypto=crypto,
         )
 
     def outgoing(self, envelope: MessageEnvelope, *, moment: datetime | None = None) -> OutgoingMessage:
@@ -97,6 +106,7 @@ class Agent:
         self.context.bundles.start(self.context.config.bundle_urls())
 
     def close(self) -> None:
+        self.context.runner.close()
         self.context.bundles.close()
         if self._owns_validator:
             self.context.validator.close()

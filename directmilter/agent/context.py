@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from directmilter.agent.crypto import CryptoRunner
 from directmilter.config import Config, Direction
 from directmilter.discovery.base import ChainedSources
 from directmilter.trust.bundles import BundleStore
@@ -20,6 +21,14 @@ class AgentContext:
     #: Certificates offered to path building besides those a message carries (the out-of-band store).
     intermediates: tuple[x509.Certificate, ...] = ()
     bundles: BundleStore = field(default_factory=BundleStore)
+    #: Where sealing and opening run: this thread, or worker processes (see directmilter.agent.workers).
+    crypto: CryptoRunner | None = None
+
+    @property
+    def runner(self) -> CryptoRunner:
+        from directmilter.agent.crypto import InProcess
+
+        return self.crypto if self.crypto is not None else InProcess(self.config)
 
     def anchors(self, address: str, direction: Direction) -> tuple[x509.Certificate, ...]:
         """A hosted address's anchors for one direction: configured files plus the trust bundles at their URLs."""

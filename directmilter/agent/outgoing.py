@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
-from email.utils import format_datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from directmilter import cms
 from directmilter.agent.context import AgentContext
 from directmilter.agent.envelope import MessageEnvelope, OutgoingMessage
 from directmilter.agent.trust_model import trusted_certificates
-from directmilter.cms.mime import CRLF
 from directmilter.errors import (
     DirectMilterError,
-    MalformedMessage,
     NoCertificate,
     NoTrustedRecipients,
     SenderNotConfigured,
@@ -32,7 +27,6 @@ _ENCRYPTION = frozenset({"key_encipherment"})
 def process_outgoing(ctx: AgentContext, envelope: MessageEnvelope, moment: datetime | None = None) -> OutgoingMessage:
     """Resolve keys and certificates, enforce trust, then wrap, sign and encrypt (steps 1 to 6)."""
     signers = sender_identities(ctx, envelope.sender, moment)
-    message = _prepare(cms.canonicalize(envelope.message), envelope.sender)
     accepted: list[str] = []
     certificates: list[x509.Certificate] = []
     rejected: dict[str, DirectMilterError] = {}
@@ -46,16 +40,7 @@ def process_outgoing(ctx: AgentContext, envelope: MessageEnvelope, moment: datet
         certificates.extend(c for c in found if c not in certificates)
     if not accepted:
         raise NoTrustedRecipients.of(rejected)
-    crypto = ctx.config.crypto
-    secured = cms.secure(
-        message,
-        signers,
-        certificates,
-        digest=crypto.digest,
-        cipher=crypto.cipher,
-        key_transport=crypto.key_transport,
-        recipient_id=crypto.recipient_id,
-    )
+    secured = ctx.runner.seal(envelope.message, envelope.sender, [i.certificate for i in signers], certificates)
     return OutgoingMessage(
         message=secured, recipients=tuple(accepted), rejected=rejected, certificates=tuple(certificates)
     )
@@ -106,20 +91,6 @@ def recipient_certificates(
             error = failure
     assert error is not None
     raise type(error)(f"recipient {recipient}: {error.reason}")
-
-
-def _prepare(raw: bytes, sender: str) -> cms.Entity:
-    """Check the message is RFC 5322 + MIME (AS 2.1) and carries the 2.2 headers, adding Date/Message-ID if absent."""
-    entity = cms.parse_message(raw)
-    if entity.get("from") is None:
-        raise MalformedMessage("message has no From header (Applicability Statement 2.2)")
-    added = b""
-    if entity.get("date") is None:
-        added += b"Date: " + format_datetime(datetime.now(UTC)).encode() + CRLF
-    if entity.get("message-id") is None:
-        domain = sender.rpartition("@")[2] or "localhost"
-        added += f"Message-ID: <{uuid.uuid4().hex}@{domain}>".encode() + CRLF
-    return cms.parse_message(added + raw) if added else entity
 
 
 def _valid_at(cert: x509.Certificate, when: datetime) -> bool:

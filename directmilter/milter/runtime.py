@@ -40,13 +40,14 @@ class Generation:
 class Runtime:
     def __init__(self, config: Config, *, socket_override: str | None = None) -> None:
         self.socket_override = socket_override
-        self.current = Generation(config, Agent(config))
+        self.current = Generation(config, Agent(config, workers=config.milter.worker_count()))
         self.current.agent.start_refreshing()
         self.confirmations = Confirmations(self.current.agent, config.notify, open_store(config.notify.tracking))
         self.metrics = Metrics(lambda: (self.current.agent, self.confirmations.store))
         self._reloading = threading.Lock()
 
     def start(self) -> Runtime:
+        self._warm_up(self.current.agent)
         self.confirmations.start()
         if self.current.config.milter.metrics is not None:
             self.metrics.serve(*self.current.config.milter.metrics)
@@ -62,7 +63,7 @@ class Runtime:
                 config = load_config(old.config.path)
                 if self.socket_override:
                     config = replace(config, milter=replace(config.milter, socket=self.socket_override))
-                agent = Agent(config)
+                agent = Agent(config, workers=config.milter.worker_count())
             except DirectMilterError as exc:
                 log.error("reload_failed", config=str(old.config.path), reason=exc.reason, keeping="previous")
                 return False
@@ -72,6 +73,7 @@ class Runtime:
             if config.notify.tracking != old.config.notify.tracking:
                 log.warning("reload_ignored", key="[notify] tracking", reason="takes effect on restart")
             agent.start_refreshing()
+            self._warm_up(agent)
             self.current = Generation(config, agent)
             self.confirmations.agent = agent
             self.confirmations.settings = replace(config.notify, tracking=old.config.notify.tracking)
@@ -95,6 +97,19 @@ class Runtime:
                     systemd.notify("READY=1")
 
         threading.Thread(target=wait, name="reload", daemon=True).start()
+
+    @staticmethod
+    def _warm_up(agent: Agent) -> None:
+        """Start the crypto workers in the background, so the first message does not wait for them."""
+        warm_up = getattr(agent.context.crypto, "warm_up", None)
+        if warm_up is not None:
+            def run() -> None:
+                try:
+                    warm_up()
+                except Exception as exc:  # the first message will try again and defer if it must
+                    log.error("workers_not_started", error=f"{type(exc).__name__}: {exc}")
+
+            threading.Thread(target=run, name="warm-up", daemon=True).start()
 
     def close(self) -> None:
         self.confirmations.stop()

@@ -1,0 +1,169 @@
+"""The CPU-heavy half of the agent: sealing (wrap, sign, encrypt) and opening (decrypt, verify, unwrap).
+
+The agent's decisions (who is configured, whose certificates are trusted) need discovery, trust anchors and the
+validator's caches, and stay in the calling process. What they lead to is pure crypto on bytes: these functions
+take the configuration (for our private keys, which never leave the process that loaded them) and bytes and
+certificates, and return bytes, certificates and errors, all of which pickle. So they can run in worker processes
+(:mod:`directmilter.agent.workers`): pymilter's threads share one GIL, and RSA, AES, hashing and MIME work on a
+large message would otherwise use one core however many there are.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime, getaddresses
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from directmilter import cms
+from directmilter.cms.mime import CRLF
+from directmilter.config import Config
+from directmilter.errors import CMSError, DecryptionFailed, DirectMilterError, MalformedMessage, TemporaryFailure
+
+__all__ = ["CryptoRunner", "InProcess", "Opened", "OpenedContent", "open_message", "seal"]
+
+
+def _certificate_from_der(der: bytes) -> x509.Certificate:
+    return x509.load_der_x509_certificate(der)
+
+
+def _reduce_certificate(cert: x509.Certificate) -> tuple[object, tuple[bytes]]:
+    return _certificate_from_der, (cert.public_bytes(serialization.Encoding.DER),)
+
+
+def register_pickling() -> None:
+    """Let certificates cross a process boundary (as DER); cryptography's Rust objects do not pickle by themselves."""
+    from cryptography.hazmat.bindings._rust import x509 as rust_x509
+
+    copyreg.pickle(rust_x509.Certificate, _reduce_certificate)  # type: ignore[arg-type]
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.DER)
+
+
+# --- sealing -------------------------------------------------------------------------------------------------
+
+
+def seal(config: Config, message: bytes, sender: str, signers: Sequence[x509.Certificate],
+         recipients: Sequence[x509.Certificate]) -> bytes:
+    """Process Outgoing steps 4 to 6 with the sender's keys whose certificates are ``signers``."""
+    wanted = {_der(c) for c in signers}
+    identities = [i for i in config.identities_for(sender) if _der(i.certificate) in wanted]
+    if not identities:
+        # The worker loaded another generation of the configuration (a reload race): the retry will match.
+        raise TemporaryFailure(f"sender {sender}: the signing keys are not loaded in this worker yet")
+    crypto = config.crypto
+    return cms.secure(prepare(cms.canonicalize(message), sender), identities, recipients, digest=crypto.digest,
+                      cipher=crypto.cipher, key_transport=crypto.key_transport, recipient_id=crypto.recipient_id)
+
+
+def prepare(raw: bytes, sender: str) -> cms.Entity:
+    """Check the message is RFC 5322 + MIME (AS 2.1) and carries the 2.2 headers, adding Date/Message-ID if absent."""
+    entity = cms.parse_message(raw)
+    if entity.get("from") is None:
+        raise MalformedMessage("message has no From header (Applicability Statement 2.2)")
+    added = b""
+    if entity.get("date") is None:
+        added += b"Date: " + format_datetime(datetime.now(UTC)).encode() + CRLF
+    if entity.get("message-id") is None:
+        domain = sender.rpartition("@")[2] or "localhost"
+        added += f"Message-ID: <{uuid.uuid4().hex}@{domain}>".encode() + CRLF
+    return cms.parse_message(added + raw) if added else entity
+
+
+# --- opening -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenedContent:
+    """One decrypted content: its signatures' results, the certificates it carried, and the unwrapped message."""
+
+    report: cms.SignatureReport
+    message: bytes
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What each recipient's keys opened: an index into ``contents``, or why it could not be opened or verified."""
+
+    header_sender: str
+    contents: tuple[OpenedContent, ...]
+    by_recipient: dict[str, int | DirectMilterError]
+
+
+def open_message(config: Config, message: bytes, recipients: Sequence[str]) -> Opened:
+    """Decrypt per recipient, verify the signatures, unwrap (Process Incoming's crypto; trust is the caller's).
+
+    Problems of the message as a whole (not S/MIME, malformed CMS, a forbidden cipher) raise; problems that
+    concern one recipient's keys or what they open are that recipient's entry.
+    """
+    crypto = config.crypto
+    secured = cms.parse_secured(cms.canonicalize(message).lstrip(b" \t"), crypto.accept_ciphers)
+    contents: list[OpenedContent] = []
+    by_plaintext: dict[bytes, int | DirectMilterError] = {}
+    by_keys: dict[tuple[int, ...], int | DirectMilterError] = {}
+    by_recipient: dict[str, int | DirectMilterError] = {}
+    for recipient in recipients:
+        identities = config.identities_for(recipient)
+        if not identities:
+            by_recipient[recipient] = DecryptionFailed("no private key configured for this recipient")
+            continue
+        keys = tuple(id(i) for i in identities)
+        if keys not in by_keys:
+            try:
+                plaintext = secured.envelope.decrypt(identities)
+            except CMSError as exc:
+                by_keys[keys] = exc
+            else:
+                if plaintext not in by_plaintext:
+                    by_plaintext[plaintext] = _verify(secured, plaintext, crypto.accept_digests, contents)
+                by_keys[keys] = by_plaintext[plaintext]
+        by_recipient[recipient] = by_keys[keys]
+    found = getaddresses(secured.outer.get_all("from"))
+    return Opened(found[0][1] if found else "", tuple(contents), by_recipient)
+
+
+def _verify(secured: cms.Secured, plaintext: bytes, accept_digests: frozenset[str],
+            contents: list[OpenedContent]) -> int | DirectMilterError:
+    try:
+        entity, report = cms.read_signed(plaintext, accept_digests)
+    except CMSError as exc:
+        return exc
+    contents.append(OpenedContent(report, cms.unwrap(secured.outer, entity.content)))
+    return len(contents) - 1
+
+
+# --- where it runs -------------------------------------------------------------------------------------------
+
+
+class CryptoRunner(Protocol):
+    def seal(self, message: bytes, sender: str, signers: Sequence[x509.Certificate],
+             recipients: Sequence[x509.Certificate]) -> bytes: ...
+
+    def open(self, message: bytes, recipients: Sequence[str]) -> Opened: ...
+
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """The crypto in the calling thread (the command line, tests, and a milter configured with no workers)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def seal(self, message: bytes, sender: str, signers: Sequence[x509.Certificate],
+             recipients: Sequence[x509.Certificate]) -> bytes:
+        return seal(self.config, message, sender, signers, recipients)
+
+    def open(self, message: bytes, recipients: Sequence[str]) -> Opened:
+        return open_message(self.config, message, recipients)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,118 @@
+"""Sealing and opening in worker processes, so a milter uses every core.
+
+pymilter runs one thread per SMTP connection, and they share one GIL: with the crypto in those threads, a
+two-core HISP runs at one core's speed. :class:`WorkerPool` sends :func:`~directmilter.agent.crypto.seal` and
+:func:`~directmilter.agent.crypto.open_message` to a pool of processes. Each worker loads the same configuration
+file itself (private keys never cross a process boundary); what crosses is bytes, certificates (as DER) and
+errors. Workers are started with ``spawn`` (the milter process has threads, which ``fork`` would copy
+half-way).
+
+Fail closed: a worker that dies (the pool breaks) or does not answer in time is a
+:class:`~directmilter.errors.TemporaryFailure`, so the message is deferred, and the next call gets a fresh pool.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cryptography import x509
+
+from directmilter.agent.crypto import Opened, open_message, register_pickling, seal
+from directmilter.config import Config, load_config
+from directmilter.errors import DirectMilterError, TemporaryFailure
+from directmilter.log import get_logger
+
+log = get_logger("directmilter.workers")
+
+T = TypeVar("T")
+
+_config: Config | None = None  # in a worker: the configuration it loaded
+
+
+def _start_worker(path: str, log_level: str, json_logs: bool) -> None:
+    global _config
+    from directmilter.log import configure
+
+    configure(log_level, json=json_logs)
+    register_pickling()
+    _config = load_config(Path(path))
+
+
+def _seal(message: bytes, sender: str, signers: Sequence[x509.Certificate],
+          recipients: Sequence[x509.Certificate]) -> bytes:
+    assert _config is not None
+    return seal(_config, message, sender, signers, recipients)
+
+
+def _open(message: bytes, recipients: Sequence[str]) -> Opened:
+    assert _config is not None
+    return open_message(_config, message, recipients)
+
+
+class WorkerPool:
+    def __init__(self, config: Config, processes: int, *, timeout: float = 120.0, log_level: str = "info",
+                 json_logs: bool = False) -> None:
+        self.config = config
+        self.processes = processes
+        self.timeout = timeout
+        self._initargs = (str(config.path), log_level, json_logs)
+        register_pickling()
+        self._lock = threading.Lock()
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    self.processes, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker, initargs=self._initargs)
+            return self._pool
+
+    def _call(self, what: str, function: Callable[..., T], *args: Any) -> T:
+        pool = self._executor()
+        try:
+            future = pool.submit(function, *args)
+            return future.result(self.timeout)
+        except DirectMilterError:
+            raise
+        except concurrent.futures.TimeoutError:
+            raise TemporaryFailure(f"{what}: no worker answered within {self.timeout:g} s") from None
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None  # the next call starts a fresh pool
+            pool.shutdown(wait=False, cancel_futures=True)
+            log.error("worker_pool_broken", what=what)
+            raise TemporaryFailure(f"{what}: a crypto worker process died") from None
+        except Exception as exc:  # a bug in a worker: defer, never accept
+            raise TemporaryFailure(f"{what}: internal error in a crypto worker ({type(exc).__name__})") from exc
+
+    def seal(self, message: bytes, sender: str, signers: Sequence[x509.Certificate],
+             recipients: Sequence[x509.Certificate]) -> bytes:
+        return self._call("signing and encrypting", _seal, message, sender, tuple(signers), tuple(recipients))
+
+    def open(self, message: bytes, recipients: Sequence[str]) -> Opened:
+        return self._call("decrypting and verifying", _open, message, tuple(recipients))
+
+    def warm_up(self) -> None:
+        """Start every worker now rather than on the first message."""
+        pool = self._executor()
+        for future in [pool.submit(_noop) for _ in range(self.processes)]:
+            future.result(self.timeout)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _noop() -> None:
+    return None
+
