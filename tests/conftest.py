@@ -140,7 +140,11 @@ def _value(value: Any) -> str:
 
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    directory = tmp_path_factory.mktemp("pki")
+    return build_world(tmp_path_factory.mktemp("pki"))
+
+
+def build_world(directory: Path) -> World:
+    """Two roots, HISP A's alice and organisation, HISP B's bob, bob2 and carol (under R2): made at run time."""
     pki = PKI(directory)
     r1 = pki.root("R1")
     r2 = pki.root("R2")
