@@ -28,6 +28,9 @@ def canonicalize(data: bytes) -> bytes:
     """Canonical line ends (RFC 5751 3.1.1): every CR, LF or CRLF becomes CRLF."""
     if b"\r" not in data:
         return data.replace(b"\n", CRLF)
+    pairs = data.count(CRLF)
+    if data.count(b"\r") == pairs == data.count(b"\n"):
+        return data  # already canonical (the usual case on the wire): three C-speed counts, no copy
     return _BARE_NEWLINE.sub(CRLF, data)
 
 
@@ -132,17 +135,23 @@ def split_multipart(entity: Entity, *, what: str = "multipart") -> tuple[list[by
     boundary = entity.param("boundary")
     if not boundary:
         raise MalformedMessage(f"{what}: {entity.content_type} has no boundary parameter (RFC 2046 5.1.1)")
-    delimiter = re.compile(rb"(?:^|\r\n)--" + re.escape(boundary.encode("utf-8")) + rb"(--)?[ \t]*(?:\r\n|$)")
+    # A literal prefix lets the regex engine skip ahead fast; "at a line start" is checked by hand.
+    delimiter = re.compile(rb"--" + re.escape(boundary.encode("utf-8")) + rb"(--)?[ \t]*(?:\r\n|$)")
+    body = entity.body
     parts: list[bytes] = []
     start: int | None = None
-    for match in delimiter.finditer(entity.body):
+    for match in delimiter.finditer(body):
+        at = match.start()
+        # The CRLF before "--" belongs to this delimiter, so it cannot also end the previous delimiter line.
+        if at != 0 and (body[at - 2 : at] != CRLF or (start is not None and at - 2 < start)):
+            continue
         if start is not None:
-            parts.append(entity.body[start : match.start()])
+            parts.append(body[start : at - 2])
         if match.group(1):
             return parts, True
         start = match.end()
     if start is not None:
-        parts.append(entity.body[start:])
+        parts.append(body[start:])
     return parts, False
 
 
@@ -181,6 +190,8 @@ def decode_body(entity: Entity, *, what: str) -> bytes:
 
 def fold_base64(data: bytes, width: int = 76) -> bytes:
     """Base64 in CRLF-terminated lines of ``width`` characters: 7-bit clean, safe through any MTA."""
+    if width == 76:  # base64.encodebytes writes 76-character lines, in C
+        return base64.encodebytes(data).replace(b"\n", CRLF)
     encoded = base64.b64encode(data)
     return b"".join(encoded[i : i + width] + CRLF for i in range(0, len(encoded), width))
 

@@ -38,7 +38,7 @@ def wrap(message: Entity) -> tuple[bytes, bytes]:
     outer = b"".join(h.raw for h in message.headers if h.name in ROUTING_HEADERS)
     inner_headers = b"".join(h.raw for h in message.headers if h.name not in _DROPPED)
     inner = inner_headers + CRLF + message.body
-    eight_bit = any(byte > 0x7F for byte in inner)
+    eight_bit = not inner.isascii()
     header = b"Content-Type: message/rfc822" + CRLF
     if eight_bit:
         header += b"Content-Transfer-Encoding: 8bit" + CRLF
