@@ -76,3 +76,17 @@ def test_undone_delivery_is_not_a_replay_on_retry(tmp_path: Path) -> None:
     assert retry.deliver_to == ("b@y.test",)
     assert service.screen_incoming(message, "a@x.test", ["b@y.test"]).deliver_to == ()
     service.store.close()
+
+
+def test_unconfirmed_delivery_of_a_dead_milter_is_no_replay(url: str) -> None:
+    """A milter killed between recording a message and Postfix taking it leaves an unconfirmed record: the
+    client's retry, seen by the restarted milter, is delivered. Once confirmed, a copy is a replay for anyone."""
+    store = open_store(url)
+    try:
+        assert store.first_delivery("<k@b>", "alice@a", "d", 1, owner="first-process")
+        assert not store.first_delivery("<k@b>", "alice@a", "d", 2, owner="first-process")  # same process: replay
+        assert store.first_delivery("<k@b>", "alice@a", "d", 3, owner="restarted")  # the first one died
+        store.confirm_delivery("<k@b>", "alice@a", "d")
+        assert not store.first_delivery("<k@b>", "alice@a", "d", 4, owner="another-host")
+    finally:
+        store.close()

@@ -21,6 +21,7 @@ import queue
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +50,9 @@ from directmilter.tracking.store import TrackingStore
 
 log = get_logger("directmilter.delivery")
 
+#: An outbox row older than this (seconds) that is still there was not handed over: the sweeper sends it.
+ORPHAN_AFTER = 30.0
+
 _KINDS = {"processed": "processed", "dispatched": "dispatched", "failed": "failed", "delivered": "dispatched"}
 
 
@@ -73,7 +77,7 @@ class IncomingDecision:
 class _Job:
     """A queued send that runs once, whether the worker gets to it or a bounce needs it sent first."""
 
-    def __init__(self, action: Callable[[], None]) -> None:
+    def __init__(self, action: Callable[[], object]) -> None:
         self._action = action
         self._lock = threading.Lock()
         self.done = False
@@ -91,9 +95,11 @@ class Confirmations:
         self.settings = settings
         self.store = store
         self.reporting = settings.reporting_mta or socket.getfqdn()
+        self.instance = uuid.uuid4().hex  # this process, as the owner of not yet confirmed deliveries
         self._jobs: queue.Queue[tuple[float, _Job] | None] = queue.Queue()
         self._pending: dict[tuple[str | None, str], list[_Job]] = {}  # MDNs not sent yet, by (Message-ID, rcpt)
         self._pending_lock = threading.Lock()
+        self._audit: dict[str, dict[str, object]] = {}  # outbox row -> what its mdn_sent record says
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -180,7 +186,8 @@ class Confirmations:
         digest = hashlib.sha256(delivered).hexdigest()
         fresh = list(recipients)
         if message_id is not None:
-            fresh = [r for r in recipients if self.store.first_delivery(message_id, r, digest, time.time())]
+            fresh = [r for r in recipients
+                     if self.store.first_delivery(message_id, r, digest, time.time(), owner=self.instance)]
             for replay in set(recipients) - set(fresh):
                 log.warning("replay", message_id=message_id, recipient=replay, sender=sender)
         return IncomingDecision(tuple(fresh), False, delivered, sender, message_id, digest, queue_id)
@@ -189,6 +196,12 @@ class Confirmations:
         if decision.message_id is not None:
             for recipient in decision.deliver_to:
                 self.store.forget_delivery(decision.message_id, recipient, decision.digest)
+
+    def committed(self, decision: IncomingDecision) -> None:
+        """Postfix went on after accepting the message (next transaction or close): it has it, replays are replays."""
+        if decision.message_id is not None:
+            for recipient in decision.deliver_to:
+                self.store.confirm_delivery(decision.message_id, recipient, decision.digest)
 
     def confirm(self, decision: IncomingDecision) -> None:
         """Queue the MDNs of an accepted message (never for a report: reports are not answered, AS 3.0)."""
@@ -207,10 +220,7 @@ class Confirmations:
         )
         for recipient in decision.deliver_to:
             for disposition in dispositions:
-                job = self._later(functools.partial(self._send_mdn, decision.delivered, recipient, target,
-                                                    disposition, decision.queue_id))
-                with self._pending_lock:
-                    self._pending.setdefault((decision.message_id, recipient), []).append(job)
+                self._queue_mdn(decision.delivered, recipient, target, disposition, decision.queue_id)
 
     # --- the work ------------------------------------------------------------------------------------------------
 
@@ -236,26 +246,71 @@ class Confirmations:
                  matched=matched, consumed=consumed)
         return consumed
 
-    def _send_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition,
-                  queue_id: str | None) -> None:
+    def _queue_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition,
+                   queue_id: str | None) -> None:
+        """Seal the MDN now and keep it in the durable outbox; it is handed to Postfix ``mdn_delay`` later (and
+        after a crash by whichever process sweeps the outbox next: a queued MDN is never lost)."""
+        try:
+            sealed = self._seal_mdn(delivered, recipient, target, disposition)
+        except TemporaryFailure as exc:  # e.g. the target's certificate lookup timed out: try again in memory
+            log.warning("mdn_retry_later", recipient=recipient, target=target, reason=exc.reason)
+            key = (parse_entity(delivered).get("message-id"), recipient)
+            job = self._later(functools.partial(self._send_mdn, delivered, recipient, target, disposition, queue_id))
+            with self._pending_lock:
+                self._pending.setdefault(key, []).append(job)
+            return
+        if sealed is None:
+            return
+        mdn_id, body = sealed
+        original = parse_entity(delivered).get("message-id")
+        now = time.time()
+        row = self.store.outbox_add(self.instance, original, recipient, recipient, target, body, now=now,
+                                    due=now + self.settings.mdn_delay)
+        self._audit[row] = {"queue_id": queue_id, "disposition": disposition, "mdn_message_id": mdn_id}
+        self._later(functools.partial(self._hand_over, row=row))
+
+    def _seal_mdn(self, delivered: bytes, recipient: str, target: str,
+                  disposition: Disposition) -> tuple[str | None, bytes] | None:
         domain = recipient.rpartition("@")[2]
         extensions = {FINAL_DESTINATION_DELIVERY: ""} if disposition == "dispatched" else None
         mdn = build_mdn(original=delivered, reporting_ua=f"{self.reporting}; directmilter", final_recipient=recipient,
                         to=target, disposition=disposition, extensions=extensions, message_id_domain=domain)
         try:
             secured = self.agent.outgoing(MessageEnvelope(recipient, (target,), mdn))
-        except DirectMilterError as exc:
+        except PermanentFailure as exc:
             # Never in clear: no trusted certificate for the target means no MDN (AS 3.0, ambiguity 2).
             log.warning("mdn_not_sent", recipient=recipient, target=target, reason=exc.reason)
+            return None
+        return parse_entity(mdn).get("message-id"), secured.message
+
+    def _send_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition,
+                  queue_id: str | None) -> None:
+        """The in-memory retry for an MDN that could not be sealed at once."""
+        sealed = self._seal_mdn(delivered, recipient, target, disposition)
+        if sealed is None:
             return
         assert self.settings.reinject is not None
-        reinject(self.settings.reinject, recipient, [target], secured.message)
-        # AS 3.2 (RECOMMENDED): one audit record per confirmation sent.
+        reinject(self.settings.reinject, recipient, [target], sealed[1])
         log.info("mdn_sent", queue_id=queue_id, recipient=recipient, target=target, disposition=disposition,
-                 original_message_id=parse_entity(delivered).get("message-id"),
-                 mdn_message_id=parse_entity(mdn).get("message-id"))
+                 original_message_id=parse_entity(delivered).get("message-id"), mdn_message_id=sealed[0])
 
-    def _later(self, action: Callable[[], None]) -> _Job:
+    def _hand_over(self, *, row: str | None = None, message_id: str | None = None, recipient: str | None = None,
+                   orphaned_before: float | None = None) -> int:
+        """Give queued MDNs to Postfix and drop them from the outbox; returns how many went."""
+        assert self.settings.reinject is not None
+        now = time.time()
+        sent = 0
+        for queued in self.store.outbox_claim(self.instance, row=row, message_id=message_id, recipient=recipient,
+                                              orphaned_before=orphaned_before, now=now):
+            reinject(self.settings.reinject, queued.sender, [queued.target], queued.body)
+            self.store.outbox_done(queued.id)
+            sent += 1
+            # AS 3.2 (RECOMMENDED): one audit record per confirmation sent.
+            log.info("mdn_sent", **self._audit.pop(queued.id, {"recovered": True}), recipient=queued.recipient,
+                     target=queued.target, original_message_id=queued.message_id)
+        return sent
+
+    def _later(self, action: Callable[[], object]) -> _Job:
         job = _Job(action)
         self._jobs.put((time.monotonic() + self.settings.mdn_delay, job))
         return job
@@ -267,6 +322,8 @@ class Confirmations:
         try:
             for job in jobs:
                 job.run()
+            if self.settings.reinject is not None:
+                self._hand_over(message_id=message_id, recipient=recipient)
         except DirectMilterError as exc:
             raise TemporaryFailure(f"the processed MDN to {recipient}'s sender must go first and could not be "
                                    f"sent yet: {exc.reason}") from exc
@@ -308,8 +365,13 @@ class Confirmations:
                 log.warning("sweep_failed", reason=exc.reason)
 
     def sweep_once(self) -> None:
-        """Tell hosted senders about recipients whose confirmation is overdue (a failed DSN, delivered locally)."""
+        """Send MDNs left in the outbox (by a process that died, or a hand-over that failed); tell hosted senders
+        about recipients whose confirmation is overdue (a failed DSN, delivered locally)."""
         now = time.time()
+        if self.settings.reinject is not None:
+            recovered = self._hand_over(orphaned_before=now - ORPHAN_AFTER)
+            if recovered:
+                log.info("outbox_recovered", sent=recovered)
         for late in self.store.overdue(now, self.settings.processed_timeout, self.settings.dispatched_timeout):
             self._tell_sender(late.sender, late.message_id, [DsnRecipient(
                 late.recipient, "failed", "4.4.7",

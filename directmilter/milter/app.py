@@ -22,7 +22,7 @@ import Milter
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.agent.envelope import Outcome
 from directmilter.config import Config
-from directmilter.delivery.service import Confirmations
+from directmilter.delivery.service import Confirmations, IncomingDecision
 from directmilter.errors import (
     ConfigError,
     DirectMilterError,
@@ -70,7 +70,14 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
 
     def __init__(self) -> None:
         self.client = Client()
+        self.accepted: IncomingDecision | None = None  # the last accepted incoming message, until Postfix moves on
         self._reset()
+
+    def _moved_on(self) -> None:
+        """Postfix started another transaction or closed: it holds what we accepted (see Confirmations.committed)."""
+        decision, self.accepted = self.accepted, None
+        if decision is not None and self.confirmations is not None:
+            self.confirmations.committed(decision)
 
     def _reset(self) -> None:
         # A transaction works with one generation of configuration and agent from start to end, even across a
@@ -105,6 +112,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
 
     @_guarded
     def envfrom(self, mailfrom: str, *params: str) -> int:
+        self._moved_on()
         self._reset()
         self.sender = _address(mailfrom)
         self.client = Client(self.client.address, self.getsymval("{auth_authen}"), self.client.daemon_name)
@@ -191,6 +199,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
                 confirmations.undo(decision)  # the client will retry: that retry is no replay
                 raise
             confirmations.confirm(decision)
+            self.accepted = decision
         self._audit("processed", rejected=outcome.rejected, started=started, delivered=list(outcome.recipients))
         return int(Milter.ACCEPT)
 
@@ -206,6 +215,10 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         return int(Milter.CONTINUE)
 
     def close(self) -> int:
+        try:
+            self._moved_on()
+        except DirectMilterError as exc:  # the record stays unconfirmed: a retry would be delivered, not lost
+            log.warning("delivery_not_confirmed", reason=exc.reason)
         return int(Milter.CONTINUE)
 
     # --- the work --------------------------------------------------------------------------------------------

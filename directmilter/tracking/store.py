@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,7 +37,19 @@ SCHEMA = (
         recipient TEXT NOT NULL,
         digest TEXT NOT NULL,
         seen_at DOUBLE PRECISION NOT NULL,
+        owner TEXT NOT NULL DEFAULT '',
+        confirmed INTEGER NOT NULL DEFAULT 1,
         PRIMARY KEY (message_id, recipient, digest))""",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        due_at DOUBLE PRECISION NOT NULL,
+        message_id TEXT,
+        recipient TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        target TEXT NOT NULL,
+        body TEXT NOT NULL)""",
 )
 
 
@@ -169,19 +182,96 @@ class TrackingStore:
 
     # --- incoming ------------------------------------------------------------------------------------------------
 
-    def first_delivery(self, message_id: str, recipient: str, digest: str, now: float) -> bool:
-        """Remember an accepted message for a recipient; False when the same one was accepted before (a replay)."""
+    def first_delivery(self, message_id: str, recipient: str, digest: str, now: float, owner: str = "") -> bool:
+        """Remember an accepted message for a recipient; False when the same one was accepted before (a replay).
+
+        With an ``owner`` (the milter process's id) the record stays unconfirmed until :meth:`confirm_delivery`.
+        An unconfirmed record of another owner is a message whose milter died before Postfix could take it: the
+        client's retry of it is no replay, and is delivered (at least once, never lost).
+        """
         with self._cursor() as run:
-            cursor = run("INSERT INTO incoming_seen (message_id, recipient, digest, seen_at) VALUES (%s, %s, %s, %s) "
-                         "ON CONFLICT (message_id, recipient, digest) DO NOTHING",
-                         (message_id, recipient.lower(), digest, now))
-            return bool(cursor.rowcount)
+            cursor = run("INSERT INTO incoming_seen (message_id, recipient, digest, seen_at, owner, confirmed) "
+                         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (message_id, recipient, digest) DO NOTHING",
+                         (message_id, recipient.lower(), digest, now, owner, 0 if owner else 1))
+            if cursor.rowcount:
+                return True
+            if not owner:
+                return False
+            taken = run("UPDATE incoming_seen SET owner = %s, seen_at = %s WHERE message_id = %s AND recipient = %s "
+                        "AND digest = %s AND confirmed = 0 AND owner <> %s",
+                        (owner, now, message_id, recipient.lower(), digest, owner))
+            return bool(taken.rowcount)
+
+    def confirm_delivery(self, message_id: str, recipient: str, digest: str) -> None:
+        """The message was handed to Postfix: from now on a copy of it is a replay, whoever sees it."""
+        with self._cursor() as run:
+            run("UPDATE incoming_seen SET confirmed = 1 WHERE message_id = %s AND recipient = %s AND digest = %s",
+                (message_id, recipient.lower(), digest))
+
+    # --- the outbox: secured MDNs, durable until Postfix has them ----------------------------------------------------
+
+    def outbox_add(self, owner: str, message_id: str | None, recipient: str, sender: str, target: str, body: bytes,
+                   *, now: float, due: float) -> str:
+        row = uuid.uuid4().hex
+        with self._cursor() as run:
+            run("INSERT INTO outbox (id, owner, created_at, due_at, message_id, recipient, sender, target, body) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (row, owner, now, due, message_id, recipient.lower(), sender, target, body.decode("ascii")))
+        return row
+
+    def outbox_claim(self, owner: str, *, row: str | None = None, message_id: str | None = None,
+                     recipient: str | None = None, orphaned_before: float | None = None, now: float,
+                     hold: float = 60.0) -> list[Queued]:
+        """Take rows to send: one by id, those of one (message, recipient), or orphans (rows of other owners, or
+        our own that were not sent, created before ``orphaned_before``). A taken row is ours and not due again for
+        ``hold`` seconds, so two senders never take the same row at once."""
+        with self._cursor() as run:
+            if row is not None:
+                rows = run("SELECT id, owner, due_at FROM outbox WHERE id = %s", (row,)).fetchall()
+            elif message_id is not None or recipient is not None:
+                rows = run("SELECT id, owner, due_at FROM outbox WHERE message_id = %s AND recipient = %s",
+                           (message_id, (recipient or "").lower())).fetchall()
+            else:
+                rows = run("SELECT id, owner, due_at FROM outbox WHERE created_at < %s AND due_at <= %s",
+                           (orphaned_before, now)).fetchall()
+            taken = []
+            for row_id, old_owner, due_at in rows:
+                claim = run("UPDATE outbox SET owner = %s, due_at = %s WHERE id = %s AND owner = %s AND due_at = %s",
+                            (owner, now + hold, row_id, old_owner, due_at))
+                if claim.rowcount:
+                    taken.append(row_id)
+            found = []
+            for row_id in taken:
+                one = run("SELECT id, message_id, recipient, sender, target, body FROM outbox WHERE id = %s",
+                          (row_id,)).fetchone()
+                found.append(Queued(one[0], one[1], one[2], one[3], one[4], one[5].encode("ascii")))
+        return found
+
+    def outbox_done(self, row: str) -> None:
+        with self._cursor() as run:
+            run("DELETE FROM outbox WHERE id = %s", (row,))
+
+    def outbox_size(self) -> int:
+        with self._cursor() as run:
+            return int(run("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def forget_delivery(self, message_id: str, recipient: str, digest: str) -> None:
         """Undo :meth:`first_delivery` when the message was not accepted after all (the client will retry)."""
         with self._cursor() as run:
             run("DELETE FROM incoming_seen WHERE message_id = %s AND recipient = %s AND digest = %s",
                 (message_id, recipient.lower(), digest))
+
+
+@dataclass(frozen=True)
+class Queued:
+    """A secured report waiting in the outbox to be handed to Postfix (already signed and encrypted: no PHI)."""
+
+    id: str
+    message_id: str | None
+    recipient: str
+    sender: str
+    target: str
+    body: bytes
 
 
 def _state(processed: float | None, dispatched: float | None, failed: float | None) -> str:

@@ -1,0 +1,159 @@
+"""Throughput through a real Postfix: no milter, a pass-through pymilter milter, and directmilter, in one run.
+
+Outgoing: messages submitted to HISP A's submission listener are secured and relayed to a sink. Incoming:
+secured messages sent to HISP B's MX are opened and relayed (Postfix) to a sink. At 10 KiB and 1 MiB, with 1
+and 2 cores in use (the whole run pinned with taskset; directmilter gets as many crypto workers as cores).
+Reported as messages/s and as ratios to the pass-through milter. Run: .venv/bin/python bench/throughput.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common import ALICE, BOB, KIB, MIB, REPO, machine, message, size_name, world
+
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import _toml
+from milterd import Milterd
+from mta import Postfix, Sink, free_port, scratch_dir, submit
+
+from directmilter.agent import Agent, MessageEnvelope
+from directmilter.config import load_config
+from directmilter.log import configure
+
+CASES = [(10 * KIB, 300), (1 * MIB, 40)] if not os.environ.get("BENCH_QUICK") else [(10 * KIB, 30), (1 * MIB, 4)]
+CONCURRENCY = 8
+
+
+def dumps(sink: Sink) -> int:
+    return sum(1 for p in sink.root.iterdir() if p.is_file())
+
+
+def blast(port: int, messages: list[bytes], sink: Sink, sender: str, rcpt: str) -> float:
+    """Send every message with CONCURRENCY clients; seconds until the sink has them all."""
+    before = dumps(sink)
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(CONCURRENCY) as pool:
+        results = list(pool.map(lambda m: submit(port, sender, [rcpt], m), messages))
+    refused = [r for r in results if not r.ok]
+    if refused:
+        raise SystemExit(f"refused: {refused[0]}")
+    deadline = time.monotonic() + 300
+    while dumps(sink) < before + len(messages):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the sink got {dumps(sink) - before} of {len(messages)} messages")
+        time.sleep(0.02)
+    return time.perf_counter() - started
+
+
+def passthrough(port: int, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "passthrough_milter.py"), str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    time.sleep(1.0)
+    return process
+
+
+def run(cores: int) -> dict[tuple[str, str, int], float]:
+    configure("error")
+    w = world()
+    rates: dict[tuple[str, str, int], float] = {}
+    body_a = {**w.hisp_a_body(), "milter": {"internal_hosts": [], "submission_daemons": ["ORIGINATING"],
+                                            "workers": cores}}
+    body_b = {**w.hisp_b_body(), "milter": {"internal_hosts": [], "submission_daemons": ["ORIGINATING"],
+                                            "workers": cores}, "notify": {"mdn": False,
+                                                                           "tracking": f"sqlite:{w.directory}/b.db"}}
+    conf_a = w.directory / "a.conf"
+    conf_a.write_text(_toml({**body_a, "notify": {"tracking": f"sqlite:{w.directory}/a.db"}}))
+    conf_b = w.directory / "b.conf"
+    conf_b.write_text(_toml(body_b))
+    sealer = Agent(load_config(conf_a))
+    with scratch_dir("directmilter-bench-") as root, Sink(root / "wire") as sink:
+        for variant in ("none", "passthrough", "directmilter"):
+            port = free_port()
+            spec = None if variant == "none" else f"inet:127.0.0.1:{port}"
+            helpers: list[Any] = []
+            if variant == "passthrough":
+                helpers.append(passthrough(port, root / "passthrough.log"))
+            for direction in ("outgoing", "incoming"):
+                milter = None
+                if variant == "directmilter":
+                    milter = Milterd(conf_a if direction == "outgoing" else conf_b, root / f"{direction}.log",
+                                     port=port).start()
+                    time.sleep(2.0)  # the crypto workers start
+                name = "a" if direction == "outgoing" else "b"
+                mailboxes = {ALICE: "alice"} if name == "a" else {}
+                mta = Postfix(root=root / f"{variant}-{name}", name=f"mx.{name}.test", mailboxes=mailboxes,
+                              relay={"direct.b.test": f"127.0.0.1:{sink.port}"}, milter=spec,
+                              main_cf={"message_size_limit": str(64 * MIB), "default_process_limit": "100"})
+                with mta:
+                    for size, count in CASES:
+                        warm = max(2, count // 10)  # warm-up messages first: a resent message would be a replay
+                        plain = [message(size, tag=f"{variant}-{direction}-{i}") for i in range(count + warm)]
+                        if direction == "outgoing":
+                            port_in, load = mta.submission_port, plain
+                        else:
+                            port_in = mta.smtp_port
+                            load = [sealer.outgoing(MessageEnvelope(ALICE, (BOB,), m)).message for m in plain]
+                        print(f"{variant} {direction} {size}", file=sys.stderr, flush=True)
+                        blast(port_in, load[:warm], sink, ALICE, BOB)
+                        seconds = blast(port_in, load[warm:], sink, ALICE, BOB)
+                        rates[(variant, direction, size)] = count / seconds
+                if milter is not None:
+                    milter.stop()
+            for helper in helpers:
+                os.killpg(helper.pid, 9)
+    sealer.close()
+    return rates
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cores", type=int, help="(internal) the core count this run is pinned to")
+    args = parser.parse_args()
+    if args.cores:
+        rates = run(args.cores)
+        for (variant, direction, size), rate in rates.items():
+            print(f"RATE {args.cores} {variant} {direction} {size} {rate:.3f}", flush=True)
+        return 0
+    print(f"# bench/throughput.py on {machine()}; concurrency {CONCURRENCY}")
+    table: dict[tuple[int, str, str, int], float] = {}
+    for cores in (1, 2):
+        cpus = ",".join(str(c) for c in range(cores))
+        out = subprocess.run(["taskset", "-c", cpus, sys.executable, __file__, "--cores", str(cores)],
+                             capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            print(out.stdout[-2000:], out.stderr[-4000:])
+            return 1
+        for line in out.stdout.splitlines():
+            if line.startswith("RATE "):
+                _, c, variant, direction, size, rate = line.split()
+                table[(int(c), variant, direction, int(size))] = float(rate)
+    print(f"{'cores':>5} {'direction':>9} {'size':>7} {'none':>8} {'passthru':>9} {'direct':>8} {'direct/pass':>11}")
+    verdicts = []
+    for cores in (1, 2):
+        for direction in ("outgoing", "incoming"):
+            for size, _ in CASES:
+                none, pas, ours = (table[(cores, v, direction, size)] for v in ("none", "passthrough", "directmilter"))
+                print(f"{cores:>5} {direction:>9} {size_name(size):>7} {none:8.1f} {pas:9.1f} {ours:8.1f} "
+                      f"{ours / pas:11.2f}")
+                if size == 10 * KIB and cores == 2:
+                    verdicts.append((f"{direction} 10 KiB >= 50% of pass-through", ours / pas >= 0.5, ours / pas))
+    for direction in ("outgoing", "incoming"):
+        for size, _ in CASES:
+            scale = table[(2, "directmilter", direction, size)] / table[(1, "directmilter", direction, size)]
+            verdicts.append((f"{direction} {size_name(size)} 2 cores >= 1.7x 1 core", scale >= 1.7, scale))
+    for text, ok, value in verdicts:
+        print(f"target: {text} -> {'met' if ok else 'NOT met'} ({value:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
