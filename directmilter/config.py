@@ -103,7 +103,7 @@ _FORBIDDEN_CIPHERS = dict.fromkeys(
 Direction = Literal["incoming", "outgoing"]
 _DIRECTIONS: tuple[Direction, ...] = ("incoming", "outgoing")
 
-_SECTIONS = ("agent", "milter", "discovery", "trust", "notify", "domains", "addresses", "certificates")
+_SECTIONS = ("agent", "milter", "discovery", "trust", "notify", "domains", "addresses", "certificates", "limits")
 _AGENT_KEYS = (
     "digest",
     "cipher",
@@ -118,6 +118,7 @@ _TRUST_KEYS = ("fetch", "revocation", "http_timeout", "max_download", "bundle_re
                "min_rsa_bits", "enforce_key_usage")
 REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
+_LIMITS_KEYS = ("max_message_size", "max_headers", "max_mime_depth", "max_certificates")
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
                 "other_mail", "timeout", "metrics", "workers")
 _OTHER_MAIL = ("accept", "reject")
@@ -132,6 +133,16 @@ _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 # --- the model -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one message may hold before it is refused without further work (hostile or broken input)."""
+
+    max_message_size: int = 64 << 20  # bytes, as received (Postfix's message_size_limit should be below)
+    max_headers: int = 1000  # header fields of the message (and of each MIME part)
+    max_mime_depth: int = 32  # nesting of multiparts and attached messages
+    max_certificates: int = 50  # certificates carried by one signature
 
 
 @dataclass(frozen=True)
@@ -264,6 +275,7 @@ class Config:
     discovery: DiscoverySettings = DiscoverySettings()
     trust: TrustSettings = TrustSettings()
     notify: NotifySettings = NotifySettings()
+    limits: Limits = Limits()
 
     def domain_of(self, address: str) -> Party | None:
         """The hosted domain of an address (or a bare domain name), or None when it is not hosted here."""
@@ -560,6 +572,13 @@ class _Loader:
             addresses[name] = self.party(name, value, key)
         return addresses
 
+    def limits(self, data: Mapping[str, object]) -> Limits:
+        key = "[limits]"
+        table = self.table(data.get("limits", {}), key)
+        self.known(table, _LIMITS_KEYS, key)
+        default = Limits()
+        return Limits(**{name: int(self.positive(table, name, key, getattr(default, name))) for name in _LIMITS_KEYS})
+
     def certificates(self, data: Mapping[str, object]) -> tuple[x509.Certificate, ...]:
         key = "[certificates]"
         table = self.table(data.get("certificates", {}), key)
@@ -583,6 +602,7 @@ class _Loader:
             discovery=self.discovery(data),
             trust=self.trust(data),
             notify=self.notify(data),
+            limits=self.limits(data),
         )
 
     def host_port(self, table: Mapping[str, object], name: str, key: str, what: str = "") -> tuple[str, int] | None:

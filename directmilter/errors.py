@@ -53,6 +53,10 @@ class MalformedMessage(PermanentFailure):
     """The input is not a valid RFC 5322 / MIME message (Applicability Statement 2.1)."""
 
 
+class MessageTooLarge(PermanentFailure):
+    """The message is larger than ``[limits] max_message_size``."""
+
+
 class CMSError(PermanentFailure):
     """A CMS / S/MIME structure is malformed, truncated or inconsistent."""
 

@@ -37,6 +37,7 @@ _TABLE: tuple[tuple[type[BaseException], Reply], ...] = (
     (errors.DependencyTimeout, Reply("451", "4.4.3", EX_TEMPFAIL)),
     (errors.TemporaryFailure, Reply("451", "4.3.0", EX_TEMPFAIL)),
     (errors.MalformedMessage, Reply("554", "5.6.0", EX_DATAERR)),
+    (errors.MessageTooLarge, Reply("552", "5.3.4", EX_DATAERR)),
     (errors.ForbiddenAlgorithm, Reply("554", "5.7.5", EX_DATAERR)),
     (errors.NotEncrypted, Reply("554", "5.7.5", EX_DATAERR)),
     (errors.CMSError, Reply("554", "5.7.5", EX_DATAERR)),

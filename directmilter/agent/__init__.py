@@ -19,6 +19,7 @@ from directmilter.discovery import CertificateSource, ChainedSources, LocalCerti
 from directmilter.discovery.cache import TTLCache
 from directmilter.discovery.dns import DnsCertificates, DnsSettings, make_resolver
 from directmilter.discovery.ldap import LdapCertificates, LdapSettings
+from directmilter.errors import MessageTooLarge
 from directmilter.trust.bundles import BundleStore
 from directmilter.trust.fetching import CachingFetcherBackend
 from directmilter.trust.validator import TrustValidator
@@ -44,6 +45,14 @@ def default_sources(config: Config) -> list[CertificateSource]:
             ldap_settings = LdapSettings(settings.timeout, settings.ldap_cache_ttl, settings.negative_ttl)
             sources.append(LdapCertificates(ldap_settings, resolver, TTLCache(settings.cache_size)))
     return sources
+
+
+def check_size(config: Config, size: int) -> None:
+    """Refuse a message over ``[limits] max_message_size`` before any work is spent on it."""
+    limit = config.limits.max_message_size
+    if size > limit:
+        raise MessageTooLarge(f"message of {size} bytes is larger than the limit of {limit} bytes "
+                              "([limits] max_message_size)")
 
 
 def make_validator(config: Config) -> TrustValidator:
@@ -88,9 +97,11 @@ class Agent:
         )
 
     def outgoing(self, envelope: MessageEnvelope, *, moment: datetime | None = None) -> OutgoingMessage:
+        check_size(self.context.config, len(envelope.message))
         return process_outgoing(self.context, envelope, moment)
 
     def incoming(self, envelope: MessageEnvelope, *, moment: datetime | None = None) -> IncomingMessage:
+        check_size(self.context.config, len(envelope.message))
         return process_incoming(self.context, envelope, moment)
 
     def check_sender(self, sender: str, *, moment: datetime | None = None) -> None:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from directmilter import cms
 from directmilter.cms.mime import CRLF
-from directmilter.config import Config
+from directmilter.config import Config, Limits
 from directmilter.errors import CMSError, DecryptionFailed, DirectMilterError, MalformedMessage, TemporaryFailure
 
 __all__ = ["CryptoRunner", "InProcess", "Opened", "OpenedContent", "open_message", "seal"]
@@ -60,13 +60,14 @@ def seal(config: Config, message: bytes, sender: str, signers: Sequence[x509.Cer
         # The worker loaded another generation of the configuration (a reload race): the retry will match.
         raise TemporaryFailure(f"sender {sender}: the signing keys are not loaded in this worker yet")
     crypto = config.crypto
-    return cms.secure(prepare(cms.canonicalize(message), sender), identities, recipients, digest=crypto.digest,
+    return cms.secure(prepare(cms.canonicalize(message), sender, config.limits), identities, recipients,
+                      digest=crypto.digest,
                       cipher=crypto.cipher, key_transport=crypto.key_transport, recipient_id=crypto.recipient_id)
 
 
-def prepare(raw: bytes, sender: str) -> cms.Entity:
+def prepare(raw: bytes, sender: str, limits: Limits = Limits()) -> cms.Entity:  # noqa: B008 (frozen)
     """Check the message is RFC 5322 + MIME (AS 2.1) and carries the 2.2 headers, adding Date/Message-ID if absent."""
-    entity = cms.parse_message(raw)
+    entity = cms.parse_message(raw, max_depth=limits.max_mime_depth, max_headers=limits.max_headers)
     if entity.get("from") is None:
         raise MalformedMessage("message has no From header (Applicability Statement 2.2)")
     added = b""
@@ -75,7 +76,8 @@ def prepare(raw: bytes, sender: str) -> cms.Entity:
     if entity.get("message-id") is None:
         domain = sender.rpartition("@")[2] or "localhost"
         added += f"Message-ID: <{uuid.uuid4().hex}@{domain}>".encode() + CRLF
-    return cms.parse_message(added + raw) if added else entity
+    return cms.parse_message(added + raw, max_depth=limits.max_mime_depth,
+                             max_headers=limits.max_headers) if added else entity
 
 
 # --- opening -------------------------------------------------------------------------------------------------
@@ -123,7 +125,8 @@ def open_message(config: Config, message: bytes, recipients: Sequence[str]) -> O
                 by_keys[keys] = exc
             else:
                 if plaintext not in by_plaintext:
-                    by_plaintext[plaintext] = _verify(secured, plaintext, crypto.accept_digests, contents)
+                    by_plaintext[plaintext] = _verify(secured, plaintext, crypto.accept_digests, contents,
+                                                      config.limits.max_certificates)
                 by_keys[keys] = by_plaintext[plaintext]
         by_recipient[recipient] = by_keys[keys]
     found = getaddresses(secured.outer.get_all("from"))
@@ -131,11 +134,14 @@ def open_message(config: Config, message: bytes, recipients: Sequence[str]) -> O
 
 
 def _verify(secured: cms.Secured, plaintext: bytes, accept_digests: frozenset[str],
-            contents: list[OpenedContent]) -> int | DirectMilterError:
+            contents: list[OpenedContent], limit: int) -> int | DirectMilterError:
     try:
         entity, report = cms.read_signed(plaintext, accept_digests)
     except CMSError as exc:
         return exc
+    if len(report.certificates) > limit:
+        return CMSError(f"the signature carries {len(report.certificates)} certificates, more than the limit of "
+                        f"{limit} ([limits] max_certificates)")
     contents.append(OpenedContent(report, cms.unwrap(secured.outer, entity.content)))
     return len(contents) - 1
 

@@ -14,7 +14,7 @@ from cryptography import x509
 
 from directmilter.cms import algorithms
 from directmilter.cms.enveloped import Envelope, encrypt
-from directmilter.cms.mime import Entity, canonicalize, parse_entity, validate_structure
+from directmilter.cms.mime import MAX_DEPTH, MAX_HEADERS, Entity, canonicalize, parse_entity, validate_structure
 from directmilter.cms.signed import SignatureReport, SignatureResult, sign_detached, verify_detached
 from directmilter.cms.smime import SignedEntity, build_enveloped, build_signed, envelope_der, split_signed
 from directmilter.cms.wrap import unwrap, wrap
@@ -36,10 +36,11 @@ __all__ = [
 ]
 
 
-def parse_message(message: bytes, *, what: str = "message") -> Entity:
+def parse_message(message: bytes, *, what: str = "message", max_depth: int = MAX_DEPTH,
+                  max_headers: int = MAX_HEADERS) -> Entity:
     """Parse a plain RFC 5322 message and check it is well-formed MIME (Applicability Statement 2.1)."""
-    entity = parse_entity(message, what=what)
-    validate_structure(entity, what=what)
+    entity = parse_entity(message, what=what, max_headers=max_headers)
+    validate_structure(entity, what=what, max_depth=max_depth, max_headers=max_headers)
     return entity
 
 

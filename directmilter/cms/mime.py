@@ -22,6 +22,8 @@ _BARE_NEWLINE = re.compile(rb"\r\n|\r|\n")
 _FIELD_NAME = re.compile(rb"^[\x21-\x39\x3b-\x7e]+:")
 #: Deeper nesting than this is refused: real clinical mail nests a few levels; a bomb nests thousands.
 MAX_DEPTH = 32
+#: More header fields than this in one header block are refused (real mail has dozens; a bomb has millions).
+MAX_HEADERS = 1000
 
 
 def canonicalize(data: bytes) -> bytes:
@@ -82,7 +84,7 @@ class Entity:
         return (self.get("content-transfer-encoding") or "7bit").lower()
 
 
-def parse_entity(data: bytes, *, what: str = "message") -> Entity:
+def parse_entity(data: bytes, *, what: str = "message", max_headers: int = MAX_HEADERS) -> Entity:
     """Split an entity at its first empty line and check its header fields are RFC 5322 fields."""
     if data.startswith(CRLF):
         header_block, body = b"", data[2:]
@@ -93,6 +95,8 @@ def parse_entity(data: bytes, *, what: str = "message") -> Entity:
         else:
             header_block, body = data[: end + 2], data[end + 4 :]
     headers = _parse_header_block(header_block, what)
+    if len(headers) > max_headers:
+        raise MalformedMessage(f"{what}: {len(headers)} header fields, more than the limit of {max_headers}")
     params = Message()
     content_type = next((h.value for h in headers if h.name == "content-type"), None)
     if content_type is not None:
@@ -155,11 +159,13 @@ def split_multipart(entity: Entity, *, what: str = "multipart") -> tuple[list[by
     return parts, False
 
 
-def validate_structure(entity: Entity, *, what: str = "message", depth: int = 0) -> None:
+def validate_structure(entity: Entity, *, what: str = "message", depth: int = 0, max_depth: int = MAX_DEPTH,
+                       max_headers: int = MAX_HEADERS) -> None:
     """Check an entity is well-formed MIME (Applicability Statement 2.1): multiparts closed, nesting bounded."""
-    if depth > MAX_DEPTH:
-        raise MalformedMessage(f"{what}: MIME nesting deeper than {MAX_DEPTH} levels")
+    if depth > max_depth:
+        raise MalformedMessage(f"{what}: MIME nesting deeper than {max_depth} levels")
     maintype = entity.content_type.split("/", 1)[0]
+    limits = {"max_depth": max_depth, "max_headers": max_headers}
     if maintype == "multipart":
         parts, closed = split_multipart(entity, what=what)
         if not closed:
@@ -167,9 +173,11 @@ def validate_structure(entity: Entity, *, what: str = "message", depth: int = 0)
         if not parts:
             raise MalformedMessage(f"{what}: {entity.content_type} has no body parts")
         for number, part in enumerate(parts, 1):
-            validate_structure(parse_entity(part, what=f"{what} part {number}"), what=what, depth=depth + 1)
+            validate_structure(parse_entity(part, what=f"{what} part {number}", max_headers=max_headers), what=what,
+                               depth=depth + 1, **limits)
     elif entity.content_type == "message/rfc822" and entity.transfer_encoding in ("7bit", "8bit", "binary"):
-        validate_structure(parse_entity(entity.body, what=f"{what} (attached message)"), what=what, depth=depth + 1)
+        validate_structure(parse_entity(entity.body, what=f"{what} (attached message)", max_headers=max_headers),
+                           what=what, depth=depth + 1, **limits)
 
 
 def decode_body(entity: Entity, *, what: str) -> bytes:

@@ -27,6 +27,8 @@ from directmilter.errors import (
     ConfigError,
     DirectMilterError,
     DuplicateMessage,
+    MalformedMessage,
+    MessageTooLarge,
     NoTrustedRecipients,
     PermanentFailure,
 )
@@ -92,6 +94,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         self.group: Group | None = None
         self.fields: list[tuple[str, str]] = []
         self.chunks: list[bytes] = []
+        self.size = 0  # bytes received; past [limits] max_message_size the rest is not kept
         self.queue_id: str | None = None
 
     # --- replies ---------------------------------------------------------------------------------------------
@@ -155,17 +158,32 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
     def header(self, name: str, value: bytes) -> int:
         # Folded values reach us with bare LF; keep them canonical (CRLF) like everything the agent sees.
         text = value.decode("utf-8", "surrogateescape")
+        self.size += len(name) + len(value) + 4
+        if len(self.fields) > self.config.limits.max_headers:
+            return int(Milter.CONTINUE)  # refused at end of message; no more are kept
         self.fields.append((name, text.replace("\r\n", "\n").replace("\n", "\r\n")))
         return int(Milter.CONTINUE)
 
     @Milter.noreply  # type: ignore[untyped-decorator]
     def body(self, chunk: bytes) -> int:
-        self.chunks.append(chunk)
+        # With "noreply" the MTA does not wait for an answer here: the refusal comes at end of message, and until
+        # then an oversized body is counted, not kept.
+        self.size += len(chunk)
+        if self.size <= self.config.limits.max_message_size:
+            self.chunks.append(chunk)
+        else:
+            self.chunks.clear()
         return int(Milter.CONTINUE)
 
     @_guarded
     def eom(self) -> int:
         self.queue_id = self.getsymval("i")
+        limits = self.config.limits
+        if self.size > limits.max_message_size:
+            raise MessageTooLarge(f"message of {self.size} bytes is larger than the limit of "
+                                  f"{limits.max_message_size} bytes")
+        if len(self.fields) > limits.max_headers:
+            raise MalformedMessage(f"more than {limits.max_headers} header fields")
         if not self.sender and self.group is Group.REMOTE and self.confirmations is not None:
             return self._replace_bounce(self.confirmations)
         if self.group is not Group.HOSTED and self.kind is not Direction.OUTGOING:
