@@ -270,7 +270,7 @@ class TrustValidator:
         revocation_mode: str = "soft-fail",
         fetcher_backend: Any | None = None,
         cache_size: int = 1024,
-        time_tolerance: timedelta = timedelta(0),
+        time_tolerance: timedelta = timedelta(seconds=30),  # clock skew with CRL/OCSP publishers
     ) -> None:
         if revocation_mode not in REVOCATION_MODES:
             raise ConfigError(f"unknown revocation mode {revocation_mode!r} (soft-fail, hard-fail, require)")
