@@ -285,12 +285,20 @@ def _state(processed: float | None, dispatched: float | None, failed: float | No
 def open_store(url: str) -> TrackingStore:
     """``sqlite:///var/lib/directmilter/tracking.db`` (default) or ``postgresql://user@host:port/db``."""
     if url.startswith("sqlite:"):
-        path = Path(url.removeprefix("sqlite:").removeprefix("//"))
+        location, _, query = url.removeprefix("sqlite:").removeprefix("//").partition("?")
+        path = Path(location)
         if not path.parent.is_dir():
             raise ConfigError(f"tracking database {url}: folder {path.parent} does not exist")
+        options = dict(item.partition("=")[::2] for item in query.split("&") if item)
+        try:
+            busy = float(options.pop("timeout", "30"))  # seconds to wait for a lock before deferring the message
+        except ValueError:
+            raise ConfigError(f"tracking database {url}: timeout must be a number of seconds") from None
+        if options:
+            raise ConfigError(f"tracking database {url}: unknown option(s) {', '.join(sorted(options))}")
 
         def connect_sqlite() -> sqlite3.Connection:
-            conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(path, timeout=busy, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.isolation_level = "DEFERRED"
             return conn

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 from asn1crypto import crl as asn1_crl
 from asn1crypto import ocsp as asn1_ocsp
+from pyhanko_certvalidator.errors import CertificateFetchError, CRLFetchError, OCSPFetchError
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers import AIOHttpFetcherBackend
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers.cert_fetch_client import AIOHttpCertificateFetcher
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers.crl_client import AIOHttpCRLFetcher, _grab_crl
@@ -146,7 +147,10 @@ class _CachingCertFetcher(AIOHttpCertificateFetcher):
         cached = self._cache.get(url)
         if cached is not None:
             return cached
-        fetched = await super().fetch_certs(url, url_origin_type)  # type: ignore[no-untyped-call]
+        try:
+            fetched = await super().fetch_certs(url, url_origin_type)  # type: ignore[no-untyped-call]
+        except TimeoutError:  # pyhanko catches aiohttp's errors, not the timeout: make it a failed fetch
+            raise CertificateFetchError(f"{url} did not answer in time") from None
         self._cache.downloads += 1
         self._cache.put(url, fetched, None, default=AIA_MAX_AGE)
         return fetched
@@ -163,9 +167,12 @@ class _CachingCRLFetcher(AIOHttpCRLFetcher):
             if cached is not None:
                 return cached
             self._charge(FetchKind.CRL)
-            fetched = await _grab_crl(
-                url, user_agent=self.user_agent, session=self.get_session(), timeout=self.per_request_timeout
-            )
+            try:
+                fetched = await _grab_crl(
+                    url, user_agent=self.user_agent, session=self.get_session(), timeout=self.per_request_timeout
+                )
+            except TimeoutError:
+                raise CRLFetchError(f"{url} did not answer in time") from None
             self._cache.downloads += 1
             self._cache.put(url, fetched, fetched["tbs_cert_list"]["next_update"].native)
             return fetched
@@ -183,7 +190,10 @@ class _CachingOCSPFetcher(AIOHttpOCSPFetcher):
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        fetched: asn1_ocsp.OCSPResponse = await super()._fetch(cert, authority)
+        try:
+            fetched: asn1_ocsp.OCSPResponse = await super()._fetch(cert, authority)
+        except TimeoutError:
+            raise OCSPFetchError("the OCSP responder did not answer in time") from None
         self._cache.downloads += 1
         if _ocsp_successful(fetched):
             self._cache.put(key, fetched, _ocsp_next_update(fetched), default=OCSP_WITHOUT_NEXT_UPDATE)

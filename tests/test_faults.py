@@ -1,0 +1,100 @@
+"""Faults of what directmilter depends on: each ends in a tempfail or a retried action, never in unprocessed mail
+accepted and never in lost state. (DNS and LDAP servers that do not answer: tests/test_discovery.py; an OCSP
+responder that is down: tests/test_revocation.py; a milter killed under load: tests/test_load.py.)"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from conftest import World, envelope, plain_message
+from mta import Sink, free_port, scratch_dir
+from revocation import OcspResponder
+
+from directmilter.agent import Agent
+from directmilter.config import NotifySettings, load_config
+from directmilter.delivery.service import Confirmations, IncomingDecision
+from directmilter.errors import RevocationUnavailable, TemporaryFailure
+from directmilter.replies import reply_for
+from directmilter.tracking import open_store
+
+ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
+
+
+@pytest.mark.parametrize("policy", ["hard-fail", "soft-fail"])
+def test_ocsp_responder_that_hangs(world: World, policy: str) -> None:
+    """The responder accepts the connection and never answers: within the HTTP timeout, hard-fail defers and
+    soft-fail accepts (status undetermined)."""
+    with scratch_dir("directmilter-hang-") as root:
+        inter = world.pki.intermediate(f"HANG-I-{policy}", world.r1)
+        ocsp = OcspResponder(root / "ocsp", inter)
+        leaf = world.pki.leaf(f"hang-dave-{policy}", inter, email="dave@direct.b.test", ocsp_url=ocsp.url)
+        ocsp.set_good(leaf)
+        ocsp.delay = 60
+        body = world.hisp_a_body()
+        body["certificates"] = {"files": [str(leaf.cert_path), str(inter.cert_path)]}
+        body["trust"] = {"revocation": policy, "http_timeout": 1}
+        agent = Agent(load_config(world.write_config(f"hang-{policy}", body)))
+        message = envelope(plain_message(to="dave@direct.b.test"), ALICE, "dave@direct.b.test")
+        with ocsp:
+            started = time.monotonic()
+            try:
+                if policy == "hard-fail":
+                    with pytest.raises(RevocationUnavailable, match="could not be determined") as caught:
+                        agent.outgoing(message)
+                    assert reply_for(caught.value).temporary
+                else:
+                    assert agent.outgoing(message).recipients == ("dave@direct.b.test",)
+            finally:
+                agent.close()
+            assert time.monotonic() - started < 15
+
+
+def test_locked_tracking_database_defers_and_loses_nothing(tmp_path: Path) -> None:
+    """Another process holds the database: screening an incoming message is a TemporaryFailure (the client
+    retries) and, once the lock is gone, the retry is delivered, not taken for a replay."""
+    url = f"sqlite:{tmp_path}/t.db?timeout=0.5"
+    service = Confirmations(cast(Any, None), NotifySettings(mdn=False), open_store(url))
+    message = plain_message()
+    blocker = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(TemporaryFailure, match="tracking store"):
+            service.screen_incoming(message, ALICE, [BOB])
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    decision = service.screen_incoming(message, ALICE, [BOB])
+    assert decision.deliver_to == (BOB,)
+    service.store.close()
+
+
+def test_reinject_listener_down_keeps_the_mdn_until_it_is_back(world: World, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MDN is sealed and kept in the outbox while Postfix's listener is down; the sweeper hands it over
+    once the listener is back (Postfix then owns the retries)."""
+    port = free_port()
+    settings = NotifySettings(reinject=("127.0.0.1", port), mdn_delay=0, sweep_interval=0.3,
+                              tracking=f"sqlite:{tmp_path}/t.db")
+    agent = Agent(load_config(world.write_config("fault-b", world.hisp_b_body())))
+    service = Confirmations(agent, settings, open_store(settings.tracking))
+    service.start()
+    try:
+        original = plain_message()
+        decision = IncomingDecision((BOB,), False, original, ALICE, "<test-1@direct.a.test>", "d")
+        service.confirm(decision)
+        time.sleep(1.0)  # the hand-over fails (connection refused) and is retried in memory
+        assert service.store.outbox_size() == 1
+        with scratch_dir("directmilter-fault-") as root, Sink(root / "listener", port=port) as listener:
+            # (30 s in production) so the sweeper takes the kept MDN up at once
+            monkeypatch.setattr("directmilter.delivery.service.ORPHAN_AFTER", 0.5)
+            [got] = listener.wait(1, timeout=30)
+        assert got.mail_from == BOB and got.rcpts == [ALICE]
+        assert b"application/pkcs7-mime" in got.data  # secured before it was ever kept
+        assert service.store.outbox_size() == 0
+    finally:
+        service.stop()
+        agent.close()
