@@ -146,3 +146,18 @@ def test_daemon_refuses_a_private_key_others_can_read(world: World, tmp_path: Pa
                           f"inet:{free_port()}@127.0.0.1"], capture_output=True, text=True, timeout=30)
     assert run.returncode == 78, run
     assert str(key) in run.stderr and "0600" in run.stderr
+
+
+def test_tcp_milter_socket_gets_no_delay() -> None:
+    """libmilter's many small writes would wait ~40 ms each on Nagle's algorithm: the listener gets TCP_NODELAY,
+    which accepted connections inherit."""
+    from directmilter.milter.systemd import disable_nagle
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        assert disable_nagle(f"inet:{port}@127.0.0.1") == 1
+        assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    assert disable_nagle("unix:/run/x.sock") == 0

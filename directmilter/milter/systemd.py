@@ -51,6 +51,36 @@ def _connectable(spec: str) -> bool:
     return True
 
 
+def disable_nagle(spec: str) -> int:
+    """Set TCP_NODELAY on libmilter's listening TCP socket, which the connections it accepts inherit.
+
+    libmilter sends every header change and body chunk as its own small write; with Nagle's algorithm and the
+    MTA's delayed ACKs each message then waits about 40 ms on a TCP milter socket (measured: 95 ms per message
+    instead of 9). libmilter has no option for it, so the socket is found among our file descriptors.
+    Returns how many sockets were changed (0 for a unix socket).
+    """
+    kind, _, where = spec.partition(":")
+    if kind not in ("inet", "inet6"):
+        return 0
+    port = int(where.partition("@")[0])
+    changed = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            probe = socket.socket(fileno=os.dup(int(name)))
+        except (OSError, ValueError):
+            continue
+        try:
+            if probe.type == socket.SOCK_STREAM and probe.family in (socket.AF_INET, socket.AF_INET6) \
+                    and probe.getsockname()[1] == port:
+                probe.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                changed += 1
+        except OSError:
+            pass
+        finally:
+            probe.close()
+    return changed
+
+
 def ready_when_listening(spec: str, *, timeout: float = 60.0) -> threading.Thread:
     """Tell systemd READY=1 as soon as the milter socket ``spec`` accepts a connection (libmilter gives no hook)."""
 
@@ -58,6 +88,7 @@ def ready_when_listening(spec: str, *, timeout: float = 60.0) -> threading.Threa
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if _connectable(spec):
+                disable_nagle(spec)
                 notify(f"READY=1\nSTATUS=listening on {spec}\nMAINPID={os.getpid()}")
                 log.info("ready", socket=spec)
                 return
