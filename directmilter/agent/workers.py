@@ -7,6 +7,10 @@ file itself (private keys never cross a process boundary); what crosses is bytes
 errors. Workers are started with ``spawn`` (the milter process has threads, which ``fork`` would copy
 half-way).
 
+A message over 1 MiB crosses through a file rather than the pipe (pickling would hold it twice more in each
+process): a 0600 file in the temporary folder (private to the service under systemd's PrivateTmp), removed by
+the side that reads it, at once.
+
 Fail closed: a worker that dies (the pool breaks) or does not answer in time is a
 :class:`~directmilter.errors.TemporaryFailure`, so the message is deferred, and the next call gets a fresh pool.
 """
@@ -15,9 +19,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,6 +41,38 @@ T = TypeVar("T")
 
 _config: Config | None = None  # in a worker: the configuration it loaded
 
+#: Messages larger than this go between the processes through a file.
+SPOOL_OVER = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Spooled:
+    path: str
+
+
+def _send(data: bytes) -> bytes | _Spooled:
+    if len(data) <= SPOOL_OVER:
+        return data
+    descriptor, path = tempfile.mkstemp(prefix="directmilter-")  # mode 0600
+    with os.fdopen(descriptor, "wb") as out:
+        out.write(data)
+    return _Spooled(path)
+
+
+def _discard(item: bytes | _Spooled) -> None:
+    """A spooled message the worker did not take (it died, or timed out) is not left behind."""
+    if isinstance(item, _Spooled):
+        Path(item.path).unlink(missing_ok=True)
+
+
+def _receive(item: bytes | _Spooled) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    try:
+        return Path(item.path).read_bytes()
+    finally:
+        Path(item.path).unlink(missing_ok=True)
+
 
 def _start_worker(path: str, log_level: str, json_logs: bool) -> None:
     global _config
@@ -44,15 +83,17 @@ def _start_worker(path: str, log_level: str, json_logs: bool) -> None:
     _config = load_config(Path(path))
 
 
-def _seal(message: bytes, sender: str, signers: Sequence[x509.Certificate],
-          recipients: Sequence[x509.Certificate]) -> bytes:
+def _seal(message: bytes | _Spooled, sender: str, signers: Sequence[x509.Certificate],
+          recipients: Sequence[x509.Certificate]) -> bytes | _Spooled:
     assert _config is not None
-    return seal(_config, message, sender, signers, recipients)
+    return _send(seal(_config, _receive(message), sender, signers, recipients))
 
 
-def _open(message: bytes, recipients: Sequence[str]) -> Opened:
+def _open(message: bytes | _Spooled, recipients: Sequence[str]) -> Opened:
     assert _config is not None
-    return open_message(_config, message, recipients)
+    opened = open_message(_config, _receive(message), recipients)
+    contents = tuple(replace(c, message=_send(c.message)) for c in opened.contents)  # type: ignore[arg-type]
+    return replace(opened, contents=contents)
 
 
 class WorkerPool:
@@ -95,10 +136,21 @@ class WorkerPool:
 
     def seal(self, message: bytes, sender: str, signers: Sequence[x509.Certificate],
              recipients: Sequence[x509.Certificate]) -> bytes:
-        return self._call("signing and encrypting", _seal, message, sender, tuple(signers), tuple(recipients))
+        item = _send(message)
+        try:
+            return _receive(self._call("signing and encrypting", _seal, item, sender, tuple(signers),
+                                       tuple(recipients)))
+        finally:
+            _discard(item)
 
     def open(self, message: bytes, recipients: Sequence[str]) -> Opened:
-        return self._call("decrypting and verifying", _open, message, tuple(recipients))
+        item = _send(message)
+        try:
+            opened = self._call("decrypting and verifying", _open, item, tuple(recipients))
+        finally:
+            _discard(item)
+        contents = tuple(replace(c, message=_receive(c.message)) for c in opened.contents)
+        return replace(opened, contents=contents)
 
     def warm_up(self) -> None:
         """Start every worker now rather than on the first message."""

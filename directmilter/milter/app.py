@@ -95,6 +95,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         self.fields: list[tuple[str, str]] = []
         self.chunks: list[bytes] = []
         self.size = 0  # bytes received; past [limits] max_message_size the rest is not kept
+        self._whole: bytes | None = None
         self.queue_id: str | None = None
 
     # --- replies ---------------------------------------------------------------------------------------------
@@ -242,8 +243,12 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
     # --- the work --------------------------------------------------------------------------------------------
 
     def _message(self) -> bytes:
-        head = "".join(f"{name}: {value}\r\n" for name, value in self.fields)
-        return head.encode("utf-8", "surrogateescape") + b"\r\n" + b"".join(self.chunks)
+        """The message as received; built once, and the chunks let go, so a large body is held once, not twice."""
+        if self.chunks or self._whole is None:
+            head = "".join(f"{name}: {value}\r\n" for name, value in self.fields)
+            self._whole = b"".join([head.encode("utf-8", "surrogateescape"), b"\r\n", *self.chunks])
+            self.chunks = []
+        return self._whole
 
     def _process(self) -> Outcome:
         envelope = MessageEnvelope(self.sender, tuple(self.recipients), self._message())
@@ -267,7 +272,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             else:
                 self.addheader(edit.name, edit.value.replace("\r\n", "\n"))
         for start in range(0, max(len(body), 1), _CHUNK):
-            self.replacebody(body[start : start + _CHUNK])
+            self.replacebody(bytes(body[start : start + _CHUNK]))
 
     def _audit(self, event: str, *, rejected: dict[str, DirectMilterError], started: float, **extra: Any) -> None:
         """One audit record per decision: queue id, Message-ID, envelope, removals and why; never content."""

@@ -22,14 +22,17 @@ class HeaderEdit:
     index: int = 0
 
 
-def split_message(message: bytes) -> tuple[list[tuple[str, str]], bytes]:
-    """The header fields as (name, value) pairs the way a milter sees them, and the body."""
-    entity = parse_entity(message)
+def split_message(message: bytes) -> tuple[list[tuple[str, str]], memoryview]:
+    """The header fields as (name, value) pairs the way a milter sees them, and the body (a view: no copy of a
+    large body is made here)."""
+    end = message.find(b"\r\n\r\n")
+    head_end = len(message) if end < 0 else end + 4
+    entity = parse_entity(message[:head_end])
     fields = []
     for header in entity.headers:
         name, _, value = header.raw.decode("utf-8", "surrogateescape").partition(":")
         fields.append((name, value.removeprefix(" ").removesuffix("\r\n")))
-    return fields, entity.body
+    return fields, memoryview(message)[head_end:]
 
 
 def header_edits(original: list[tuple[str, str]], new: list[tuple[str, str]]) -> list[HeaderEdit]:
