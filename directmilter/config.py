@@ -113,7 +113,7 @@ _AGENT_KEYS = (
     "accept_ciphers",
     "certificate_sha1",
 )
-_PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors", "revocation")
+_PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors", "revocation", "routing_check")
 _TRUST_KEYS = ("fetch", "revocation", "http_timeout", "max_download", "bundle_refresh", "bundle_cache",
                "min_rsa_bits", "enforce_key_usage")
 REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
@@ -246,6 +246,7 @@ class Party:
     revocation: str | None = None  # None: inherit (address -> domain -> [trust])
     bundles_in: tuple[str, ...] = ()  # trust bundle URLs, part of the anchors set wherever anchors_in is set
     bundles_out: tuple[str, ...] = ()
+    routing_check: bool | None = None  # None: inherit (address -> domain -> on)
 
     def anchors(self, direction: Direction) -> tuple[x509.Certificate, ...] | None:
         _check_direction(direction)
@@ -295,6 +296,13 @@ class Config:
             return own.identities
         domain = self.domain_of(address)
         return domain.identities if domain is not None else ()
+
+    def checks_routing(self, address: str) -> bool:
+        """Whether incoming mail for this hosted address must name it (and its sender) in the protected headers."""
+        for party in (self.address_party(address), self.domain_of(address)):
+            if party is not None and party.routing_check is not None:
+                return party.routing_check
+        return True
 
     def revocation_for(self, address: str) -> str:
         """The revocation policy that applies to a hosted address's trust decisions (address, domain, [trust])."""
@@ -535,6 +543,7 @@ class _Loader:
             bundles_in=bundles["incoming_anchors"] if incoming is not None else bundles["anchors"],
             bundles_out=bundles["outgoing_anchors"] if outgoing is not None else bundles["anchors"],
             revocation=self.revocation(table, key, "") if "revocation" in table else None,
+            routing_check=self.typed(table, "routing_check", key, bool, True) if "routing_check" in table else None,
         )
 
     def domains(self, data: Mapping[str, object]) -> dict[str, Party]:
@@ -855,7 +864,9 @@ def describe(config: Config, now: datetime.datetime | None = None) -> list[str]:
             else:
                 anchors.append(f"{direction} anchors 0")
         keys = f"{len(party.identities)} key(s)" if party.identities or inherited is None else "domain keys"
-        lines.append(f"{kind} {party.name}: {keys}, {', '.join(anchors)}")
+        policy = (f"revocation {config.revocation_for(party.name)}, routing check "
+                  f"{'on' if config.checks_routing(party.name) else 'off'}")
+        lines.append(f"{kind} {party.name}: {keys}, {', '.join(anchors)}; {policy}")
         for index, identity in enumerate(party.identities, 1):
             lines.append(f"  key {index}: {_key_line(identity)}")
         warnings.extend(_identity_warnings(party, f"{kind} {party.name}", now))

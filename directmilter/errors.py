@@ -109,6 +109,11 @@ class NoTrustPath(TrustError):
     """No path from the certificate to one of the configured trust anchors (or no anchors configured at all)."""
 
 
+class TamperedRouting(PermanentFailure):
+    """The envelope does not match the protected headers: a recipient or the sender the signed message does not name
+    (routing-tamper detection, as the Java reference implementation does by default)."""
+
+
 class DuplicateMessage(PermanentFailure):
     """The same message was already accepted for this recipient: a replay is not delivered twice."""
 

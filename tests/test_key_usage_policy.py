@@ -17,7 +17,7 @@ ALICE = "alice@direct.a.test"
 
 def incoming(world: World, signer: Any, sender: str, enforce: bool) -> Any:
     signed = peer.sign(b"Content-Type: text/plain\r\n\r\nhello\r\n", signer)
-    message = f"From: {sender}\r\n".encode() + peer.encrypt(signed, [world.alice.cert_path])
+    message = f"From: {sender}\r\nTo: {ALICE}\r\n".encode() + peer.encrypt(signed, [world.alice.cert_path])
     agent = Agent(load_config(world.write_config(f"ku-{enforce}", {**world.hisp_a_body(),
                                                                    "trust": {"enforce_key_usage": enforce}})))
     try:

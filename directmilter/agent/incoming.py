@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from email.utils import getaddresses
 
 from cryptography import x509
 
@@ -10,11 +11,13 @@ from directmilter import cms
 from directmilter.agent.context import AgentContext
 from directmilter.agent.envelope import IncomingMessage, MessageEnvelope
 from directmilter.agent.trust_model import trusted_certificates
+from directmilter.cms.mime import parse_entity
 from directmilter.errors import (
     CMSError,
     DirectMilterError,
     NoTrustedRecipients,
     SignatureInvalid,
+    TamperedRouting,
     TrustError,
 )
 
@@ -43,6 +46,10 @@ def process_incoming(ctx: AgentContext, envelope: MessageEnvelope, moment: datet
             trusted = _trusted_signers(ctx, sender, recipient, content.report, moment)
         except (CMSError, TrustError) as exc:
             rejected[recipient] = type(exc)(f"recipient {recipient}: {exc.reason}")
+            continue
+        tampered = _routing_tampered(ctx, envelope.sender, recipient, content.message)
+        if tampered is not None:
+            rejected[recipient] = tampered
             continue
         if delivered is not None and content.message != delivered:
             # One SMTP transaction delivers one body: an envelope that opens differently per recipient is refused.
@@ -79,3 +86,28 @@ def _trusted_signers(
     if error is None:
         raise SignatureInvalid("no valid signature")
     raise type(error)(f"signer: {error.reason}")
+
+
+def _routing_tampered(ctx: AgentContext, sender: str, recipient: str, message: bytes) -> TamperedRouting | None:
+    """Routing-tamper detection (on unless ``routing_check = false`` for the recipient's domain or address).
+
+    The envelope is not protected, the wrapped headers are: a RCPT TO the signed message does not name in To, Cc
+    or Bcc, or a MAIL FROM that is neither its From nor its Sender, was changed in transit. A null MAIL FROM
+    (legacy notifications) is not compared. Senders that drop Bcc from the protected message (as directmilter does,
+    so recipients do not see each other) make a Bcc recipient unlisted: refused here when the check is on.
+    """
+    if not ctx.config.checks_routing(recipient):
+        return None
+    try:
+        inner = parse_entity(message, what="delivered message")
+    except DirectMilterError:
+        return TamperedRouting(f"recipient {recipient}: the protected headers cannot be read to check routing")
+    listed = {a.lower() for _, a in getaddresses(inner.get_all("to") + inner.get_all("cc") + inner.get_all("bcc"))}
+    if recipient.lower() not in listed:
+        return TamperedRouting(f"recipient {recipient}: not named in the signed message's To, Cc or Bcc "
+                               "(the envelope was changed in transit, or the recipient was Bcc'd)")
+    senders = {a.lower() for _, a in getaddresses(inner.get_all("from") + inner.get_all("sender"))}
+    if sender and sender.lower() not in senders:
+        return TamperedRouting(f"recipient {recipient}: MAIL FROM {sender} is neither the signed message's From nor "
+                               "its Sender (the envelope was changed in transit)")
+    return None

@@ -1,0 +1,77 @@
+"""Routing-tamper detection (issue 9; the Java reference implementation's default): the envelope is not
+protected, the wrapped headers are. A RCPT TO the signed message does not name, or a MAIL FROM that is not its
+From or Sender, is refused as tampered; the check can be switched off per hosted domain or address."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import World, envelope, plain_message
+
+from directmilter.agent import Agent
+from directmilter.config import load_config
+from directmilter.errors import NoTrustedRecipients, TamperedRouting
+from directmilter.replies import reply_for
+
+ALICE, BOB, BOB2 = "alice@direct.a.test", "bob@direct.b.test", "bob2@direct.b.test"
+
+
+def secured(world: World, message: bytes, sender: str, *recipients: str) -> bytes:
+    agent = Agent(world.hisp_a())
+    try:
+        return agent.outgoing(envelope(message, sender, *recipients)).message
+    finally:
+        agent.close()
+
+
+def receiver(world: World, name: str, **domain: Any) -> Agent:
+    body = world.hisp_b_body()
+    body["domains"]["direct.b.test"].update(domain)
+    return Agent(load_config(world.write_config(name, body)))
+
+
+def test_recipient_added_in_transit_is_refused(world: World) -> None:
+    """Sent to bob (To: bob); in transit bob2 is added to the envelope: bob gets it, bob2 is refused as tampered."""
+    wire = secured(world, plain_message(to=BOB), ALICE, BOB, BOB2)  # encrypted to both, but only bob is named
+    agent = receiver(world, "routing-on")
+    try:
+        result = agent.incoming(envelope(wire, ALICE, BOB, BOB2))
+    finally:
+        agent.close()
+    assert result.recipients == (BOB,)
+    refused = result.rejected[BOB2]
+    assert isinstance(refused, TamperedRouting) and "not named in the signed message" in refused.reason
+    assert (reply_for(refused).code, reply_for(refused).status) == ("550", "5.7.1")
+
+
+def test_sender_changed_in_transit_is_refused(world: World) -> None:
+    """Signed with the organisation's certificate (bound to the whole domain, so a changed MAIL FROM in that domain
+    still matches the signer): only the protected From/Sender shows the change."""
+    wire = secured(world, plain_message(to=BOB), "clinic@direct.a.test", BOB)
+    agent = receiver(world, "routing-sender")
+    try:
+        with pytest.raises(NoTrustedRecipients, match="neither the signed message's From nor its Sender"):
+            agent.incoming(envelope(wire, "mallory@direct.a.test", BOB))
+    finally:
+        agent.close()
+
+
+def test_cc_and_sender_header_pass(world: World) -> None:
+    message = plain_message(to=BOB, extra=f"Cc: {BOB2}\r\nSender: {ALICE}\r\n".encode()).replace(
+        f"From: {ALICE}".encode(), b"From: Clinic <front-desk@direct.a.test>")
+    wire = secured(world, message, ALICE, BOB, BOB2)
+    agent = receiver(world, "routing-cc")
+    try:
+        assert agent.incoming(envelope(wire, ALICE, BOB, BOB2)).recipients == (BOB, BOB2)
+    finally:
+        agent.close()
+
+
+def test_check_can_be_switched_off_per_domain(world: World) -> None:
+    wire = secured(world, plain_message(to=BOB), ALICE, BOB, BOB2)
+    agent = receiver(world, "routing-off", routing_check=False)
+    try:
+        assert agent.incoming(envelope(wire, ALICE, BOB, BOB2)).recipients == (BOB, BOB2)
+    finally:
+        agent.close()
