@@ -17,11 +17,12 @@ from typing import Any
 
 import opensslpeer as peer
 import pytest
-from conftest import CANARY, World, plain_message
+from conftest import CANARY, World, envelope, plain_message
 from milterd import Milterd
 from mta import Postfix, Sink, scratch_dir, submit
 
 ALICE, AL2, BOB, CAROL = "alice@direct.a.test", "al2@direct.a.test", "bob@direct.b.test", "carol@direct.b.test"
+BOB2 = "bob2@direct.b.test"
 
 
 def milter_section(**extra: Any) -> dict[str, Any]:
@@ -202,6 +203,26 @@ def test_null_sender_to_a_remote_address_is_refused_without_a_reinject_listener(
     assert "would leave unencrypted" in result.refused[BOB][1]
     time.sleep(0.5)
     assert rig["sink"].messages() == []
+
+
+def test_recipient_added_in_transit_is_removed_as_tampered(world: World, rig: dict[str, Any]) -> None:
+    """Secured for bob and bob2 but addressed To bob only; bob2 added to the envelope in transit: B delivers to
+    bob, removes bob2 as tampered routing (logged), and bob2's mailbox stays empty."""
+    from directmilter.agent import Agent
+
+    marked = plain_message(body=b"routing check\r\n").replace(b"<test-1@", b"<routing-1@")
+    sealer = Agent(world.hisp_a())
+    try:
+        wire = sealer.outgoing(envelope(marked, ALICE, BOB, BOB2)).message
+    finally:
+        sealer.close()
+    result = submit(rig["b"].smtp_port, ALICE, [BOB, BOB2], wire)
+    assert result.ok, result
+    wait_until(lambda: any(b"routing check" in m for m in rig["b"].maildir(BOB)), "bob's copy")
+    time.sleep(0.5)
+    assert not any(b"routing check" in m for m in rig["b"].maildir(BOB2))
+    log = (rig["root"] / "milter-b.log").read_text()
+    assert "not named in the signed message" in log
 
 
 @pytest.mark.conformance("AS-2.4-6")
