@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,14 +34,9 @@ class Milterd:
         return f"unix:{self.unix}" if self.unix else f"inet:{self.port}@127.0.0.1"
 
     def _listening(self) -> bool:
-        family, address = (socket.AF_UNIX, str(self.unix)) if self.unix else (socket.AF_INET, ("127.0.0.1", self.port))
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.settimeout(0.2)
-            try:
-                probe.connect(address)
-            except OSError:
-                return False
-            return True
+        from directmilter.milter.systemd import connectable
+
+        return connectable(self.milter_spec)
 
     def start(self, timeout: float = 15) -> Milterd:
         with self.log.open("ab") as out:

@@ -33,7 +33,8 @@ def notify(state: str) -> bool:
     return True
 
 
-def _connectable(spec: str) -> bool:
+def connectable(spec: str) -> bool:
+    """Whether a milter socket spec (unix:/path, inet:PORT@HOST) accepts a connection now."""
     kind, _, where = spec.partition(":")
     target: str | tuple[str, int]
     if kind in ("unix", "local"):
@@ -87,7 +88,7 @@ def ready_when_listening(spec: str, *, timeout: float = 60.0) -> threading.Threa
     def watch() -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _connectable(spec):
+            if connectable(spec):
                 disable_nagle(spec)
                 notify(f"READY=1\nSTATUS=listening on {spec}\nMAINPID={os.getpid()}")
                 log.info("ready", socket=spec)
