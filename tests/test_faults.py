@@ -93,7 +93,7 @@ def test_reinject_listener_down_keeps_the_mdn_until_it_is_back(world: World, tmp
             monkeypatch.setattr("directmilter.delivery.service.ORPHAN_AFTER", 0.5)
             [got] = listener.wait(1, timeout=30)
         assert got.mail_from == BOB and got.rcpts == [ALICE]
-        assert b"application/pkcs7-mime" in got.data  # secured before it was ever kept
+        assert b"application/pkcs7-mime" in got.data  # sealed before it is handed over, never sent in clear
         assert service.store.outbox_size() == 0
     finally:
         service.stop()

@@ -90,3 +90,21 @@ def test_unconfirmed_delivery_of_a_dead_milter_is_no_replay(url: str) -> None:
         assert not store.first_delivery("<k@b>", "alice@a", "d", 4, owner="another-host")
     finally:
         store.close()
+
+
+def test_database_of_the_first_release_is_brought_up_to_date(tmp_path: Path) -> None:
+    """An existing tracking database without the later columns gets them at open: nothing to do by hand."""
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "old.db")
+    old.execute("CREATE TABLE incoming_seen (message_id TEXT NOT NULL, recipient TEXT NOT NULL, digest TEXT NOT "
+                "NULL, seen_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (message_id, recipient, digest))")
+    old.execute("INSERT INTO incoming_seen VALUES ('<o@b>', 'alice@a', 'd', 1)")
+    old.commit()
+    old.close()
+    store = open_store(f"sqlite:{tmp_path}/old.db")
+    try:
+        assert not store.first_delivery("<o@b>", "alice@a", "d", 2, owner="new-process")  # old rows: confirmed
+        assert store.first_delivery("<n@b>", "alice@a", "d", 2, owner="new-process")
+    finally:
+        store.close()

@@ -100,9 +100,13 @@ class Agent:
         check_size(self.context.config, len(envelope.message))
         return process_outgoing(self.context, envelope, moment)
 
-    def incoming(self, envelope: MessageEnvelope, *, moment: datetime | None = None) -> IncomingMessage:
-        check_size(self.context.config, len(envelope.message))
-        return process_incoming(self.context, envelope, moment)
+    def incoming(self, envelope: MessageEnvelope, *, moment: datetime | None = None,
+                 own_envelope: bool = False) -> IncomingMessage:
+        """``own_envelope``: the message was just sealed here for hosted recipients (local to local), so its
+        envelope cannot have been tampered with and its sealed size is ours, not the sender's."""
+        if not own_envelope:
+            check_size(self.context.config, len(envelope.message))
+        return process_incoming(self.context, envelope, moment, check_routing=not own_envelope)
 
     def check_sender(self, sender: str, *, moment: datetime | None = None) -> None:
         """Raise unless ``sender`` may send secured mail from here (for decisions at MAIL FROM time)."""

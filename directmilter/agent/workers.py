@@ -65,6 +65,15 @@ def _discard(item: bytes | _Spooled) -> None:
         Path(item.path).unlink(missing_ok=True)
 
 
+def _discard_late(future: concurrent.futures.Future[Any]) -> None:
+    """A result nobody waits for any more: remove the files it spooled (decrypted content among them)."""
+    if future.cancelled() or future.exception() is not None:
+        return
+    result = future.result()
+    for item in (result, *(c.message for c in getattr(result, "contents", ()))):
+        _discard(item)
+
+
 def _receive(item: bytes | _Spooled) -> bytes:
     if isinstance(item, bytes):
         return item
@@ -123,6 +132,7 @@ class WorkerPool:
         except DirectMilterError:
             raise
         except concurrent.futures.TimeoutError:
+            future.add_done_callback(_discard_late)  # what the worker spools after we gave up is removed too
             raise TemporaryFailure(f"{what}: no worker answered within {self.timeout:g} s") from None
         except BrokenProcessPool:
             with self._lock:
@@ -149,7 +159,11 @@ class WorkerPool:
             opened = self._call("decrypting and verifying", _open, item, tuple(recipients))
         finally:
             _discard(item)
-        contents = tuple(replace(c, message=_receive(c.message)) for c in opened.contents)
+        try:
+            contents = tuple(replace(c, message=_receive(c.message)) for c in opened.contents)
+        finally:
+            for content in opened.contents:
+                _discard(content.message)
         return replace(opened, contents=contents)
 
     def warm_up(self) -> None:

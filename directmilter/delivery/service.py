@@ -97,8 +97,6 @@ class Confirmations:
         self.reporting = settings.reporting_mta or socket.getfqdn()
         self.instance = uuid.uuid4().hex  # this process, as the owner of not yet confirmed deliveries
         self._jobs: queue.Queue[tuple[float, _Job] | None] = queue.Queue()
-        self._pending: dict[tuple[str | None, str], list[_Job]] = {}  # MDNs not sent yet, by (Message-ID, rcpt)
-        self._pending_lock = threading.Lock()
         self._audit: dict[str, dict[str, object]] = {}  # outbox row -> what its mdn_sent record says
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -248,61 +246,44 @@ class Confirmations:
 
     def _queue_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition,
                    queue_id: str | None) -> None:
-        """Seal the MDN now and keep it in the durable outbox; it is handed to Postfix ``mdn_delay`` later (and
-        after a crash by whichever process sweeps the outbox next: a queued MDN is never lost)."""
-        try:
-            sealed = self._seal_mdn(delivered, recipient, target, disposition)
-        except TemporaryFailure as exc:  # e.g. the target's certificate lookup timed out: try again in memory
-            log.warning("mdn_retry_later", recipient=recipient, target=target, reason=exc.reason)
-            key = (parse_entity(delivered).get("message-id"), recipient)
-            job = self._later(functools.partial(self._send_mdn, delivered, recipient, target, disposition, queue_id))
-            with self._pending_lock:
-                self._pending.setdefault(key, []).append(job)
-            return
-        if sealed is None:
-            return
-        mdn_id, body = sealed
-        original = parse_entity(delivered).get("message-id")
-        now = time.time()
-        row = self.store.outbox_add(self.instance, original, recipient, recipient, target, body, now=now,
-                                    due=now + self.settings.mdn_delay)
-        self._audit[row] = {"queue_id": queue_id, "disposition": disposition, "mdn_message_id": mdn_id}
-        self._later(functools.partial(self._hand_over, row=row))
-
-    def _seal_mdn(self, delivered: bytes, recipient: str, target: str,
-                  disposition: Disposition) -> tuple[str | None, bytes] | None:
+        """Keep the MDN in the durable outbox now (a quick insert, no lookups: end of message stays fast); it is
+        sealed and handed to Postfix ``mdn_delay`` later, and after a crash by whichever process sweeps the outbox
+        next. A queued MDN is never lost. The report holds addresses and Message-IDs, never the message's content."""
         domain = recipient.rpartition("@")[2]
         extensions = {FINAL_DESTINATION_DELIVERY: ""} if disposition == "dispatched" else None
         mdn = build_mdn(original=delivered, reporting_ua=f"{self.reporting}; directmilter", final_recipient=recipient,
                         to=target, disposition=disposition, extensions=extensions, message_id_domain=domain)
-        try:
-            secured = self.agent.outgoing(MessageEnvelope(recipient, (target,), mdn))
-        except PermanentFailure as exc:
-            # Never in clear: no trusted certificate for the target means no MDN (AS 3.0, ambiguity 2).
-            log.warning("mdn_not_sent", recipient=recipient, target=target, reason=exc.reason)
-            return None
-        return parse_entity(mdn).get("message-id"), secured.message
-
-    def _send_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition,
-                  queue_id: str | None) -> None:
-        """The in-memory retry for an MDN that could not be sealed at once."""
-        sealed = self._seal_mdn(delivered, recipient, target, disposition)
-        if sealed is None:
-            return
-        assert self.settings.reinject is not None
-        reinject(self.settings.reinject, recipient, [target], sealed[1])
-        log.info("mdn_sent", queue_id=queue_id, recipient=recipient, target=target, disposition=disposition,
-                 original_message_id=parse_entity(delivered).get("message-id"), mdn_message_id=sealed[0])
+        now = time.time()
+        row = self.store.outbox_add(self.instance, parse_entity(delivered).get("message-id"), recipient, recipient,
+                                    target, mdn, now=now, due=now + self.settings.mdn_delay, sealed=False)
+        self._audit[row] = {"queue_id": queue_id, "disposition": disposition,
+                            "mdn_message_id": parse_entity(mdn).get("message-id")}
+        self._later(functools.partial(self._hand_over, row=row))
 
     def _hand_over(self, *, row: str | None = None, message_id: str | None = None, recipient: str | None = None,
                    orphaned_before: float | None = None) -> int:
-        """Give queued MDNs to Postfix and drop them from the outbox; returns how many went."""
+        """Seal (if not yet) and give queued MDNs to Postfix, dropping them from the outbox; returns how many went.
+        A report nobody can be trusted to read is dropped, never sent in clear (AS 3.0); a temporary failure puts
+        the row back for later and is raised, so the caller retries."""
         assert self.settings.reinject is not None
         now = time.time()
         sent = 0
         for queued in self.store.outbox_claim(self.instance, row=row, message_id=message_id, recipient=recipient,
                                               orphaned_before=orphaned_before, now=now):
-            reinject(self.settings.reinject, queued.sender, [queued.target], queued.body)
+            body = queued.body
+            if not queued.sealed:
+                try:
+                    body = self.agent.outgoing(MessageEnvelope(queued.sender, (queued.target,), body)).message
+                except TemporaryFailure:
+                    self.store.outbox_release(queued.id, now + 30)
+                    raise
+                except PermanentFailure as exc:
+                    log.warning("mdn_not_sent", recipient=queued.recipient, target=queued.target, reason=exc.reason,
+                                original_message_id=queued.message_id)
+                    self.store.outbox_done(queued.id)
+                    continue
+                self.store.outbox_update(queued.id, body)
+            reinject(self.settings.reinject, queued.sender, [queued.target], body)
             self.store.outbox_done(queued.id)
             sent += 1
             # AS 3.2 (RECOMMENDED): one audit record per confirmation sent.
@@ -317,24 +298,13 @@ class Confirmations:
 
     def _flush_mdns(self, message_id: str | None, recipient: str) -> None:
         """Send now the MDNs still queued for (message, recipient); a failure defers the caller (TemporaryFailure)."""
-        with self._pending_lock:
-            jobs = self._pending.pop((message_id, recipient), [])
+        if self.settings.reinject is None:
+            return
         try:
-            for job in jobs:
-                job.run()
-            if self.settings.reinject is not None:
-                self._hand_over(message_id=message_id, recipient=recipient)
+            self._hand_over(message_id=message_id, recipient=recipient)
         except DirectMilterError as exc:
             raise TemporaryFailure(f"the processed MDN to {recipient}'s sender must go first and could not be "
                                    f"sent yet: {exc.reason}") from exc
-
-    def _forget(self, job: _Job) -> None:
-        with self._pending_lock:
-            for key, jobs in list(self._pending.items()):
-                if job in jobs:
-                    jobs.remove(job)
-                    if not jobs:
-                        del self._pending[key]
 
     def _work(self) -> None:
         while True:
@@ -347,7 +317,6 @@ class Confirmations:
             for attempt in range(5):
                 try:
                     job.run()
-                    self._forget(job)
                     break
                 except DirectMilterError as exc:
                     log.warning("confirmation_retry", attempt=attempt + 1, reason=exc.reason)

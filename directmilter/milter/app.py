@@ -214,10 +214,10 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
                 return int(Milter.DISCARD)
             try:
                 self._apply(outcome)
+                confirmations.confirm(decision)  # the MDNs go into the durable outbox before we accept
             except BaseException:
                 confirmations.undo(decision)  # the client will retry: that retry is no replay
                 raise
-            confirmations.confirm(decision)
             self.accepted = decision
         self._audit("processed", rejected=outcome.rejected, started=started, delivered=list(outcome.recipients))
         return int(Milter.ACCEPT)
@@ -257,8 +257,10 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         secured = self.agent.outgoing(envelope)
         if self.group is Group.REMOTE:
             return secured
-        # Local to local: the message never leaves the host, but both ends' trust is enforced all the same.
-        delivered = self.agent.incoming(MessageEnvelope(self.sender, secured.recipients, secured.message))
+        # Local to local: the message never leaves the host, but both ends' trust is enforced all the same. The
+        # envelope is our own, so neither the routing check nor the size limit (of the sealed form) applies again.
+        delivered = self.agent.incoming(MessageEnvelope(self.sender, secured.recipients, secured.message),
+                                        own_envelope=True)
         return Outcome(delivered.message, delivered.recipients, {**secured.rejected, **delivered.rejected})
 
     def _apply(self, outcome: Outcome) -> None:

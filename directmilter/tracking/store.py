@@ -49,7 +49,15 @@ SCHEMA = (
         recipient TEXT NOT NULL,
         sender TEXT NOT NULL,
         target TEXT NOT NULL,
-        body TEXT NOT NULL)""",
+        body TEXT NOT NULL,
+        sealed INTEGER NOT NULL DEFAULT 1)""",
+)
+
+#: Columns added since the first release: (table, column, definition), added to older databases at open.
+MIGRATIONS = (
+    ("incoming_seen", "owner", "TEXT NOT NULL DEFAULT ''"),
+    ("incoming_seen", "confirmed", "INTEGER NOT NULL DEFAULT 1"),
+    ("outbox", "sealed", "INTEGER NOT NULL DEFAULT 1"),
 )
 
 
@@ -87,6 +95,13 @@ class TrackingStore:
         with self._cursor() as run:
             for statement in SCHEMA:
                 run(statement)
+            for table, column, definition in MIGRATIONS:
+                if placeholder == "?":  # SQLite has no ADD COLUMN IF NOT EXISTS
+                    present = {row[1] for row in run(f"PRAGMA table_info({table})").fetchall()}
+                    if column not in present:
+                        run(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                else:
+                    run(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
 
     @contextmanager
     def _cursor(self) -> Iterator[Any]:
@@ -211,13 +226,26 @@ class TrackingStore:
     # --- the outbox: secured MDNs, durable until Postfix has them ----------------------------------------------------
 
     def outbox_add(self, owner: str, message_id: str | None, recipient: str, sender: str, target: str, body: bytes,
-                   *, now: float, due: float) -> str:
+                   *, now: float, due: float, sealed: bool = True) -> str:
+        """Keep a report until Postfix has it: sealed (signed and encrypted) or, when ``sealed`` is False, the
+        report itself (addresses and Message-IDs, no content of the message reported on), to be sealed later."""
         row = uuid.uuid4().hex
         with self._cursor() as run:
-            run("INSERT INTO outbox (id, owner, created_at, due_at, message_id, recipient, sender, target, body) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (row, owner, now, due, message_id, recipient.lower(), sender, target, body.decode("ascii")))
+            run("INSERT INTO outbox (id, owner, created_at, due_at, message_id, recipient, sender, target, body, "
+                "sealed) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (row, owner, now, due, message_id, recipient.lower(), sender, target, body.decode("ascii"),
+                 int(sealed)))
         return row
+
+    def outbox_update(self, row: str, body: bytes) -> None:
+        """Replace a kept report by its sealed form."""
+        with self._cursor() as run:
+            run("UPDATE outbox SET body = %s, sealed = 1 WHERE id = %s", (body.decode("ascii"), row))
+
+    def outbox_release(self, row: str, due: float) -> None:
+        """Give a taken row back, to be tried again at ``due``."""
+        with self._cursor() as run:
+            run("UPDATE outbox SET due_at = %s WHERE id = %s", (due, row))
 
     def outbox_claim(self, owner: str, *, row: str | None = None, message_id: str | None = None,
                      recipient: str | None = None, orphaned_before: float | None = None, now: float,
@@ -242,9 +270,9 @@ class TrackingStore:
                     taken.append(row_id)
             found = []
             for row_id in taken:
-                one = run("SELECT id, message_id, recipient, sender, target, body FROM outbox WHERE id = %s",
+                one = run("SELECT id, message_id, recipient, sender, target, body, sealed FROM outbox WHERE id = %s",
                           (row_id,)).fetchone()
-                found.append(Queued(one[0], one[1], one[2], one[3], one[4], one[5].encode("ascii")))
+                found.append(Queued(one[0], one[1], one[2], one[3], one[4], one[5].encode("ascii"), bool(one[6])))
         return found
 
     def outbox_done(self, row: str) -> None:
@@ -272,6 +300,7 @@ class Queued:
     sender: str
     target: str
     body: bytes
+    sealed: bool = True
 
 
 def _state(processed: float | None, dispatched: float | None, failed: float | None) -> str:
