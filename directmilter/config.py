@@ -19,7 +19,7 @@ import re
 import stat
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
@@ -39,6 +39,8 @@ from directmilter.errors import ConfigError
 from directmilter.keys.identity import PrivateIdentity
 from directmilter.keys.load import BUNDLE_URL_SUFFIX, load_certificates, load_identities, toml_type
 from directmilter.keys.load import dedupe_certificates as _dedupe
+from directmilter.policy import DEFAULTS as ACTION_DEFAULTS
+from directmilter.policy import Actions, check_action
 from directmilter.trust.bundles import is_bundle_url
 
 __all__ = [
@@ -103,7 +105,8 @@ _FORBIDDEN_CIPHERS = dict.fromkeys(
 Direction = Literal["incoming", "outgoing"]
 _DIRECTIONS: tuple[Direction, ...] = ("incoming", "outgoing")
 
-_SECTIONS = ("agent", "milter", "discovery", "trust", "notify", "domains", "addresses", "certificates", "limits")
+_SECTIONS = ("agent", "milter", "discovery", "trust", "notify", "domains", "addresses", "certificates", "limits",
+             "actions")
 _AGENT_KEYS = (
     "digest",
     "cipher",
@@ -277,6 +280,7 @@ class Config:
     trust: TrustSettings = TrustSettings()
     notify: NotifySettings = NotifySettings()
     limits: Limits = Limits()
+    actions: Actions = field(default_factory=Actions)
 
     def domain_of(self, address: str) -> Party | None:
         """The hosted domain of an address (or a bare domain name), or None when it is not hosted here."""
@@ -581,6 +585,21 @@ class _Loader:
             addresses[name] = self.party(name, value, key)
         return addresses
 
+    def actions(self, data: Mapping[str, object]) -> Actions:
+        key = "[actions]"
+        table = self.table(data.get("actions", {}), key)
+        names = tuple(f"on_{condition}" for condition in ACTION_DEFAULTS)
+        self.known(table, names, key)
+        chosen: dict[str, str] = {}
+        for name in names:
+            if name in table:
+                action = self.typed(table, name, key, str, "")
+                problem = check_action(name.removeprefix("on_"), action)
+                if problem is not None:
+                    raise self.err(f"{key}.{name}", problem)
+                chosen[name.removeprefix("on_")] = action
+        return Actions(chosen)
+
     def limits(self, data: Mapping[str, object]) -> Limits:
         key = "[limits]"
         table = self.table(data.get("limits", {}), key)
@@ -612,6 +631,7 @@ class _Loader:
             trust=self.trust(data),
             notify=self.notify(data),
             limits=self.limits(data),
+            actions=self.actions(data),
         )
 
     def host_port(self, table: Mapping[str, object], name: str, key: str, what: str = "") -> tuple[str, int] | None:
@@ -843,6 +863,8 @@ def describe(config: Config, now: datetime.datetime | None = None) -> list[str]:
         f"{'trusted' if config.milter.trust_authenticated else 'not trusted'}, other mail "
         f"{config.milter.other_mail}, timeout {config.milter.timeout}s",
     ]
+    lines.append("actions: " + ", ".join(f"{condition} {config.actions.action_for(condition)}"
+                                         for condition in ACTION_DEFAULTS))
     warnings: list[str] = []
     for required in _REQUIRED_DIGESTS:
         if required not in crypto.accept_digests:

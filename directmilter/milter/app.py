@@ -37,6 +37,7 @@ from directmilter.milter import systemd
 from directmilter.milter.direction import Client, Direction, Group, direction, group
 from directmilter.milter.edits import header_edits, split_message
 from directmilter.milter.runtime import Runtime, block_reload_signal
+from directmilter.policy import condition_of
 from directmilter.replies import reason_for, reply_for
 
 log = get_logger("directmilter.milter")
@@ -44,6 +45,9 @@ log = get_logger("directmilter.milter")
 #: Body replacement is sent in chunks of this size (libmilter's limit is 64 KiB per message).
 _CHUNK = 65535
 _F = TypeVar("_F", bound=Callable[..., Any])
+#: How refusals are counted and audited, by the milter answer they became.
+_OUTCOME = {int(Milter.TEMPFAIL): "tempfail", int(Milter.REJECT): "rejected", int(Milter.DISCARD): "discarded",
+            int(Milter.ACCEPT): "quarantined", int(Milter.CONTINUE): "held"}
 
 
 def _guarded(callback: _F) -> _F:
@@ -60,8 +64,8 @@ def _guarded(callback: _F) -> _F:
             else:
                 log.error("internal_error", stage=callback.__name__, queue_id=self.queue_id,
                           error=type(exc).__name__)
-            answer = self.refuse(exc)
-            self.runtime.metrics.count(self.kind.value, "tempfail" if answer == Milter.TEMPFAIL else "rejected")
+            answer = self.refuse(exc, stage=callback.__name__)
+            self.runtime.metrics.count(self.kind.value, _OUTCOME.get(answer, "rejected"))
             return answer
 
     return wrapper  # type: ignore[return-value]
@@ -97,13 +101,39 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         self.size = 0  # bytes received; past [limits] max_message_size the rest is not kept
         self._whole: bytes | None = None
         self.queue_id: str | None = None
+        self.held: str | None = None  # quarantine reason decided before end of message
 
     # --- replies ---------------------------------------------------------------------------------------------
 
-    def refuse(self, exc: BaseException) -> int:
+    def refuse(self, exc: BaseException, *, stage: str = "eom") -> int:
+        """The answer to a failure: the error's own reply, or the [actions] choice for its condition."""
         reply = reply_for(exc)
-        self.setreply(reply.code, reply.status, _reply_text(reason_for(exc)))
+        text = _reply_text(reason_for(exc))
+        condition = condition_of(exc, self.kind is Direction.OUTGOING)
+        action = self.config.actions.action_for(condition)
+        if action == "discard":
+            log.warning("discarded", queue_id=self.queue_id, condition=condition, sender=self.sender)
+            return int(Milter.DISCARD)
+        if action == "quarantine":
+            # Held in Postfix's hold queue as it came (nothing is delivered or relayed); before end of message the
+            # transaction goes on and is held there.
+            self.held = f"directmilter {condition}: {text}"
+            return int(Milter.CONTINUE) if stage != "eom" else self._hold()
+        if action == "tempfail" and not reply.temporary:
+            self.setreply("451", "4.7.1", text)
+            return int(Milter.TEMPFAIL)
+        if action == "reject" and reply.temporary:
+            self.setreply("550", "5.7.1", text)
+            return int(Milter.REJECT)
+        self.setreply(reply.code, reply.status, text)
         return int(Milter.TEMPFAIL if reply.temporary else Milter.REJECT)
+
+    def _hold(self) -> int:
+        assert self.held is not None
+        self.quarantine(self.held)
+        log.warning("quarantined", queue_id=self.queue_id, sender=self.sender, recipients=self.recipients,
+                    reason=self.held)
+        return int(Milter.ACCEPT)
 
     # --- callbacks -------------------------------------------------------------------------------------------
 
@@ -179,6 +209,8 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
     @_guarded
     def eom(self) -> int:
         self.queue_id = self.getsymval("i")
+        if self.held is not None:
+            return self._hold()
         limits = self.config.limits
         if self.size > limits.max_message_size:
             raise MessageTooLarge(f"message of {self.size} bytes is larger than the limit of "
@@ -194,9 +226,10 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         try:
             outcome = self._process()
         except (NoTrustedRecipients, PermanentFailure) as exc:
-            self._audit("rejected", reason=exc.reason,
+            answer = self.refuse(exc)
+            self._audit(_OUTCOME.get(answer, "rejected"), reason=exc.reason,
                         rejected=getattr(exc, "rejected", {}), started=started)
-            return self.refuse(exc)
+            return answer
         confirmations = self.confirmations
         if confirmations is None or (self.group is not Group.REMOTE and self.kind is Direction.OUTGOING):
             self._apply(outcome)  # local to local: no confirmation travels
@@ -318,7 +351,7 @@ def run(config: Config, *, socket_override: str | None = None) -> None:
     runtime = DirectMilter.runtime = Runtime(config, socket_override=socket_override).start()
     runtime.watch_reload_signal()
     Milter.factory = DirectMilter
-    Milter.set_flags(Milter.CHGBODY | Milter.CHGHDRS | Milter.ADDHDRS | Milter.DELRCPT)
+    Milter.set_flags(Milter.CHGBODY | Milter.CHGHDRS | Milter.ADDHDRS | Milter.DELRCPT | Milter.QUARANTINE)
     previous = os.umask(0o777 & ~settings.socket_mode)
     log.info("starting", socket=spec, config=str(config.path))
     systemd.ready_when_listening(spec)
