@@ -1,10 +1,11 @@
 """What happens around a message once the agent has decided: confirmations, tracking and replays (AS 3).
 
-The milter calls :meth:`Confirmations.after_outgoing` and :meth:`Confirmations.after_incoming` at end of message.
-Processed MDNs are built, secured by the agent like any Direct message (signed by the recipient's certificate,
-encrypted to the original sender's) and queued through Postfix's milter-free listener by a worker thread, a
-moment after the milter has accepted the message. Reports are never answered with reports, and nothing is ever
-sent unsecured to another party. A sweeper thread tells hosted senders, with a DSN, about recipients whose
+The milter calls :meth:`Confirmations.after_outgoing`, and :meth:`Confirmations.screen_incoming` /
+:meth:`Confirmations.confirm` / :meth:`Confirmations.committed` around an incoming message. Processed MDNs are
+built at end of message and kept in the durable outbox of the tracking store; a worker thread secures them like
+any Direct message (signed by the recipient's certificate, encrypted to the original sender's) and queues them
+through Postfix's milter-free listener a moment later, and the sweeper sends whatever a crashed process left
+there. Reports are never answered with reports, and nothing is ever sent unsecured to another party. A sweeper thread tells hosted senders, with a DSN, about recipients whose
 confirmation did not arrive in time; recipients removed at end of message earn the hosted sender a DSN at once.
 
 When Postfix cannot deliver a message it accepted for a hosted recipient, its bounce (which would carry the
