@@ -6,7 +6,8 @@ built at end of message and kept in the durable outbox of the tracking store; a 
 any Direct message (signed by the recipient's certificate, encrypted to the original sender's) and queues them
 through Postfix's milter-free listener a moment later, and the sweeper sends whatever a crashed process left
 there. Reports are never answered with reports, and nothing is ever sent unsecured to another party. The
-sweeper also tells hosted senders, with a DSN, about recipients whose confirmation did not arrive in time; recipients removed at end of message earn the hosted sender a DSN at once.
+sweeper also tells hosted senders, with a DSN, about recipients whose confirmation did not arrive in time;
+recipients removed at end of message earn the hosted sender a DSN at once.
 
 When Postfix cannot deliver a message it accepted for a hosted recipient, its bounce (which would carry the
 decrypted content) passes the milter (``internal_mail_filter_classes = bounce``) and :meth:`secure_bounce` replaces
