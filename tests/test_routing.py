@@ -75,3 +75,28 @@ def test_check_can_be_switched_off_per_domain(world: World) -> None:
         assert agent.incoming(envelope(wire, ALICE, BOB, BOB2)).recipients == (BOB, BOB2)
     finally:
         agent.close()
+
+
+def test_single_use_certificates_each_do_their_own_job(world: World) -> None:
+    """An address with a signing-only and an encryption-only certificate: only the signing one signs (issue 9;
+    recipients' signing-only certificates are never encrypted to: tests/test_discovery.py)."""
+    import opensslpeer as peer
+
+    from directmilter.config import load_config as load
+
+    signing = world.pki.leaf("dave-sign", world.r1, email="dave@direct.a.test", key_usage=["digitalSignature"])
+    sealing = world.pki.leaf("dave-seal", world.r1, email="dave@direct.a.test", key_usage=["keyEncipherment"])
+    body = world.hisp_a_body()
+    body["addresses"]["dave@direct.a.test"] = {"keys": [
+        {"cert": str(sealing.cert_path), "key": str(sealing.key_path)},
+        {"cert": str(signing.cert_path), "key": str(signing.key_path)}]}
+    agent = Agent(load(world.write_config("single-use", body)))
+    try:
+        wire = agent.outgoing(envelope(plain_message(sender="dave@direct.a.test", to=BOB), "dave@direct.a.test",
+                                       BOB)).message
+    finally:
+        agent.close()
+    signature = peer.cmsprint(peer.decrypt(wire, world.bob))
+    assert signature.count("signerInfos:") == 1 and signature.count("d.issuerAndSerialNumber:") == 1
+    assert f"{signing.cert.serial_number:X}"[-12:] in signature.replace(":", "").upper()
+    assert f"{sealing.cert.serial_number:X}"[-12:] not in signature.replace(":", "").upper().split("SIGNERINFOS")[1]

@@ -53,6 +53,14 @@ def sender_identities(ctx: AgentContext, sender: str, moment: datetime | None = 
         raise SenderNotConfigured(f"sender {sender or '<>'}: no private key and certificate configured here")
     when = moment or datetime.now(UTC)
     valid = [i for i in identities if _valid_at(i.certificate, when)]
+    # Single-use certificates (issue 9): an encryption-only certificate of the sender never signs.
+    signing = [i for i in valid if _may_sign(i.certificate)]
+    if valid and not signing:
+        raise SenderNotConfigured(
+            f"sender {sender}: no certificate that allows signing (keyUsage without digitalSignature: "
+            f"{describe_certificate(valid[0].certificate)})"
+        )
+    valid = signing
     if not valid:
         first = identities[0].certificate
         raise SenderNotConfigured(
@@ -91,6 +99,15 @@ def recipient_certificates(
             error = failure
     assert error is not None
     raise type(error)(f"recipient {recipient}: {error.reason}")
+
+
+def _may_sign(cert: x509.Certificate) -> bool:
+    """True unless a keyUsage extension leaves out digitalSignature (RFC 5280 4.2.1.3: no extension, no limit)."""
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return bool(usage.digital_signature or usage.content_commitment)
 
 
 def _valid_at(cert: x509.Certificate, when: datetime) -> bool:
