@@ -130,7 +130,12 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
 
     def _hold(self) -> int:
         assert self.held is not None
-        self.quarantine(self.held)
+        try:
+            self.quarantine(self.held)
+        except Exception as exc:  # could not hold it: defer rather than let it through
+            log.error("quarantine_failed", queue_id=self.queue_id, error=type(exc).__name__)
+            self.setreply("451", "4.3.0", "Direct: the message could not be quarantined; try again later")
+            return int(Milter.TEMPFAIL)
         log.warning("quarantined", queue_id=self.queue_id, sender=self.sender, recipients=self.recipients,
                     reason=self.held)
         return int(Milter.ACCEPT)
