@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "MilterSession",
@@ -871,9 +871,9 @@ def submit(port: int, sender: str, recipients: Sequence[str] | str, message: byt
         client.close()
 
 
-def wait_until(predicate: Callable[[], bool], what: str = "condition", timeout: float = 20) -> None:
-    """Poll ``predicate`` until true; TimeoutError after ``timeout`` seconds."""
-    _poll(lambda: True if predicate() else None, timeout, lambda: f"{what} not met after {timeout}s")
+def wait_until(predicate: Callable[[], Any], what: str = "condition", timeout: float = 30) -> Any:
+    """Poll ``predicate`` until it returns something true, and return that; TimeoutError after ``timeout`` s."""
+    return _poll(lambda: predicate() or None, timeout, lambda: f"{what} not met after {timeout}s")
 
 
 @contextlib.contextmanager

@@ -15,22 +15,13 @@ from typing import Any
 import pytest
 from conftest import CANARY, World, plain_message
 from milterd import Milterd
-from mta import Postfix, Sink, scratch_dir, submit
+from mta import Postfix, Sink, scratch_dir, submit, wait_until
 from pgserver import Postgres, find_bindir
 
 from directmilter.notify import parse_notification
 from directmilter.tracking import open_store
 
 ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
-
-
-def wait_until(condition: Any, what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-    return found
 
 
 @pytest.fixture(scope="module")

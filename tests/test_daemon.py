@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from conftest import CANARY, World, plain_message
 from milterd import Milterd
-from mta import Postfix, Sink, free_port, scratch_dir, submit
+from mta import Postfix, Sink, free_port, scratch_dir, submit, wait_until
 
 ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
 
@@ -32,15 +32,6 @@ def config_body(world: World, anchor: Path, metrics_port: int) -> dict[str, Any]
     body["domains"]["direct.a.test"]["anchors"] = [str(anchor)]
     return {**body, "milter": {"internal_hosts": [], "submission_daemons": ["ORIGINATING"],
                                "metrics": f"127.0.0.1:{metrics_port}"}}
-
-
-def wait_for(condition: Any, what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (found := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +66,14 @@ def test_reload_switches_configuration_and_a_broken_one_is_not_taken(world: Worl
 
     daemon["conf"].write_text(daemon["conf"].read_text() + "\n[unknown_section]\n")
     daemon["milter"].signal(signal.SIGUSR1)
-    wait_for(lambda: "reload_failed" in log.read_text(), "the failed reload to be logged")
+    wait_until(lambda: "reload_failed" in log.read_text(), "the failed reload to be logged")
     assert "unknown_section" in log.read_text()
     assert submit(daemon["a"].submission_port, ALICE, [BOB], plain_message()).refused  # the old one is in force
 
     metrics_port = int(daemon["metrics"].split(":")[2].split("/")[0])
     world.write_config("daemon-a", config_body(world, world.r1.cert_path, metrics_port))
     daemon["milter"].signal(signal.SIGUSR1)
-    wait_for(lambda: "event='reloaded'" in log.read_text(), "the reload")
+    wait_until(lambda: "event='reloaded'" in log.read_text(), "the reload")
     states = [daemon["notify"].recv(4096).decode() for _ in range(4)]  # RELOADING/READY around each reload
     assert states[0].startswith("RELOADING=1") and "READY=1" in states[1]
     accepted = submit(daemon["a"].submission_port, ALICE, [BOB], plain_message())
@@ -92,7 +83,7 @@ def test_reload_switches_configuration_and_a_broken_one_is_not_taken(world: Worl
 
 
 def test_metrics_count_decisions_and_carry_no_addresses(daemon: dict[str, Any]) -> None:
-    wait_for(lambda: daemon["sink"].messages(), "a secured message (run after the reload test)")
+    wait_until(lambda: daemon["sink"].messages(), "a secured message (run after the reload test)")
     text = urllib.request.urlopen(daemon["metrics"], timeout=5).read().decode()
     processed = re.search(r'directmilter_messages_total\{direction="outgoing",outcome="processed"\} (\S+)', text)
     rejected = re.search(r'directmilter_messages_total\{direction="outgoing",outcome="rejected"\} (\S+)', text)
@@ -122,14 +113,14 @@ def worker_pids(milter: Milterd) -> list[int]:
 def test_crypto_runs_in_worker_processes_and_a_dead_one_defers_then_heals(daemon: dict[str, Any]) -> None:
     """The milter signs and encrypts in worker processes (one per CPU by default). Kill them: the next message
     is deferred (4.x.x, never passed unprocessed), and a fresh pool takes the one after."""
-    wait_for(lambda: len(worker_pids(daemon["milter"])) >= 1, "the crypto workers")
+    wait_until(lambda: len(worker_pids(daemon["milter"])) >= 1, "the crypto workers")
     for pid in worker_pids(daemon["milter"]):
         os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
     deferred = submit(daemon["a"].submission_port, ALICE, [BOB], plain_message())
     assert deferred.data is not None and deferred.data[0] == 451, deferred
     assert "crypto worker" in deferred.data[1]
-    healed = wait_for(lambda: (r := submit(daemon["a"].submission_port, ALICE, [BOB], plain_message())).ok and r,
+    healed = wait_until(lambda: (r := submit(daemon["a"].submission_port, ALICE, [BOB], plain_message())).ok and r,
                       "a message through a fresh worker pool", timeout=30)
     assert healed.ok
     assert worker_pids(daemon["milter"])

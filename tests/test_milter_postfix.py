@@ -11,7 +11,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import opensslpeer as peer
 import pytest
 from conftest import CANARY, World, envelope, plain_message
 from milterd import Milterd
-from mta import Postfix, Sink, scratch_dir, submit
+from mta import Postfix, Sink, scratch_dir, submit, wait_until
 
 ALICE, AL2, BOB, CAROL = "alice@direct.a.test", "al2@direct.a.test", "bob@direct.b.test", "carol@direct.b.test"
 BOB2 = "bob2@direct.b.test"
@@ -52,14 +52,6 @@ def _rig(world: World, root: Path) -> Iterator[dict[str, Any]]:
     yield {"a": a, "b": b, "sink": sink, "milter_a": milter_a, "milter_b": milter_b, "root": root}
     for part in (a, b, milter_a, milter_b, sink):
         part.stop()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def relay_to(postfix: Postfix, domain: str, target: str) -> None:
