@@ -239,8 +239,9 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         if confirmations is None or (self.group is not Group.REMOTE and self.kind is Direction.OUTGOING):
             self._apply(outcome)  # local to local: no confirmation travels
         elif self.kind is Direction.OUTGOING:
-            confirmations.after_outgoing(self._message(), self.sender, outcome.recipients, outcome.rejected)
-            self._apply(outcome)
+            original = self._message()
+            self._apply(outcome)  # first: a failure here tempfails, and nothing was tracked or told to the sender
+            confirmations.after_outgoing(original, self.sender, outcome.recipients, outcome.rejected)
         else:
             decision = confirmations.screen_incoming(outcome.message, self.sender, outcome.recipients, self.queue_id)
             replays = {r: DuplicateMessage(f"recipient {r}: this message was delivered before (replay)")
