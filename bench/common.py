@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import statistics
 import sys
@@ -14,7 +13,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import World, build_world  # noqa: E402  (the tests' PKI and configuration writer)
+from conftest import World, attached_message, build_world  # noqa: E402  (the tests' PKI, configuration, messages)
+
+message = attached_message
 
 ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
 KIB = 1024
@@ -23,20 +24,6 @@ MIB = 1024 * KIB
 
 def world() -> World:
     return build_world(Path(tempfile.mkdtemp(prefix="directmilter-bench-")))
-
-
-def message(size: int, *, sender: str = ALICE, to: str = BOB, tag: str = "1") -> bytes:
-    """A clinical-looking message of about ``size`` bytes: a text part and a base64 PDF-ish attachment."""
-    head = (f"From: {sender}\r\nTo: {to}\r\nSubject: bench {tag}\r\nMessage-ID: <bench-{tag}-{os.urandom(6).hex()}"
-            f"@direct.a.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
-            "Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n").encode()
-    text = b"--b1\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nDischarge summary attached.\r\n"
-    room = max(0, size - len(head) - len(text) - 200)
-    raw = os.urandom(room * 3 // 4)
-    encoded = base64.encodebytes(raw).replace(b"\n", b"\r\n")
-    attachment = (b"--b1\r\nContent-Type: application/pdf; name=\"summary.pdf\"\r\n"
-                  b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--b1--\r\n")
-    return head + text + attachment
 
 
 def timed(action: Callable[[], object], repeat: int) -> float:

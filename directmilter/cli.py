@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from directmilter import __version__
+from directmilter import __version__, spool
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.agent.envelope import Outcome
 from directmilter.config import Config, describe, load_config
@@ -166,7 +166,7 @@ def _process(args: argparse.Namespace, operation: Callable[[Agent, MessageEnvelo
     finally:
         agent.close()
     _report_removed(outcome.rejected)
-    sys.stdout.buffer.write(outcome.message)
+    sys.stdout.buffer.write(spool.take(outcome.message))
     sys.stdout.buffer.flush()
     return EX_OK
 

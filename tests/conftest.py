@@ -6,6 +6,7 @@ hosts ``direct.b.test`` (bob, bob2). Both trust root R1. carol@direct.b.test is 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -185,6 +186,20 @@ def plain_message(*, sender: str = "alice@direct.a.test", to: str = "bob@direct.
         "Date: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <test-1@direct.a.test>\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
     ).encode() + extra + b"\r\n" + body
+
+
+def attached_message(size: int, *, sender: str = "alice@direct.a.test", to: str = "bob@direct.b.test",
+                     tag: str = "1") -> bytes:
+    """A clinical-looking message of about ``size`` bytes: a text part and a base64 PDF-ish attachment."""
+    head = (f"From: {sender}\r\nTo: {to}\r\nSubject: bench {tag}\r\nMessage-ID: <bench-{tag}-{os.urandom(6).hex()}"
+            f"@direct.a.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n").encode()
+    text = b"--b1\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nDischarge summary attached.\r\n"
+    room = max(0, size - len(head) - len(text) - 200)
+    encoded = base64.encodebytes(os.urandom(room * 3 // 4)).replace(b"\n", b"\r\n")
+    attachment = (b"--b1\r\nContent-Type: application/pdf; name=\"summary.pdf\"\r\n"
+                  b"Content-Transfer-Encoding: base64\r\n\r\n" + encoded + b"--b1--\r\n")
+    return head + text + attachment
 
 
 def envelope(message: bytes, sender: str = "alice@direct.a.test", *recipients: str) -> MessageEnvelope:

@@ -153,6 +153,30 @@ def scratch_dir(prefix: str = "directmilter-mta-", *, keep: bool | None = None) 
             shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A small tmpfs mounted at ``path`` (created), so a full disk is a real one (needs root, as CI has)."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def fill(folder: Path) -> Path:
+    """Write a file into ``folder`` until its file system is full; remove the file to make room again."""
+    filler = folder / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    return filler
+
+
 def _read_proc(pid: int, name: str) -> bytes:
     try:
         return (Path("/proc") / str(pid) / name).read_bytes()

@@ -140,6 +140,7 @@ def encrypt(
     keyid: bool = False,
     legacy_smime: bool = False,
     headers: Mapping[str, str] | None = None,
+    stream: bool = False,
 ) -> bytes:
     """Encrypt the MIME entity ``entity`` to the recipient certificate files.
 
@@ -155,14 +156,15 @@ def encrypt(
     keyid / GCM, RSA recipients only).  EC recipients get KeyAgreeRecipientInfo (ECDH,
     dhSinglePass-stdDH-sha1kdf + AES key wrap), which cannot wrap a DES/RC2 key: mixing EC
     recipients with those ciphers fails inside openssl.  openssl writes the ``headers``
-    in the fixed order To, From, Subject above MIME-Version.
+    in the fixed order To, From, Subject above MIME-Version. ``stream`` (``-stream``) writes BER as streaming
+    senders do: indefinite lengths, the encrypted content cut into OCTET STRING segments.
     """
     if legacy_smime and (oaep or keyid or "gcm" in cipher):
         raise ValueError("openssl smime supports neither -keyopt, -keyid nor AEAD ciphers")
     args: list[str | Path] = ["smime" if legacy_smime else "cms", "-encrypt", "-binary", "-crlfeol"]
     if cipher in LEGACY_CIPHERS:
         args += LEGACY_PROVIDER
-    args += [f"-{cipher}", *["-keyid"] * keyid, *_header_args(headers)]
+    args += [f"-{cipher}", *["-keyid"] * keyid, *["-stream"] * stream, *_header_args(headers)]
     keyopts = ["rsa_padding_mode:oaep"] if oaep else []
     if isinstance(oaep, str):
         keyopts += [f"rsa_oaep_md:{oaep}", f"rsa_mgf1_md:{oaep}"]

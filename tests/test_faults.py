@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from conftest import World, envelope, plain_message
-from mta import Sink, free_port, scratch_dir
+from conftest import World, attached_message, envelope, plain_message
+from milterd import Milterd
+from mta import Postfix, Sink, fill, free_port, scratch_dir, submit, tmpfs
 from revocation import OcspResponder
 
 from directmilter.agent import Agent
@@ -70,6 +71,49 @@ def test_locked_tracking_database_defers_and_loses_nothing(tmp_path: Path) -> No
     decision = service.screen_incoming(message, ALICE, [BOB])
     assert decision.deliver_to == (BOB,)
     service.store.close()
+
+
+def test_full_disk_under_the_tracking_database_defers_and_loses_nothing(tmp_path: Path) -> None:
+    """The tracking database's disk is full: screening is a TemporaryFailure (the client retries) and, once
+    there is room, the retry is delivered, not taken for a replay."""
+    with tmpfs(tmp_path / "db", "1m") as folder:
+        service = Confirmations(cast(Any, None), NotifySettings(mdn=False), open_store(f"sqlite:{folder}/t.db"))
+        message = plain_message()
+        filler = fill(folder)
+        try:
+            with pytest.raises(TemporaryFailure, match="tracking store"):
+                service.screen_incoming(message, ALICE, [BOB])
+        finally:
+            filler.unlink()
+        assert service.screen_incoming(message, ALICE, [BOB]).deliver_to == (BOB,)
+        service.store.close()
+
+
+def test_full_disk_under_the_milter_defers_and_the_retry_is_sent(world: World) -> None:
+    """The milter's temporary folder is full when a message past the spool threshold arrives: 451 (the client
+    keeps it and retries; nothing leaves, in clear or otherwise); once there is room the retry is sealed and
+    sent, and no spool file is left behind."""
+    with scratch_dir("directmilter-full-") as root, Sink(root / "wire") as sink, \
+            tmpfs(root / "tmp", "16m") as small:
+        conf = world.write_config("full-disk", {"milter": {"internal_hosts": [], "submission_daemons": ["ORIGINATING"],
+                                                           "workers": 1}, **world.hisp_a_body()})
+        milter = Milterd(conf, root / "milter.log", env={"TMPDIR": str(small)}).start()
+        a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"},
+                    relay={"direct.b.test": f"127.0.0.1:{sink.port}"}, milter=milter.postfix_spec).start()
+        try:
+            message = attached_message(3 << 20, tag="full")
+            filler = fill(small)
+            refused = submit(a.submission_port, ALICE, [BOB], message)
+            filler.unlink()
+            assert refused.code == 451 and "spooled to disk" in refused.reply[1], refused
+            sent = submit(a.submission_port, ALICE, [BOB], message)
+            assert sent.ok, sent
+            [wire] = sink.wait(1, timeout=60)
+        finally:
+            a.stop()
+            milter.stop()
+        assert b"application/pkcs7-mime" in wire.data and b"Discharge summary" not in wire.data
+        assert list(small.iterdir()) == []
 
 
 def test_reinject_listener_down_keeps_the_mdn_until_it_is_back(world: World, tmp_path: Path,

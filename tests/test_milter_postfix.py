@@ -17,7 +17,7 @@ from typing import Any
 
 import opensslpeer as peer
 import pytest
-from conftest import CANARY, World, envelope, plain_message
+from conftest import CANARY, World, attached_message, envelope, plain_message
 from milterd import Milterd
 from mta import Postfix, Sink, scratch_dir, submit, wait_until
 
@@ -43,13 +43,16 @@ def _rig(world: World, root: Path) -> Iterator[dict[str, Any]]:
     conf_a = world.write_config("milter-a", {"milter": milter_section(), **body_a})
     conf_b = world.write_config("milter-b", {"milter": milter_section(), **world.hisp_b_body()})
     sink = Sink(root / "wire").start()
-    milter_a = Milterd(conf_a, root / "milter-a.log").start()
-    milter_b = Milterd(conf_b, root / "milter-b.log").start()
+    spools = {name: root / f"spool-{name}" for name in ("a", "b")}  # each milter's temporary folder, watched
+    for folder in spools.values():
+        folder.mkdir()
+    milter_a = Milterd(conf_a, root / "milter-a.log", env={"TMPDIR": str(spools["a"])}).start()
+    milter_b = Milterd(conf_b, root / "milter-b.log", env={"TMPDIR": str(spools["b"])}).start()
     b = Postfix(root=root / "b", name="mx.b.test", mailboxes={BOB: "bob", "bob2@direct.b.test": "bob2"},
                 milter=milter_b.postfix_spec).start()
     a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice", AL2: "al2"},
                 relay={"direct.b.test": f"127.0.0.1:{sink.port}"}, milter=milter_a.postfix_spec).start()
-    yield {"a": a, "b": b, "sink": sink, "milter_a": milter_a, "milter_b": milter_b, "root": root}
+    yield {"a": a, "b": b, "sink": sink, "milter_a": milter_a, "milter_b": milter_b, "root": root, "spools": spools}
     for part in (a, b, milter_a, milter_b, sink):
         part.stop()
 
@@ -115,6 +118,24 @@ def test_a_to_b_delivers_the_original_to_bobs_maildir(rig: dict[str, Any]) -> No
     assert b"pkcs7" not in delivered
     assert delivered.endswith(b"Patient summary attached.\n")
     assert b"Return-Path: <alice@direct.a.test>" in delivered
+
+
+def test_a_large_message_crosses_in_spool_files_and_leaves_none(rig: dict[str, Any]) -> None:
+    """3 MiB with an attachment (past the 1 MiB spool threshold): A's milter spools it, its worker seals it from
+    the file into another, B's does the same backwards; bob gets the original and no spool file outlives its
+    transaction."""
+    message = attached_message(3 << 20, tag="large")
+    before = len(rig["b"].maildir(BOB))
+    relay_to(rig["a"], "direct.b.test", f"127.0.0.1:{rig['b'].smtp_port}")
+    try:
+        result = submit(rig["a"].submission_port, ALICE, [BOB], message)
+        assert result.ok, result
+        delivered = rig["b"].wait_for_delivery(BOB, before + 1, timeout=60)[-1]
+    finally:
+        relay_to(rig["a"], "direct.b.test", f"127.0.0.1:{rig['sink'].port}")
+    assert message.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n") in delivered
+    assert b"pkcs7" not in delivered
+    assert [list(folder.iterdir()) for folder in rig["spools"].values()] == [[], []]
 
 
 @pytest.mark.conformance("AS-3.0-6", "ALG-21")

@@ -8,9 +8,10 @@ from dataclasses import replace
 import pytest
 from conftest import World
 
+from directmilter import spool
 from directmilter.milter.app import _reply_text
 from directmilter.milter.direction import Client, Direction, Group, client_may_submit, direction, group
-from directmilter.milter.edits import HeaderEdit, header_edits, split_message
+from directmilter.milter.edits import HeaderEdit, header_edits, header_fields
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +64,11 @@ def test_header_edits_delete_later_occurrences_first() -> None:
     assert header_edits(original, [("X-A", "2")]) == [HeaderEdit("X-A", None, 3), HeaderEdit("X-A", None, 1)]
 
 
-def test_split_message_gives_milter_style_fields() -> None:
-    fields, body = split_message(b"From: a@b\r\nSubject: x\r\n y\r\n\r\nbody\r\n")
-    assert fields == [("From", "a@b"), ("Subject", "x\r\n y")]
-    assert body == b"body\r\n"
+def test_header_fields_are_milter_style() -> None:
+    message = b"From: a@b\r\nSubject: x\r\n y\r\n\r\nbody\r\n"
+    head = spool.head(message)
+    assert header_fields(head) == [("From", "a@b"), ("Subject", "x\r\n y")]
+    assert message[len(head):] == b"body\r\n"
 
 
 def test_reply_text_is_one_safe_line() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from directmilter import spool
 from directmilter.agent.context import AgentContext
 from directmilter.agent.crypto import CryptoRunner, InProcess
 from directmilter.agent.envelope import IncomingMessage, MessageEnvelope, OutgoingMessage
@@ -97,7 +98,7 @@ class Agent:
         )
 
     def outgoing(self, envelope: MessageEnvelope, *, moment: datetime | None = None) -> OutgoingMessage:
-        check_size(self.context.config, len(envelope.message))
+        check_size(self.context.config, spool.size(envelope.message))
         return process_outgoing(self.context, envelope, moment)
 
     def incoming(self, envelope: MessageEnvelope, *, moment: datetime | None = None,
@@ -105,7 +106,7 @@ class Agent:
         """``own_envelope``: the message was just sealed here for hosted recipients (local to local), so its
         envelope cannot have been tampered with and its sealed size is ours, not the sender's."""
         if not own_envelope:
-            check_size(self.context.config, len(envelope.message))
+            check_size(self.context.config, spool.size(envelope.message))
         return process_incoming(self.context, envelope, moment, check_routing=not own_envelope)
 
     def check_sender(self, sender: str, *, moment: datetime | None = None) -> None:

@@ -11,8 +11,9 @@ large message would otherwise use one core however many there are.
 from __future__ import annotations
 
 import copyreg
+import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
@@ -21,10 +22,11 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from directmilter import cms
-from directmilter.cms.mime import CRLF
+from directmilter import cms, spool
+from directmilter.cms.mime import CRLF, Chunk
 from directmilter.config import Config, Limits
 from directmilter.errors import CMSError, DecryptionFailed, DirectMilterError, MalformedMessage, TemporaryFailure
+from directmilter.spool import Message
 
 __all__ = ["CryptoRunner", "InProcess", "Opened", "OpenedContent", "open_message", "seal"]
 
@@ -51,8 +53,17 @@ def _der(cert: x509.Certificate) -> bytes:
 # --- sealing -------------------------------------------------------------------------------------------------
 
 
-def seal(config: Config, message: bytes, sender: str, signers: Sequence[x509.Certificate],
-         recipients: Sequence[x509.Certificate]) -> bytes:
+def join(pieces: Iterable[Chunk]) -> bytes:
+    return b"".join(pieces)
+
+
+#: What becomes of the pieces of a new message: joined bytes in the caller's process; in a worker, a spool file
+#: once it is large (:func:`directmilter.spool.collect`).
+Emit = Callable[[Iterable[Chunk]], Message]
+
+
+def seal(config: Config, message: Message, sender: str, signers: Sequence[x509.Certificate],
+         recipients: Sequence[x509.Certificate], emit: Emit = join) -> Message:
     """Process Outgoing steps 4 to 6 with the sender's keys whose certificates are ``signers``."""
     wanted = {_der(c) for c in signers}
     identities = [i for i in config.identities_for(sender) if _der(i.certificate) in wanted]
@@ -60,9 +71,9 @@ def seal(config: Config, message: bytes, sender: str, signers: Sequence[x509.Cer
         # The worker loaded another generation of the configuration (a reload race): the retry will match.
         raise TemporaryFailure(f"sender {sender}: the signing keys are not loaded in this worker yet")
     crypto = config.crypto
-    return cms.secure(prepare(cms.canonicalize(message), sender, config.limits), identities, recipients,
-                      digest=crypto.digest,
-                      cipher=crypto.cipher, key_transport=crypto.key_transport, recipient_id=crypto.recipient_id)
+    entity = prepare(cms.canonicalize(spool.read(message)), sender, config.limits)
+    return emit(cms.secure_stream(entity, identities, recipients, digest=crypto.digest, cipher=crypto.cipher,
+                           key_transport=crypto.key_transport, recipient_id=crypto.recipient_id))
 
 
 def prepare(raw: bytes, sender: str, limits: Limits = Limits()) -> cms.Entity:  # noqa: B008 (frozen)
@@ -88,7 +99,7 @@ class OpenedContent:
     """One decrypted content: its signatures' results, the certificates it carried, and the unwrapped message."""
 
     report: cms.SignatureReport
-    message: bytes
+    message: Message
 
 
 @dataclass(frozen=True)
@@ -100,16 +111,16 @@ class Opened:
     by_recipient: dict[str, int | DirectMilterError]
 
 
-def open_message(config: Config, message: bytes, recipients: Sequence[str]) -> Opened:
+def open_message(config: Config, message: Message, recipients: Sequence[str], emit: Emit = join) -> Opened:
     """Decrypt per recipient, verify the signatures, unwrap (Process Incoming's crypto; trust is the caller's).
 
     Problems of the message as a whole (not S/MIME, malformed CMS, a forbidden cipher) raise; problems that
     concern one recipient's keys or what they open are that recipient's entry.
     """
     crypto = config.crypto
-    secured = cms.parse_secured(cms.canonicalize(message).lstrip(b" \t"), crypto.accept_ciphers)
+    secured = _parse_secured(message, crypto.accept_ciphers)
     contents: list[OpenedContent] = []
-    by_plaintext: dict[bytes, int | DirectMilterError] = {}
+    by_plaintext: dict[bytes, int | DirectMilterError] = {}  # by digest: each different content verified once
     by_keys: dict[tuple[int, ...], int | DirectMilterError] = {}
     by_recipient: dict[str, int | DirectMilterError] = {}
     for recipient in recipients:
@@ -124,17 +135,27 @@ def open_message(config: Config, message: bytes, recipients: Sequence[str]) -> O
             except CMSError as exc:
                 by_keys[keys] = exc
             else:
-                if plaintext not in by_plaintext:
-                    by_plaintext[plaintext] = _verify(secured, plaintext, crypto.accept_digests, contents,
-                                                      config.limits.max_certificates)
-                by_keys[keys] = by_plaintext[plaintext]
+                digest = hashlib.sha256(plaintext).digest()
+                if digest not in by_plaintext:
+                    by_plaintext[digest] = _verify(secured, plaintext, crypto.accept_digests, contents,
+                                                   config.limits.max_certificates, emit)
+                by_keys[keys] = by_plaintext[digest]
         by_recipient[recipient] = by_keys[keys]
     found = getaddresses(secured.outer.get_all("from"))
     return Opened(found[0][1] if found else "", tuple(contents), by_recipient)
 
 
-def _verify(secured: cms.Secured, plaintext: bytes, accept_digests: frozenset[str],
-            contents: list[OpenedContent], limit: int) -> int | DirectMilterError:
+def _parse_secured(message: Message, ciphers: frozenset[str]) -> cms.Secured:
+    """A large message is read from its file: the header block, then the body a block at a time into the DER."""
+    if isinstance(message, spool.Spool):
+        head = spool.head(message)
+        if head.endswith(b"\r\n\r\n"):
+            return cms.parse_secured(head.lstrip(b" \t"), ciphers, spool.blocks(message, start=len(head)))
+    return cms.parse_secured(cms.canonicalize(spool.read(message)).lstrip(b" \t"), ciphers)
+
+
+def _verify(secured: cms.Secured, plaintext: bytearray, accept_digests: frozenset[str],
+            contents: list[OpenedContent], limit: int, emit: Emit) -> int | DirectMilterError:
     try:
         entity, report = cms.read_signed(plaintext, accept_digests)
     except CMSError as exc:
@@ -142,7 +163,7 @@ def _verify(secured: cms.Secured, plaintext: bytes, accept_digests: frozenset[st
     if len(report.certificates) > limit:
         return CMSError(f"the signature carries {len(report.certificates)} certificates, more than the limit of "
                         f"{limit} ([limits] max_certificates)")
-    contents.append(OpenedContent(report, cms.unwrap(secured.outer, entity.content)))
+    contents.append(OpenedContent(report, emit(cms.unwrap(secured.outer, entity))))
     return len(contents) - 1
 
 
@@ -150,10 +171,13 @@ def _verify(secured: cms.Secured, plaintext: bytes, accept_digests: frozenset[st
 
 
 class CryptoRunner(Protocol):
-    def seal(self, message: bytes, sender: str, signers: Sequence[x509.Certificate],
-             recipients: Sequence[x509.Certificate]) -> bytes: ...
+    """Where sealing and opening run. The messages they return that are :class:`~directmilter.spool.Spool` files
+    belong to the caller, who removes them."""
 
-    def open(self, message: bytes, recipients: Sequence[str]) -> Opened: ...
+    def seal(self, message: Message, sender: str, signers: Sequence[x509.Certificate],
+             recipients: Sequence[x509.Certificate]) -> Message: ...
+
+    def open(self, message: Message, recipients: Sequence[str]) -> Opened: ...
 
     def close(self) -> None: ...
 
@@ -164,11 +188,11 @@ class InProcess:
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def seal(self, message: bytes, sender: str, signers: Sequence[x509.Certificate],
-             recipients: Sequence[x509.Certificate]) -> bytes:
+    def seal(self, message: Message, sender: str, signers: Sequence[x509.Certificate],
+             recipients: Sequence[x509.Certificate]) -> Message:
         return seal(self.config, message, sender, signers, recipients)
 
-    def open(self, message: bytes, recipients: Sequence[str]) -> Opened:
+    def open(self, message: Message, recipients: Sequence[str]) -> Opened:
         return open_message(self.config, message, recipients)
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from directmilter.errors import DirectMilterError
+from directmilter.spool import Message
 
 
 @dataclass(frozen=True)
@@ -15,17 +16,18 @@ class MessageEnvelope:
 
     sender: str
     recipients: tuple[str, ...]
-    message: bytes = field(repr=False)
+    message: Message = field(repr=False)
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What the agent made of one message: the new message, who gets it, and who was removed and why.
 
+    A large ``message`` is a :class:`~directmilter.spool.Spool` file, which the caller removes when done.
     ``rejected`` maps each removed recipient to the error that removed it (its ``reason`` is the operator text).
     """
 
-    message: bytes = field(repr=False)
+    message: Message = field(repr=False)
     recipients: tuple[str, ...]
     rejected: dict[str, DirectMilterError]
 

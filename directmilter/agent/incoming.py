@@ -7,8 +7,9 @@ from email.utils import getaddresses
 
 from cryptography import x509
 
-from directmilter import cms
+from directmilter import cms, spool
 from directmilter.agent.context import AgentContext
+from directmilter.agent.crypto import Opened
 from directmilter.agent.envelope import IncomingMessage, MessageEnvelope
 from directmilter.agent.trust_model import trusted_certificates
 from directmilter.cms.mime import parse_entity
@@ -20,6 +21,7 @@ from directmilter.errors import (
     TamperedRouting,
     TrustError,
 )
+from directmilter.spool import Message
 
 #: With key-usage enforcement on (AS 4.1.3), a signer's certificate must allow digital signatures.
 _SIGNING = frozenset({"digital_signature"})
@@ -33,10 +35,22 @@ def process_incoming(ctx: AgentContext, envelope: MessageEnvelope, moment: datet
     concern one recipient (no key, not encrypted to it, signer not trusted by it) remove that recipient.
     """
     opened = ctx.runner.open(envelope.message, envelope.recipients)
+    result: IncomingMessage | None = None
+    try:
+        result = _decide(ctx, envelope, opened, moment, check_routing)
+        return result
+    finally:
+        for content in opened.contents:  # what nobody gets (all of it, on a refusal) is not left on disk
+            if result is None or content.message is not result.message:
+                spool.remove(content.message)
+
+
+def _decide(ctx: AgentContext, envelope: MessageEnvelope, opened: Opened, moment: datetime | None,
+            check_routing: bool) -> IncomingMessage:
     accepted: list[str] = []
     rejected: dict[str, DirectMilterError] = {}
     signers: list[x509.Certificate] = []
-    delivered: bytes | None = None
+    delivered: int | None = None
     for recipient in envelope.recipients:
         try:
             index = opened.by_recipient[recipient]
@@ -52,17 +66,18 @@ def process_incoming(ctx: AgentContext, envelope: MessageEnvelope, moment: datet
         if tampered is not None:
             rejected[recipient] = tampered
             continue
-        if delivered is not None and content.message != delivered:
+        if delivered is not None and index != delivered:
             # One SMTP transaction delivers one body: an envelope that opens differently per recipient is refused.
             rejected[recipient] = CMSError(f"recipient {recipient}: the envelope opens to different content")
             continue
         accepted.append(recipient)
         signers.extend(c for c in trusted if c not in signers)
-        delivered = content.message
+        delivered = index
     if delivered is None:
         raise NoTrustedRecipients.of(rejected)
     return IncomingMessage(
-        message=delivered, recipients=tuple(accepted), rejected=rejected, signers=tuple(signers)
+        message=opened.contents[delivered].message, recipients=tuple(accepted), rejected=rejected,
+        signers=tuple(signers),
     )
 
 
@@ -89,7 +104,7 @@ def _trusted_signers(
     raise type(error)(f"signer: {error.reason}")
 
 
-def _routing_tampered(ctx: AgentContext, sender: str, recipient: str, message: bytes) -> TamperedRouting | None:
+def _routing_tampered(ctx: AgentContext, sender: str, recipient: str, message: Message) -> TamperedRouting | None:
     """Routing-tamper detection (on unless ``routing_check = false`` for the recipient's domain or address).
 
     The envelope is not protected, the wrapped headers are: a RCPT TO the signed message does not name in To, Cc
@@ -100,7 +115,7 @@ def _routing_tampered(ctx: AgentContext, sender: str, recipient: str, message: b
     if not ctx.config.checks_routing(recipient):
         return None
     try:
-        inner = parse_entity(message, what="delivered message")
+        inner = parse_entity(spool.head(message), what="delivered message")
     except DirectMilterError:
         return TamperedRouting(f"recipient {recipient}: the protected headers cannot be read to check routing")
     listed = {a.lower() for _, a in getaddresses(inner.get_all("to") + inner.get_all("cc") + inner.get_all("bcc"))}

@@ -7,9 +7,9 @@ file itself (private keys never cross a process boundary); what crosses is bytes
 errors. Workers are started with ``spawn`` (the milter process has threads, which ``fork`` would copy
 half-way).
 
-A message over 1 MiB crosses through a file rather than the pipe (pickling would hold it twice more in each
-process): a 0600 file in the temporary folder (private to the service under systemd's PrivateTmp), removed by
-the side that reads it, at once.
+A message over 1 MiB crosses as a :class:`~directmilter.spool.Spool` file rather than through the pipe (pickling
+would hold it twice more in each process), both ways: the worker reads the milter's spool a block at a time and
+writes the new message into a spool of its own, which the caller then owns.
 
 Fail closed: a worker that dies (the pool breaks) or does not answer in time is a
 :class:`~directmilter.errors.TemporaryFailure`, so the message is deferred, and the next call gets a fresh pool.
@@ -19,21 +19,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography import x509
 
+from directmilter import spool
 from directmilter.agent.crypto import Opened, open_message, register_pickling, seal
 from directmilter.config import Config, load_config
 from directmilter.errors import DirectMilterError, TemporaryFailure
 from directmilter.log import get_logger
+from directmilter.spool import Message
 
 log = get_logger("directmilter.workers")
 
@@ -41,28 +40,11 @@ T = TypeVar("T")
 
 _config: Config | None = None  # in a worker: the configuration it loaded
 
-#: Messages larger than this go between the processes through a file.
-SPOOL_OVER = 1 << 20
-
-
-@dataclass(frozen=True)
-class _Spooled:
-    path: str
-
-
-def _send(data: bytes) -> bytes | _Spooled:
-    if len(data) <= SPOOL_OVER:
-        return data
-    descriptor, path = tempfile.mkstemp(prefix="directmilter-")  # mode 0600
-    with os.fdopen(descriptor, "wb") as out:
-        out.write(data)
-    return _Spooled(path)
-
-
-def _discard(item: bytes | _Spooled) -> None:
-    """A spooled message the worker did not take (it died, or timed out) is not left behind."""
-    if isinstance(item, _Spooled):
-        Path(item.path).unlink(missing_ok=True)
+def _crossing(message: Message) -> tuple[Message, bool]:
+    """The message as it crosses to a worker, and whether a file was made for the crossing (to remove after)."""
+    if isinstance(message, bytes) and len(message) > spool.SPOOL_OVER:
+        return spool.collect((message,)), True
+    return message, False
 
 
 def _discard_late(future: concurrent.futures.Future[Any]) -> None:
@@ -71,16 +53,8 @@ def _discard_late(future: concurrent.futures.Future[Any]) -> None:
         return
     result = future.result()
     for item in (result, *(c.message for c in getattr(result, "contents", ()))):
-        _discard(item)
-
-
-def _receive(item: bytes | _Spooled) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    try:
-        return Path(item.path).read_bytes()
-    finally:
-        Path(item.path).unlink(missing_ok=True)
+        if isinstance(item, spool.Spool):
+            spool.remove(item)
 
 
 def _start_worker(path: str, log_level: str, json_logs: bool) -> None:
@@ -92,17 +66,15 @@ def _start_worker(path: str, log_level: str, json_logs: bool) -> None:
     _config = load_config(Path(path))
 
 
-def _seal(message: bytes | _Spooled, sender: str, signers: Sequence[x509.Certificate],
-          recipients: Sequence[x509.Certificate]) -> bytes | _Spooled:
+def _seal(message: Message, sender: str, signers: Sequence[x509.Certificate],
+          recipients: Sequence[x509.Certificate]) -> Message:
     assert _config is not None
-    return _send(seal(_config, _receive(message), sender, signers, recipients))
+    return seal(_config, message, sender, signers, recipients, emit=spool.collect)
 
 
-def _open(message: bytes | _Spooled, recipients: Sequence[str]) -> Opened:
+def _open(message: Message, recipients: Sequence[str]) -> Opened:
     assert _config is not None
-    opened = open_message(_config, _receive(message), recipients)
-    contents = tuple(replace(c, message=_send(c.message)) for c in opened.contents)  # type: ignore[arg-type]
-    return replace(opened, contents=contents)
+    return open_message(_config, message, recipients, emit=spool.collect)
 
 
 class WorkerPool:
@@ -144,27 +116,22 @@ class WorkerPool:
         except Exception as exc:  # a bug in a worker: defer, never accept
             raise TemporaryFailure(f"{what}: internal error in a crypto worker ({type(exc).__name__})") from exc
 
-    def seal(self, message: bytes, sender: str, signers: Sequence[x509.Certificate],
-             recipients: Sequence[x509.Certificate]) -> bytes:
-        item = _send(message)
+    def seal(self, message: Message, sender: str, signers: Sequence[x509.Certificate],
+             recipients: Sequence[x509.Certificate]) -> Message:
+        item, made = _crossing(message)
         try:
-            return _receive(self._call("signing and encrypting", _seal, item, sender, tuple(signers),
-                                       tuple(recipients)))
+            return self._call("signing and encrypting", _seal, item, sender, tuple(signers), tuple(recipients))
         finally:
-            _discard(item)
+            if made:
+                spool.remove(item)
 
-    def open(self, message: bytes, recipients: Sequence[str]) -> Opened:
-        item = _send(message)
+    def open(self, message: Message, recipients: Sequence[str]) -> Opened:
+        item, made = _crossing(message)
         try:
-            opened = self._call("decrypting and verifying", _open, item, tuple(recipients))
+            return self._call("decrypting and verifying", _open, item, tuple(recipients))
         finally:
-            _discard(item)
-        try:
-            contents = tuple(replace(c, message=_receive(c.message)) for c in opened.contents)
-        finally:
-            for content in opened.contents:
-                _discard(content.message)
-        return replace(opened, contents=contents)
+            if made:
+                spool.remove(item)
 
     def warm_up(self) -> None:
         """Start every worker now rather than on the first message."""

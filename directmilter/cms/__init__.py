@@ -7,14 +7,23 @@ decides between the steps, per recipient.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 
 from directmilter.cms import algorithms
-from directmilter.cms.enveloped import Envelope, encrypt
-from directmilter.cms.mime import MAX_DEPTH, MAX_HEADERS, Entity, canonicalize, parse_entity, validate_structure
+from directmilter.cms.enveloped import Envelope, encrypt_stream
+from directmilter.cms.mime import (
+    MAX_DEPTH,
+    MAX_HEADERS,
+    Buffer,
+    Chunk,
+    Entity,
+    canonicalize,
+    parse_entity,
+    validate_structure,
+)
 from directmilter.cms.signed import SignatureReport, SignatureResult, sign_detached, verify_detached
 from directmilter.cms.smime import SignedEntity, build_enveloped, build_signed, envelope_der, split_signed
 from directmilter.cms.wrap import unwrap, wrap
@@ -32,6 +41,7 @@ __all__ = [
     "parse_secured",
     "read_signed",
     "secure",
+    "secure_stream",
     "unwrap",
 ]
 
@@ -44,7 +54,13 @@ def parse_message(message: bytes, *, what: str = "message", max_depth: int = MAX
     return entity
 
 
-def secure(
+def secure(message: Entity, signers: Sequence[PrivateIdentity], recipients: Sequence[x509.Certificate],
+           **choices: str) -> bytes:
+    """Wrap, sign and encrypt a message: the agent algorithm's Process Outgoing steps 4 to 6."""
+    return b"".join(secure_stream(message, signers, recipients, **choices))
+
+
+def secure_stream(
     message: Entity,
     signers: Sequence[PrivateIdentity],
     recipients: Sequence[x509.Certificate],
@@ -53,17 +69,17 @@ def secure(
     cipher: str = "aes256-cbc",
     key_transport: str = "rsa-pkcs1v15",
     recipient_id: str = "issuer-serial",
-) -> bytes:
-    """Wrap, sign and encrypt a message: the agent algorithm's Process Outgoing steps 4 to 6."""
+) -> Iterator[bytes]:
+    """:func:`secure`, in pieces.
+
+    The secured message comes in pieces, made as they are taken: the message is hashed where it lies and then
+    encrypted and base64-encoded a block at a time, so sealing holds the message once, not once per stage.
+    """
     outer_headers, wrapped = wrap(message)
     signature = sign_detached(wrapped, signers, digest)
-    envelope = encrypt(
-        build_signed(wrapped, signature, digest),
-        recipients,
-        cipher=cipher,
-        key_transport=key_transport,
-        recipient_id=recipient_id,
-    )
+    signed = build_signed(wrapped, signature, digest)
+    envelope = encrypt_stream(signed, sum(len(piece) for piece in signed), recipients, cipher=cipher,
+                              key_transport=key_transport, recipient_id=recipient_id)
     return build_enveloped(outer_headers, envelope, aead=algorithms.cipher(cipher).aead)
 
 
@@ -75,13 +91,15 @@ class Secured:
     envelope: Envelope
 
 
-def parse_secured(message: bytes, accepted_ciphers: frozenset[str] | tuple[str, ...]) -> Secured:
+def parse_secured(message: bytes, accepted_ciphers: frozenset[str] | tuple[str, ...],
+                  body: Iterable[Chunk] | None = None) -> Secured:
+    """Parse an incoming S/MIME message; or, with ``body`` (its body in pieces), its header block alone."""
     outer = parse_entity(message, what="message")
-    return Secured(outer, Envelope.parse(envelope_der(outer), accepted_ciphers))
+    return Secured(outer, Envelope.parse(envelope_der(outer, body), accepted_ciphers))
 
 
 def read_signed(
-    plaintext: bytes, accepted_digests: frozenset[str] | tuple[str, ...]
+    plaintext: Buffer, accepted_digests: frozenset[str] | tuple[str, ...]
 ) -> tuple[SignedEntity, SignatureReport]:
     """Check the decrypted content is multipart/signed and verify each of its signatures."""
     signed = split_signed(plaintext)

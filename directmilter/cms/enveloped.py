@@ -9,9 +9,9 @@ private keys until one opens it, as the agent algorithm's Process Incoming asks.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as asn1_x509
@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher as _Cipher
 from cryptography.hazmat.primitives.ciphers import algorithms as ciphers
 from cryptography.hazmat.primitives.ciphers import modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from directmilter.cms import algorithms
+from directmilter.cms.mime import Chunk
 from directmilter.errors import CMSError, DecryptionFailed, NotEncrypted, NotEncryptedForRecipient
 from directmilter.keys.identity import PrivateIdentity
 
@@ -50,53 +50,82 @@ def encrypt(
     recipient_id: str = "issuer-serial",
 ) -> bytes:
     """A DER ContentInfo holding ``content`` encrypted for every certificate in ``recipients``."""
+    return b"".join(encrypt_stream((content,), len(content), recipients, cipher=cipher, key_transport=key_transport,
+                                   recipient_id=recipient_id))
+
+
+def encrypt_stream(
+    content: Iterable[Chunk],
+    length: int,
+    recipients: Sequence[x509.Certificate],
+    *,
+    cipher: str = "aes256-cbc",
+    key_transport: str = "rsa-pkcs1v15",
+    recipient_id: str = "issuer-serial",
+) -> Iterator[bytes]:
+    """The DER ContentInfo of :func:`encrypt`, in pieces, from ``content`` in pieces of ``length`` bytes in all.
+
+    The ciphertext's length follows from ``length`` (CBC pads to the next block; GCM adds nothing, its tag is a
+    field of its own), so every DER length is known up front and no part of the message is ever held whole.
+    """
     if not recipients:
         raise CMSError("no recipient certificate to encrypt to")
     algorithm = algorithms.cipher(cipher)
     if key_transport not in algorithms.KEY_TRANSPORTS or recipient_id not in algorithms.RECIPIENT_IDS:
         raise CMSError(f"unknown key transport {key_transport!r} or recipient id {recipient_id!r}")
     key = os.urandom(algorithm.key_size)
-    infos = [_recipient_info(cert, key, key_transport, recipient_id) for cert in recipients]
-    version = "v0" if recipient_id == "issuer-serial" else "v2"
+    infos = cms.RecipientInfos([_recipient_info(cert, key, key_transport, recipient_id) for cert in recipients])
+    params: core.Asn1Value
+    encryptor: Any
     if algorithm.aead:
         nonce = os.urandom(_GCM_NONCE)
-        sealed = AESGCM(key).encrypt(nonce, content, None)
-        encrypted_info = _encrypted_content_info(
-            algorithm.asn1, GCMParameters({"aes_nonce": nonce, "aes_icvlen": _GCM_TAG}), sealed[:-_GCM_TAG]
-        )
-        structure = cms.AuthEnvelopedData(
-            {
-                "version": "v0",
-                "recipient_infos": infos,
-                "auth_encrypted_content_info": encrypted_info,
-                "mac": sealed[-_GCM_TAG:],
-            }
-        )
-        kind = "authenticated_enveloped_data"
+        params = GCMParameters({"aes_nonce": nonce, "aes_icvlen": _GCM_TAG})
+        encryptor = _Cipher(ciphers.AES(key), modes.GCM(nonce)).encryptor()
+        kind, version, sealed_length, mac_length = "authenticated_enveloped_data", 0, length, 2 + _GCM_TAG
     else:
         iv = os.urandom(16)
-        padder = sym_padding.PKCS7(128).padder()
+        params = core.OctetString(iv)
         encryptor = _Cipher(ciphers.AES(key), modes.CBC(iv)).encryptor()
-        body = encryptor.update(padder.update(content) + padder.finalize()) + encryptor.finalize()
-        structure = cms.EnvelopedData(
-            {
-                "version": version,
-                "recipient_infos": infos,
-                "encrypted_content_info": _encrypted_content_info(algorithm.asn1, core.OctetString(iv), body),
-            }
-        )
-        kind = "enveloped_data"
-    return bytes(cms.ContentInfo({"content_type": kind, "content": structure}).dump())
+        version = 0 if recipient_id == "issuer-serial" else 2
+        kind, sealed_length, mac_length = "enveloped_data", (length // 16 + 1) * 16, 0
+    content_algorithm = algos.EncryptionAlgorithm(
+        {"algorithm": algorithm.asn1, "parameters": core.Any.load(params.dump())}).dump()
+    info_head = cms.ContentType("data").dump() + content_algorithm + _header(0x80, sealed_length)
+    info_length = len(info_head) + sealed_length
+    fields = core.Integer(version).dump() + infos.dump() + _header(0x30, info_length)
+    data_length = len(fields) + info_length + mac_length
+    explicit = _header(0x30, data_length)
+    outer = cms.ContentType(kind).dump() + _header(0xA0, len(explicit) + data_length)
+    yield _header(0x30, len(outer) + len(explicit) + data_length) + outer + explicit + fields + info_head
+    padder = None if algorithm.aead else sym_padding.PKCS7(128).padder()
+    written = 0
+    for piece in blocks(content):
+        written += len(piece)
+        yield encryptor.update(padder.update(piece) if padder else piece)
+    if written != length:
+        raise CMSError(f"internal: {written} bytes to encrypt, {length} announced")
+    yield (encryptor.update(padder.finalize()) if padder else b"") + encryptor.finalize()
+    if algorithm.aead:
+        yield _header(0x04, _GCM_TAG) + encryptor.tag
 
 
-def _encrypted_content_info(asn1_name: str, params: core.Asn1Value, body: bytes) -> cms.EncryptedContentInfo:
-    return cms.EncryptedContentInfo(
-        {
-            "content_type": "data",
-            "content_encryption_algorithm": {"algorithm": asn1_name, "parameters": core.Any.load(params.dump())},
-            "encrypted_content": body,
-        }
-    )
+def blocks(pieces: Iterable[Chunk], size: int = 1 << 20) -> Iterator[Chunk]:
+    """``pieces`` cut into at most ``size`` bytes each, without copying (memoryview slices)."""
+    for piece in pieces:
+        if len(piece) <= size:
+            yield piece
+            continue
+        with memoryview(piece) as view:
+            for start in range(0, len(view), size):
+                yield view[start : start + size]
+
+
+def _header(tag: int, length: int) -> bytes:
+    """A DER identifier and definite length (X.690 8.1.3)."""
+    if length < 0x80:
+        return bytes((tag, length))
+    size = (length.bit_length() + 7) // 8
+    return bytes((tag, 0x80 | size)) + length.to_bytes(size, "big")
 
 
 def _recipient_info(cert: x509.Certificate, key: bytes, key_transport: str, recipient_id: str) -> cms.RecipientInfo:
@@ -149,45 +178,65 @@ def _oaep(
 
 @dataclass(frozen=True)
 class Envelope:
-    """A parsed EnvelopedData / AuthEnvelopedData whose content cipher has been checked against policy."""
+    """A parsed EnvelopedData / AuthEnvelopedData whose content cipher has been checked against policy.
+
+    The DER is walked by hand (:func:`_element`) down to the encrypted content, which stays where it lies in the
+    buffer (as spans: BER may cut it into many OCTET STRINGs); only the small fields go through asn1crypto, which
+    copies the contents of every level it parses.
+    """
 
     cipher: algorithms.Cipher
     recipient_infos: tuple[cms.KeyTransRecipientInfo, ...]
-    _content_info: cms.EncryptedContentInfo
+    _der: bytes | bytearray = field(repr=False)
+    _spans: tuple[tuple[int, int], ...]
+    _params: core.Asn1Value
     _mac: bytes | None
     _auth_attrs: bytes | None
 
     @classmethod
     def parse(
-        cls, der: bytes, accepted_ciphers: frozenset[str] | tuple[str, ...] = algorithms.CIPHERS_ACCEPT
+        cls, der: bytes | bytearray, accepted_ciphers: frozenset[str] | tuple[str, ...] = algorithms.CIPHERS_ACCEPT
     ) -> Envelope:
         try:
-            info = cms.ContentInfo.load(der, strict=False)
-            kind = info["content_type"].native
+            content_info = _children(der, _element(der, 0, len(der)), 0x30, "ContentInfo")
+            kind = cms.ContentType.load(_encoding(der, content_info[0])).native
             if kind not in ("enveloped_data", "authenticated_enveloped_data"):
                 raise NotEncrypted(f"S/MIME body holds {kind}, not EnvelopedData (AS 2.4)")
-            data = info["content"]
-            data.native  # noqa: B018 -- force a full parse so truncated input fails here
-            content_info = (
-                data["encrypted_content_info"] if kind == "enveloped_data" else data["auth_encrypted_content_info"]
-            )
-            algorithm = content_info["content_encryption_algorithm"]["algorithm"]
-            ktris = tuple(ri.chosen for ri in data["recipient_infos"] if ri.name == "ktri")
-            mac = data["mac"].native if kind == "authenticated_enveloped_data" else None
-            auth = data["auth_attrs"] if kind == "authenticated_enveloped_data" else None
+            aead = kind == "authenticated_enveloped_data"
+            explicit = _children(der, content_info[1], 0xA0, "ContentInfo content")
+            fields = [f for f in _children(der, explicit[0], 0x30, kind) if f.tag != 0xA0]  # no originatorInfo
+            if len(fields) < (4 if aead else 3) or fields[1].tag != 0x31:
+                raise _malformed(f"{kind} lacks its recipient infos or encrypted content info")
+            infos = cms.RecipientInfos.load(_encoding(der, fields[1]))
+            infos.native  # noqa: B018 -- force a full parse of the small part, so malformed input fails here
+            encrypted = _children(der, fields[2], 0x30, "EncryptedContentInfo")
+            algorithm = algos.EncryptionAlgorithm.load(_encoding(der, encrypted[1]))
+            algorithm.native  # noqa: B018
+            spans = tuple(_octets(der, encrypted[2], 0)) if len(encrypted) > 2 else ()
+            mac = auth = None
+            if aead:
+                rest = fields[3:]
+                auth_field = rest.pop(0) if rest and rest[0].tag in (0xA1, 0x81) else None
+                if not rest:
+                    raise _malformed("AuthEnvelopedData has no mac")
+                mac = b"".join(bytes(der[a:z]) for a, z in _octets(der, rest[0], 0))
+                if auth_field is not None:
+                    # The AAD is the DER of the attributes tagged as a SET (RFC 5083 2.2), as the sender encoded them.
+                    values = bytes(der[auth_field.start : auth_field.end])
+                    auth = _header(0x31, len(values)) + values
+            ktris = tuple(ri.chosen for ri in infos if ri.name == "ktri")
         except CMSError:
             raise
-        except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError, IndexError) as exc:
             raise CMSError(f"encrypted body is not a valid CMS EnvelopedData ({exc})") from exc
-        found = algorithms.cipher_for(algorithm.native, algorithm.dotted, accepted_ciphers)
-        if found.aead != (kind == "authenticated_enveloped_data"):
+        found = algorithms.cipher_for(algorithm["algorithm"].native, algorithm["algorithm"].dotted, accepted_ciphers)
+        if found.aead != aead:
             raise CMSError(f"cipher {found.name} does not belong in {kind}")
         if not ktris:
             raise CMSError("envelope has no RSA key-transport recipient (only ktri is supported)")
-        auth_bytes = bytes(core.SetOf(contents=auth.contents).dump()) if auth else None
-        return cls(found, ktris, content_info, mac, auth_bytes)
+        return cls(found, ktris, der, spans, algorithm["parameters"], mac, auth)
 
-    def decrypt(self, identities: Sequence[PrivateIdentity]) -> bytes:
+    def decrypt(self, identities: Sequence[PrivateIdentity]) -> bytearray:
         """The content, opened with the first of ``identities`` the envelope was made for."""
         matched = [(ri, ident) for ri in self.recipient_infos for ident in identities if _matches(ri, ident)]
         if not matched:
@@ -200,27 +249,133 @@ class Envelope:
                 failures.append(f"{identity.certificate.subject.rfc4514_string()}: {exc.reason}")
         raise DecryptionFailed("message cannot be decrypted: " + "; ".join(failures))
 
-    def _open(self, key: bytes) -> bytes:
-        body = self._content_info["encrypted_content"].native
-        if body is None:
+    def _open(self, key: bytes) -> bytearray:
+        if not self._spans:
             raise CMSError("envelope has no encrypted content")
-        params = self._content_info["content_encryption_algorithm"]["parameters"]
         try:
-            if self.cipher.aead:
-                gcm = GCMParameters.load(params.dump())
-                tag_length = gcm["aes_icvlen"].native
-                if self._mac is None or len(self._mac) != tag_length or tag_length not in (12, 13, 14, 15, 16):
-                    raise DecryptionFailed("AES-GCM authentication tag is missing or has a wrong length")
-                return AESGCM(key).decrypt(gcm["aes_nonce"].native, body + self._mac, self._auth_attrs)
-            iv = params.native if isinstance(params.native, bytes) else core.OctetString.load(params.dump()).native
-            decryptor = _Cipher(ciphers.AES(key), modes.CBC(iv)).decryptor()
-            padded = decryptor.update(body) + decryptor.finalize()
-            unpadder = sym_padding.PKCS7(128).unpadder()
-            return unpadder.update(padded) + unpadder.finalize()
+            decryptor = self._decryptor(key)
+            total = sum(end - start for start, end in self._spans)
+            plain = bytearray(total + 16)  # decrypted in place: the one copy of the content this costs
+            length = 0
+            with memoryview(self._der) as source, memoryview(plain) as target:
+                for start, end in self._spans:
+                    for piece in blocks((source[start:end],)):
+                        length += decryptor.update_into(piece, target[length:])
+                tail = decryptor.finalize()
+                target[length : length + len(tail)] = tail
+                length += len(tail)
+            del plain[length:]
+            if not self.cipher.aead:
+                _unpad(plain)
+            return plain
         except DecryptionFailed:
             raise
         except Exception as exc:  # InvalidTag, bad padding, wrong IV length: all mean the same to the operator
             raise DecryptionFailed("content does not decrypt (wrong key, or the ciphertext was changed)") from exc
+
+    def _decryptor(self, key: bytes) -> Any:
+        params = self._params
+        if self.cipher.aead:
+            gcm = GCMParameters.load(params.dump())
+            tag_length = gcm["aes_icvlen"].native
+            if self._mac is None or len(self._mac) != tag_length or tag_length not in (12, 13, 14, 15, 16):
+                raise DecryptionFailed("AES-GCM authentication tag is missing or has a wrong length")
+            mode = modes.GCM(gcm["aes_nonce"].native, self._mac, min_tag_length=tag_length)
+            decryptor = _Cipher(ciphers.AES(key), mode).decryptor()
+            if self._auth_attrs is not None:
+                decryptor.authenticate_additional_data(self._auth_attrs)
+            return decryptor
+        iv = params.native if isinstance(params.native, bytes) else core.OctetString.load(params.dump()).native
+        if sum(end - start for start, end in self._spans) % 16:
+            raise DecryptionFailed("CBC ciphertext is not a whole number of blocks")
+        return _Cipher(ciphers.AES(key), modes.CBC(iv)).decryptor()
+
+
+def _unpad(plain: bytearray) -> None:
+    """Remove PKCS#7 padding (RFC 5652 6.3) in place."""
+    count = plain[-1] if plain else 0
+    if not 1 <= count <= 16 or plain[-count:] != bytes((count,)) * count:
+        raise DecryptionFailed("content does not decrypt (wrong key, or the ciphertext was changed)")
+    del plain[-count:]
+
+
+# --- a BER walker for the envelope ----------------------------------------------------------------------------
+
+#: Constructed encodings nest a few levels in real envelopes; deeper is an attack on the recursion.
+_MAX_NESTING = 32
+
+
+@dataclass(frozen=True)
+class _Element:
+    """One BER element: identifier octet, the span of its contents and of its whole encoding."""
+
+    tag: int
+    start: int
+    end: int
+    first: int
+    after: int
+
+
+def _malformed(detail: str) -> CMSError:
+    return CMSError(f"encrypted body is not a valid CMS EnvelopedData ({detail})")
+
+
+def _element(der: bytes | bytearray, at: int, limit: int, depth: int = 0) -> _Element:
+    if depth > _MAX_NESTING:
+        raise _malformed(f"BER encodings nest deeper than {_MAX_NESTING} levels")
+    if at + 2 > limit:
+        raise _malformed("truncated: a BER element runs past its end")
+    tag, size = der[at], der[at + 1]
+    if tag & 0x1F == 0x1F:
+        raise _malformed("a high tag number, which CMS never uses")
+    start = at + 2
+    if size == 0x80:  # indefinite length: constructed contents up to an end-of-contents marker
+        if not tag & 0x20:
+            raise _malformed("a primitive element with an indefinite length")
+        position = start
+        while der[position : position + 2] != b"\0\0":
+            position = _element(der, position, limit, depth + 1).after
+        return _Element(tag, start, position, at, position + 2)
+    if size > 0x80:
+        count = size & 0x7F
+        if count > 8 or start + count > limit:
+            raise _malformed("truncated: a BER length runs past its end")
+        length, start = int.from_bytes(der[start : start + count], "big"), start + count
+    else:
+        length = size
+    if start + length > limit:
+        raise _malformed("truncated: a BER element runs past its end")
+    return _Element(tag, start, start + length, at, start + length)
+
+
+def _children(der: bytes | bytearray, parent: _Element, tag: int, what: str) -> list[_Element]:
+    if parent.tag != tag:
+        raise _malformed(f"{what}: expected identifier {tag:#04x}, found {parent.tag:#04x}")
+    found, position = [], parent.start
+    while position < parent.end:
+        child = _element(der, position, parent.end)
+        found.append(child)
+        position = child.after
+    return found
+
+
+def _octets(der: bytes | bytearray, element: _Element, depth: int) -> Iterator[tuple[int, int]]:
+    """The spans of an OCTET STRING's value, primitive or cut into constructed segments (BER, X.690 8.7.3)."""
+    if not element.tag & 0x20:
+        yield element.start, element.end
+        return
+    position = element.start
+    while position < element.end:
+        child = _element(der, position, element.end, depth + 1)
+        if child.tag not in (0x04, 0x24):
+            raise _malformed(f"a constructed OCTET STRING holds identifier {child.tag:#04x}")
+        yield from _octets(der, child, depth + 1)
+        position = child.after
+
+
+def _encoding(der: bytes | bytearray, element: _Element) -> bytes:
+    """The whole encoding of a small element, as asn1crypto wants it (bytes)."""
+    return bytes(der[element.first : element.after])
 
 
 def _matches(ri: cms.KeyTransRecipientInfo, identity: PrivateIdentity) -> bool:

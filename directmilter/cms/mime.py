@@ -11,6 +11,7 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from email.message import Message
 from email.utils import collapse_rfc2231_value
@@ -49,14 +50,34 @@ class Header:
         return re.sub(r"\r?\n(?=[ \t])", "", text).strip()
 
 
+#: What entities are parsed from: the bytes as received, or a decrypted buffer (bytearray) sliced without copying.
+Buffer = bytes | bytearray
+#: A piece of content on its way through: bytes, a decrypted buffer, or a view into either (never copied).
+Chunk = bytes | bytearray | memoryview
+
+
 @dataclass(frozen=True)
 class Entity:
-    """A MIME entity: its header fields and its body, both slices of the original bytes."""
+    """A MIME entity: ``raw[start:end]`` of a buffer, its header fields, and where its body begins.
 
-    raw: bytes
+    Entities nested in a multipart keep pointing into the outermost buffer: parsing a 25 MiB message with a
+    25 MiB attachment copies no body (only header blocks, which are small, are copied).
+    """
+
+    raw: Buffer = field(repr=False)
     headers: tuple[Header, ...]
-    body: bytes
+    body_start: int
+    end: int
     _params: Message = field(repr=False, compare=False)
+
+    @property
+    def body(self) -> bytes:
+        """A copy of the body; :attr:`body_view` when a large body must not be copied."""
+        return bytes(self.raw[self.body_start : self.end])
+
+    @property
+    def body_view(self) -> memoryview:
+        return memoryview(self.raw)[self.body_start : self.end]
 
     @property
     def content_type(self) -> str:
@@ -84,16 +105,19 @@ class Entity:
         return (self.get("content-transfer-encoding") or "7bit").lower()
 
 
-def parse_entity(data: bytes, *, what: str = "message", max_headers: int = MAX_HEADERS) -> Entity:
-    """Split an entity at its first empty line and check its header fields are RFC 5322 fields."""
-    if data.startswith(CRLF):
-        header_block, body = b"", data[2:]
+def parse_entity(data: Buffer, *, what: str = "message", max_headers: int = MAX_HEADERS, start: int = 0,
+                 end: int | None = None) -> Entity:
+    """Split ``data[start:end]`` at its first empty line and check its header fields are RFC 5322 fields."""
+    stop = len(data) if end is None else end
+    if data[start : min(start + 2, stop)] == CRLF:
+        header_block, body_start = b"", start + 2
     else:
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            header_block, body = (data if data.endswith(CRLF) else data + CRLF), b""
+        blank = data.find(b"\r\n\r\n", start, stop)
+        if blank < 0:
+            block = bytes(data[start:stop])
+            header_block, body_start = (block if block.endswith(CRLF) else block + CRLF), stop
         else:
-            header_block, body = data[: end + 2], data[end + 4 :]
+            header_block, body_start = bytes(data[start : blank + 2]), blank + 4
     headers = _parse_header_block(header_block, what)
     if len(headers) > max_headers:
         raise MalformedMessage(f"{what}: {len(headers)} header fields, more than the limit of {max_headers}")
@@ -101,7 +125,7 @@ def parse_entity(data: bytes, *, what: str = "message", max_headers: int = MAX_H
     content_type = next((h.value for h in headers if h.name == "content-type"), None)
     if content_type is not None:
         params["Content-Type"] = content_type
-    return Entity(raw=data, headers=headers, body=body, _params=params)
+    return Entity(raw=data, headers=headers, body_start=body_start, end=stop, _params=params)
 
 
 def _parse_header_block(block: bytes, what: str) -> tuple[Header, ...]:
@@ -131,7 +155,13 @@ def _parse_header_block(block: bytes, what: str) -> tuple[Header, ...]:
 
 
 def split_multipart(entity: Entity, *, what: str = "multipart") -> tuple[list[bytes], bool]:
-    """Return the exact bytes of each body part and whether the closing delimiter was found.
+    """Return a copy of each body part's bytes and whether the closing delimiter was found."""
+    spans, closed = multipart_spans(entity, what=what)
+    return [bytes(entity.raw[a:b]) for a, b in spans], closed
+
+
+def multipart_spans(entity: Entity, *, what: str = "multipart") -> tuple[list[tuple[int, int]], bool]:
+    """Where each body part lies in ``entity.raw``, and whether the closing delimiter was found.
 
     The CRLF before a delimiter line belongs to the delimiter (RFC 2046 5.1.1), so each part is exactly what a
     signature over it covered.
@@ -141,22 +171,22 @@ def split_multipart(entity: Entity, *, what: str = "multipart") -> tuple[list[by
         raise MalformedMessage(f"{what}: {entity.content_type} has no boundary parameter (RFC 2046 5.1.1)")
     # A literal prefix lets the regex engine skip ahead fast; "at a line start" is checked by hand.
     delimiter = re.compile(rb"--" + re.escape(boundary.encode("utf-8")) + rb"(--)?[ \t]*(?:\r\n|$)")
-    body = entity.body
-    parts: list[bytes] = []
+    raw, first = entity.raw, entity.body_start
+    spans: list[tuple[int, int]] = []
     start: int | None = None
-    for match in delimiter.finditer(body):
+    for match in delimiter.finditer(raw, first, entity.end):
         at = match.start()
         # The CRLF before "--" belongs to this delimiter, so it cannot also end the previous delimiter line.
-        if at != 0 and (body[at - 2 : at] != CRLF or (start is not None and at - 2 < start)):
+        if at != first and (raw[at - 2 : at] != CRLF or (start is not None and at - 2 < start)):
             continue
         if start is not None:
-            parts.append(body[start : at - 2])
+            spans.append((start, at - 2))
         if match.group(1):
-            return parts, True
+            return spans, True
         start = match.end()
     if start is not None:
-        parts.append(body[start:])
-    return parts, False
+        spans.append((start, entity.end))
+    return spans, False
 
 
 def validate_structure(entity: Entity, *, what: str = "message", depth: int = 0, max_depth: int = MAX_DEPTH,
@@ -167,28 +197,27 @@ def validate_structure(entity: Entity, *, what: str = "message", depth: int = 0,
     maintype = entity.content_type.split("/", 1)[0]
     limits = {"max_depth": max_depth, "max_headers": max_headers}
     if maintype == "multipart":
-        parts, closed = split_multipart(entity, what=what)
+        spans, closed = multipart_spans(entity, what=what)
         if not closed:
             raise MalformedMessage(f"{what}: {entity.content_type} is never terminated by its closing boundary")
-        if not parts:
+        if not spans:
             raise MalformedMessage(f"{what}: {entity.content_type} has no body parts")
-        for number, part in enumerate(parts, 1):
-            validate_structure(parse_entity(part, what=f"{what} part {number}", max_headers=max_headers), what=what,
-                               depth=depth + 1, **limits)
+        for number, (start, end) in enumerate(spans, 1):
+            part = parse_entity(entity.raw, what=f"{what} part {number}", max_headers=max_headers, start=start,
+                                end=end)
+            validate_structure(part, what=what, depth=depth + 1, **limits)
     elif entity.content_type == "message/rfc822" and entity.transfer_encoding in ("7bit", "8bit", "binary"):
-        validate_structure(parse_entity(entity.body, what=f"{what} (attached message)", max_headers=max_headers),
-                           what=what, depth=depth + 1, **limits)
+        attached = parse_entity(entity.raw, what=f"{what} (attached message)", max_headers=max_headers,
+                                start=entity.body_start, end=entity.end)
+        validate_structure(attached, what=what, depth=depth + 1, **limits)
 
 
 def decode_body(entity: Entity, *, what: str) -> bytes:
     """The entity's body with its Content-Transfer-Encoding removed (base64 strictly checked)."""
     encoding = entity.transfer_encoding
     if encoding == "base64":
-        compact = re.sub(rb"[\r\n\t ]+", b"", entity.body)
-        try:
-            return base64.b64decode(compact, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise MalformedMessage(f"{what}: body is not valid base64") from exc
+        view = entity.body_view
+        return bytes(decode_base64((view[i : i + _BLOCK] for i in range(0, len(view), _BLOCK)), what=what))
     if encoding == "quoted-printable":
         return binascii.a2b_qp(entity.body)
     if encoding in ("7bit", "8bit", "binary"):
@@ -196,7 +225,36 @@ def decode_body(entity: Entity, *, what: str) -> bytes:
     raise MalformedMessage(f"{what}: unknown Content-Transfer-Encoding {encoding!r}")
 
 
-def fold_base64(data: bytes, width: int = 76) -> bytes:
+_WHITESPACE = re.compile(rb"[\r\n\t ]+")
+_BLOCK = 1 << 20
+
+
+def decode_base64(chunks: Iterable[Chunk], *, what: str) -> bytearray:
+    """Strict base64 (line breaks and blanks aside) decoded piece by piece, so the encoded text is never compacted
+    into one more copy of itself: a 35 MiB S/MIME body costs its 25 MiB of DER and a block."""
+    decoded = bytearray()
+    carry = b""
+    padded = False
+    try:
+        for chunk in chunks:
+            compact = carry + _WHITESPACE.sub(b"", chunk)
+            if not compact:
+                continue
+            if padded:
+                raise ValueError("data after the final padding")
+            cut = len(compact) - len(compact) % 4
+            carry = compact[cut:]
+            if cut:
+                decoded += base64.b64decode(compact[:cut], validate=True)
+                padded = compact[cut - 1 : cut] == b"="
+        if carry:
+            raise ValueError("truncated")
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedMessage(f"{what}: body is not valid base64") from exc
+    return decoded
+
+
+def fold_base64(data: bytes | bytearray, width: int = 76) -> bytes:
     """Base64 in CRLF-terminated lines of ``width`` characters: 7-bit clean, safe through any MTA."""
     if width == 76:  # base64.encodebytes writes 76-character lines, in C
         return base64.encodebytes(data).replace(b"\n", CRLF)
@@ -204,10 +262,23 @@ def fold_base64(data: bytes, width: int = 76) -> bytes:
     return b"".join(encoded[i : i + width] + CRLF for i in range(0, len(encoded), width))
 
 
-def new_boundary(*avoid: bytes) -> str:
+def fold_base64_stream(chunks: Iterable[Chunk]) -> Iterator[bytes]:
+    """:func:`fold_base64` of everything ``chunks`` yields, produced as it comes (whole lines of 57 input bytes)."""
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        whole = len(pending) - len(pending) % 57
+        if whole >= _BLOCK:
+            yield fold_base64(pending[:whole])
+            del pending[:whole]
+    if pending:
+        yield fold_base64(pending)
+
+
+def new_boundary(*avoid: Chunk) -> str:
     """A boundary that does not occur in any of ``avoid`` (128 random bits make a clash all but impossible)."""
     while True:
         boundary = f"----=_directmilter_{secrets.token_hex(16)}"
-        if not any(boundary.encode() in chunk for chunk in avoid):
+        found = re.compile(re.escape(boundary.encode()))
+        if not any(found.search(chunk) for chunk in avoid):
             return boundary
-

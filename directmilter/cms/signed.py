@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from directmilter.cms import algorithms
+from directmilter.cms.mime import Chunk
 from directmilter.errors import (
     CMSError,
     ForbiddenAlgorithm,
@@ -36,8 +37,9 @@ _CAPABILITIES = ("aes256_cbc", "aes128_cbc", "aes256_gcm", "aes128_gcm")
 # --- signing ---------------------------------------------------------------------------------------------------
 
 
-def sign_detached(content: bytes, signers: Sequence[PrivateIdentity], digest: str) -> bytes:
-    """A DER ContentInfo holding a detached SignedData over ``content``, one SignerInfo per identity."""
+def sign_detached(content: Chunk | Sequence[Chunk], signers: Sequence[PrivateIdentity], digest: str) -> bytes:
+    """A DER ContentInfo holding a detached SignedData over ``content`` (whole, or in pieces), one SignerInfo per
+    identity."""
     if digest not in algorithms.DIGESTS_SEND:
         raise ForbiddenAlgorithm(f"digest {digest} may not be used for signing (Applicability Statement 2.6)")
     if not signers:
@@ -108,8 +110,11 @@ def _unique_der(ders: Iterable[bytes]) -> list[bytes]:
     return list(dict.fromkeys(ders))
 
 
-def _hash(digest: str, data: bytes) -> bytes:
-    return hashlib.new(digest, data).digest()
+def _hash(digest: str, data: Chunk | Sequence[Chunk]) -> bytes:
+    hashed = hashlib.new(digest)
+    for piece in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
+        hashed.update(piece)
+    return hashed.digest()
 
 
 # --- verification ----------------------------------------------------------------------------------------------
@@ -141,7 +146,7 @@ class SignatureReport:
 
 
 def verify_detached(
-    content: bytes,
+    content: Chunk,
     signature_der: bytes,
     accepted_digests: frozenset[str] | tuple[str, ...] = algorithms.DIGESTS_ACCEPT,
 ) -> SignatureReport:
@@ -187,7 +192,7 @@ def _load_signed_data(der: bytes) -> cms.SignedData:
 
 def _verify_one(
     info: cms.SignerInfo,
-    content: bytes,
+    content: Chunk,
     content_type: str,
     certs: list[asn1_x509.Certificate],
     crypto_certs: tuple[x509.Certificate, ...],
@@ -229,7 +234,7 @@ def _describe_sid(sid: cms.SignerIdentifier) -> str:
     return f"subject key identifier {sid.chosen.native.hex()}"
 
 
-def _signed_bytes(info: cms.SignerInfo, content: bytes, content_type: str, digest: str) -> bytes:
+def _signed_bytes(info: cms.SignerInfo, content: Chunk, content_type: str, digest: str) -> Chunk:
     """What the signature value covers: the DER SET of the signed attributes, or the content itself."""
     attrs = info["signed_attrs"]
     if not attrs:
@@ -260,12 +265,13 @@ def _single_value(attrs: cms.CMSAttributes, name: str) -> object:
     return None
 
 
-def _check_signature(cert: x509.Certificate, info: cms.SignerInfo, signed: bytes, digest: str) -> None:
+def _check_signature(cert: x509.Certificate, info: cms.SignerInfo, signed: Chunk, digest: str) -> None:
     algorithm: algos.SignedDigestAlgorithm = info["signature_algorithm"]
     name = algorithm["algorithm"].native
     if name.startswith(("md2", "md5")):
         raise ForbiddenAlgorithm(f"signature algorithm {name} uses MD5/MD2 (Applicability Statement 2.6)")
     signature = info["signature"].native
+    signed = signed if isinstance(signed, bytes) else bytes(signed)  # no signed attributes: rare, and small
     public_key = cert.public_key()
     hash_algorithm = algorithms.hash_for(digest)
     try:

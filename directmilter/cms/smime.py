@@ -7,10 +7,23 @@ registered and the legacy ``x-`` media types are read (AS 2.4, 2.5.1); only the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from directmilter.cms import algorithms
-from directmilter.cms.mime import CRLF, Entity, decode_body, fold_base64, new_boundary, parse_entity, split_multipart
+from directmilter.cms.mime import (
+    CRLF,
+    Buffer,
+    Chunk,
+    Entity,
+    decode_base64,
+    decode_body,
+    fold_base64,
+    fold_base64_stream,
+    multipart_spans,
+    new_boundary,
+    parse_entity,
+)
 from directmilter.errors import CMSError, MalformedMessage, NotEncrypted, NotSigned
 
 SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
@@ -18,10 +31,10 @@ ENVELOPE_TYPES = ("application/pkcs7-mime", "application/x-pkcs7-mime")
 _ENVELOPE_SMIME_TYPES = ("enveloped-data", "authenveloped-data")
 
 
-def build_signed(content: bytes, signature_der: bytes, digest: str) -> bytes:
-    """A multipart/signed entity: ``content`` byte for byte, then the detached signature."""
-    boundary = new_boundary(content)
-    return b"".join(
+def build_signed(content: Sequence[Chunk], signature_der: bytes, digest: str) -> list[Chunk]:
+    """A multipart/signed entity, in pieces: ``content`` byte for byte, then the detached signature."""
+    boundary = new_boundary(*content)
+    head = b"".join(
         [
             b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; ',
             f'micalg={algorithms.micalg(digest)}; boundary="{boundary}"'.encode(),
@@ -30,7 +43,10 @@ def build_signed(content: bytes, signature_der: bytes, digest: str) -> bytes:
             b"This is an S/MIME signed message" + CRLF,
             CRLF,
             f"--{boundary}".encode() + CRLF,
-            content,
+        ]
+    )
+    tail = b"".join(
+        [
             CRLF + f"--{boundary}".encode() + CRLF,
             b'Content-Type: application/pkcs7-signature; name="smime.p7s"' + CRLF,
             b"Content-Transfer-Encoding: base64" + CRLF,
@@ -41,17 +57,25 @@ def build_signed(content: bytes, signature_der: bytes, digest: str) -> bytes:
             f"--{boundary}--".encode() + CRLF,
         ]
     )
+    return [head, *content, tail]
 
 
 @dataclass(frozen=True)
 class SignedEntity:
-    """The two halves of a multipart/signed entity: the exact signed bytes and the DER signature."""
+    """The two halves of a multipart/signed entity: the signed bytes (``source[start:end]``) and the signature."""
 
-    content: bytes
+    source: Buffer = field(repr=False)
+    start: int
+    end: int
     signature_der: bytes
 
+    @property
+    def content(self) -> memoryview:
+        """The exact signed bytes, as a view into the decrypted buffer (a large message is not copied)."""
+        return memoryview(self.source)[self.start : self.end]
 
-def split_signed(data: bytes) -> SignedEntity:
+
+def split_signed(data: Buffer) -> SignedEntity:
     """Check the decrypted content is a proper multipart/signed entity and take it apart."""
     try:
         entity = parse_entity(data, what="decrypted content")
@@ -66,13 +90,14 @@ def split_signed(data: bytes) -> SignedEntity:
     if protocol not in SIGNATURE_TYPES:
         raise NotSigned(f"multipart/signed has protocol {protocol or '(none)'!r}, not application/pkcs7-signature")
     try:
-        parts, closed = split_multipart(entity, what="multipart/signed")
-        signature = parse_entity(parts[1], what="signature part") if closed and len(parts) == 2 else None
+        spans, closed = multipart_spans(entity, what="multipart/signed")
+        signature = (parse_entity(data, what="signature part", start=spans[1][0], end=spans[1][1])
+                     if closed and len(spans) == 2 else None)
     except MalformedMessage as exc:
         raise NotSigned(f"multipart/signed is malformed: {exc.reason}") from exc
     if signature is None:
         raise NotSigned(
-            f"multipart/signed must have exactly two parts and a closing boundary (has {len(parts)} parts"
+            f"multipart/signed must have exactly two parts and a closing boundary (has {len(spans)} parts"
             f"{'' if closed else ', unterminated'})"
         )
     if signature.content_type not in SIGNATURE_TYPES:
@@ -81,13 +106,14 @@ def split_signed(data: bytes) -> SignedEntity:
         der = decode_body(signature, what="signature part")
     except MalformedMessage as exc:
         raise CMSError(exc.reason) from exc
-    return SignedEntity(content=parts[0], signature_der=der)
+    return SignedEntity(data, spans[0][0], spans[0][1], der)
 
 
-def build_enveloped(outer_headers: bytes, envelope_der: bytes, *, aead: bool = False) -> bytes:
-    """A complete message: the routing headers kept outside, then the base64 application/pkcs7-mime body."""
+def build_enveloped(outer_headers: bytes, envelope: Iterable[Chunk], *, aead: bool = False) -> Iterator[bytes]:
+    """A complete message, in pieces: the routing headers kept outside, then the base64 application/pkcs7-mime
+    body made from ``envelope`` (the DER, in pieces) as it comes."""
     smime_type = "authEnveloped-data" if aead else "enveloped-data"
-    return b"".join(
+    yield b"".join(
         [
             outer_headers,
             b"MIME-Version: 1.0" + CRLF,
@@ -95,13 +121,16 @@ def build_enveloped(outer_headers: bytes, envelope_der: bytes, *, aead: bool = F
             b"Content-Transfer-Encoding: base64" + CRLF,
             b'Content-Disposition: attachment; filename="smime.p7m"' + CRLF,
             CRLF,
-            fold_base64(envelope_der),
         ]
     )
+    yield from fold_base64_stream(envelope)
 
 
-def envelope_der(message: Entity) -> bytes:
-    """The DER EnvelopedData of an incoming message, or NotEncrypted if the message is not S/MIME-encrypted."""
+def envelope_der(message: Entity, body: Iterable[Chunk] | None = None) -> bytes | bytearray:
+    """The DER EnvelopedData of an incoming message, or NotEncrypted if the message is not S/MIME-encrypted.
+
+    ``body`` is the message's body in pieces when ``message`` was parsed from its header block alone (a large
+    message read from a file)."""
     kind = message.content_type
     if kind not in ENVELOPE_TYPES:
         raise NotEncrypted(f"message is {kind}, not an S/MIME encrypted message (application/pkcs7-mime)")
@@ -109,6 +138,13 @@ def envelope_der(message: Entity) -> bytes:
     if smime_type not in _ENVELOPE_SMIME_TYPES:
         raise NotEncrypted(f"message is application/pkcs7-mime with smime-type={smime_type}, not enveloped-data")
     try:
-        return decode_body(message, what="encrypted body")
+        if body is None:
+            return decode_body(message, what="encrypted body")
+        if message.transfer_encoding == "base64":
+            return decode_base64(body, what="encrypted body")
+        if message.transfer_encoding in ("7bit", "8bit", "binary"):
+            return bytearray().join(body)
+        raise MalformedMessage(f"encrypted body: Content-Transfer-Encoding {message.transfer_encoding} is not "
+                               "base64 or binary")
     except MalformedMessage as exc:
         raise CMSError(exc.reason) from exc

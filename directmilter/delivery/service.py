@@ -18,7 +18,6 @@ encrypted to the remote sender, queued before the bounce is discarded; the proce
 from __future__ import annotations
 
 import functools
-import hashlib
 import queue
 import socket
 import threading
@@ -27,6 +26,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from directmilter import spool
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.cms.mime import parse_entity
 from directmilter.config import NotifySettings
@@ -58,6 +58,10 @@ ORPHAN_AFTER = 30.0
 _KINDS = {"processed": "processed", "dispatched": "dispatched", "failed": "failed", "delivered": "dispatched"}
 
 
+#: Types a report may hide in: the report itself, or a signature around it.
+_REPORT_HOLDERS = ("multipart/report", "multipart/signed")
+
+
 @dataclass(frozen=True)
 class IncomingDecision:
     """Who still gets the message (replays removed), and whether it was a report consumed by tracking.
@@ -69,7 +73,7 @@ class IncomingDecision:
 
     deliver_to: tuple[str, ...]
     consumed: bool = False
-    delivered: bytes = b""
+    delivered: bytes = b""  # the header block of the message delivered (what an MDN about it needs)
     sender: str = ""
     message_id: str | None = None
     digest: str = ""
@@ -169,28 +173,35 @@ class Confirmations:
                 log.warning("dsn_not_sent", recipient=recipient, target=remote, reason=exc.reason,
                             original_message_id=original)
                 continue
-            reinject(self.settings.reinject, recipient, [remote], secured.message)
+            reinject(self.settings.reinject, recipient, [remote], spool.take(secured.message))
             sent += 1
             log.info("dsn_sent", recipient=recipient, to=remote, action=action, status=status,
                      original_message_id=original)
         return sent
 
-    def screen_incoming(self, delivered: bytes, sender: str, recipients: Sequence[str],
+    def screen_incoming(self, delivered: spool.Message, sender: str, recipients: Sequence[str],
                         queue_id: str | None = None) -> IncomingDecision:
-        """Consume reports about tracked mail; leave out recipients who already received this very message."""
-        headers = parse_entity(delivered)
-        report = parse_notification(delivered)
+        """Consume reports about tracked mail; leave out recipients who already received this very message.
+
+        A large message is read whole only when its type says it may be a report (RFC 3798 and 3464 reports may
+        carry the original message); for anything else its header block is enough.
+        """
+        head = spool.head(delivered)
+        headers = parse_entity(head)
+        kind = headers.content_type
+        whole = spool.size(delivered) <= spool.SPOOL_OVER or kind.startswith("message/") or kind in _REPORT_HOLDERS
+        report = parse_notification(spool.read(delivered)) if whole else None
         if report is not None or is_notification(headers):
             return IncomingDecision(tuple(recipients), self._record_report(report, queue_id), queue_id=queue_id)
         message_id = headers.get("message-id")
-        digest = hashlib.sha256(delivered).hexdigest()
+        digest = spool.sha256(delivered)
         fresh = list(recipients)
         if message_id is not None:
             fresh = [r for r in recipients
                      if self.store.first_delivery(message_id, r, digest, time.time(), owner=self.instance)]
             for replay in set(recipients) - set(fresh):
                 log.warning("replay", message_id=message_id, recipient=replay, sender=sender)
-        return IncomingDecision(tuple(fresh), False, delivered, sender, message_id, digest, queue_id)
+        return IncomingDecision(tuple(fresh), False, head, sender, message_id, digest, queue_id)
 
     def undo(self, decision: IncomingDecision) -> None:
         if decision.message_id is not None:
@@ -275,7 +286,8 @@ class Confirmations:
             body = queued.body
             if not queued.sealed:
                 try:
-                    body = self.agent.outgoing(MessageEnvelope(queued.sender, (queued.target,), body)).message
+                    secured = self.agent.outgoing(MessageEnvelope(queued.sender, (queued.target,), body))
+                    body = spool.take(secured.message)
                 except TemporaryFailure:
                     self.store.outbox_release(queued.id, now + 30)
                     raise

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 import Milter
 
+from directmilter import spool
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.agent.envelope import Outcome
 from directmilter.config import Config
@@ -31,11 +32,12 @@ from directmilter.errors import (
     MessageTooLarge,
     NoTrustedRecipients,
     PermanentFailure,
+    TemporaryFailure,
 )
 from directmilter.log import get_logger
 from directmilter.milter import systemd
 from directmilter.milter.direction import Client, Direction, Group, direction, group
-from directmilter.milter.edits import header_edits, split_message
+from directmilter.milter.edits import header_edits, header_fields
 from directmilter.milter.runtime import Runtime, block_reload_signal
 from directmilter.policy import condition_of
 from directmilter.replies import reason_for, reply_for
@@ -45,6 +47,7 @@ log = get_logger("directmilter.milter")
 #: Body replacement is sent in chunks of this size (libmilter's limit is 64 KiB per message).
 _CHUNK = 65535
 _F = TypeVar("_F", bound=Callable[..., Any])
+_O = TypeVar("_O", bound=Outcome)
 #: How refusals are counted and audited, by the milter answer they became.
 _OUTCOME = {int(Milter.TEMPFAIL): "tempfail", int(Milter.REJECT): "rejected", int(Milter.DISCARD): "discarded",
             int(Milter.ACCEPT): "quarantined", int(Milter.CONTINUE): "held"}
@@ -86,6 +89,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             self.confirmations.committed(decision)
 
     def _reset(self) -> None:
+        self._clean_up()
         # A transaction works with one generation of configuration and agent from start to end, even across a
         # reload (see directmilter.milter.runtime).
         generation = self.runtime.current
@@ -97,9 +101,11 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         self.kind = Direction.INCOMING
         self.group: Group | None = None
         self.fields: list[tuple[str, str]] = []
-        self.chunks: list[bytes] = []
+        self.writer: spool.Writer | None = None  # the message as it arrives: a file once it is large
+        self.spool_failure: TemporaryFailure | None = None
         self.size = 0  # bytes received; past [limits] max_message_size the rest is not kept
-        self._whole: bytes | None = None
+        self._whole: spool.Message | None = None
+        self._spools: list[spool.Message] = []  # files of this transaction, removed when it ends
         self.queue_id: str | None = None
         self.held: str | None = None  # quarantine reason decided before end of message
 
@@ -203,12 +209,16 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
     @Milter.noreply  # type: ignore[untyped-decorator]
     def body(self, chunk: bytes) -> int:
         # With "noreply" the MTA does not wait for an answer here: the refusal comes at end of message, and until
-        # then an oversized body is counted, not kept.
+        # then an oversized body is counted, not kept, and a body that cannot be spooled is dropped.
         self.size += len(chunk)
-        if self.size <= self.config.limits.max_message_size:
-            self.chunks.append(chunk)
-        else:
-            self.chunks.clear()
+        if self.size > self.config.limits.max_message_size or self.spool_failure is not None:
+            if self.writer is not None:
+                self.writer.abandon()
+            return int(Milter.CONTINUE)
+        try:
+            self._writer().write(chunk)
+        except TemporaryFailure as exc:
+            self.spool_failure = exc
         return int(Milter.CONTINUE)
 
     @_guarded
@@ -222,6 +232,8 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
                                   f"{limits.max_message_size} bytes")
         if len(self.fields) > limits.max_headers:
             raise MalformedMessage(f"more than {limits.max_headers} header fields")
+        if self.spool_failure is not None:
+            raise self.spool_failure
         if not self.sender and self.group is Group.REMOTE and self.confirmations is not None:
             return self._replace_bounce(self.confirmations)
         if self.group is not Group.HOSTED and self.kind is not Direction.OUTGOING:
@@ -239,7 +251,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         if confirmations is None or (self.group is not Group.REMOTE and self.kind is Direction.OUTGOING):
             self._apply(outcome)  # local to local: no confirmation travels
         elif self.kind is Direction.OUTGOING:
-            original = self._message()
+            original = spool.head(self._message())
             self._apply(outcome)  # first: a failure here tempfails, and nothing was tracked or told to the sender
             confirmations.after_outgoing(original, self.sender, outcome.recipients, outcome.rejected)
         else:
@@ -264,7 +276,8 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
     def _replace_bounce(self, confirmations: Confirmations) -> int:
         """The MTA's report to a remote sender goes as secured DSNs instead; the clear original is discarded."""
         started = time.monotonic()
-        sent = sum(confirmations.secure_bounce(self._message(), recipient) for recipient in self.recipients)
+        bounce = spool.read(self._message())
+        sent = sum(confirmations.secure_bounce(bounce, recipient) for recipient in self.recipients)
         self._audit("bounce_secured", rejected={}, started=started, dsns=sent)
         return int(Milter.DISCARD)
 
@@ -273,47 +286,79 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         return int(Milter.CONTINUE)
 
     def close(self) -> int:
+        self._clean_up()
         try:
             self._moved_on()
         except DirectMilterError as exc:  # the record stays unconfirmed: a retry would be delivered, not lost
             log.warning("delivery_not_confirmed", reason=exc.reason)
         return int(Milter.CONTINUE)
 
+    def _clean_up(self) -> None:
+        """Remove this transaction's spool files (the message as received, what the workers made of it)."""
+        writer: spool.Writer | None = getattr(self, "writer", None)
+        if writer is not None:
+            writer.abandon()
+            self.writer = None
+        for message in getattr(self, "_spools", ()):
+            spool.remove(message)
+        self._spools = []
+
     # --- the work --------------------------------------------------------------------------------------------
 
-    def _message(self) -> bytes:
-        """The message as received; built once, and the chunks let go, so a large body is held once, not twice."""
-        if self.chunks or self._whole is None:
+    def _writer(self) -> spool.Writer:
+        """Where the message goes as it arrives (Postfix sends the whole header before the first body chunk)."""
+        if self.writer is None:
+            self.writer = spool.Writer()
             head = "".join(f"{name}: {value}\r\n" for name, value in self.fields)
-            self._whole = b"".join([head.encode("utf-8", "surrogateescape"), b"\r\n", *self.chunks])
-            self.chunks = []
+            self.writer.write(head.encode("utf-8", "surrogateescape") + b"\r\n")
+        return self.writer
+
+    def _message(self) -> spool.Message:
+        """The message as received: bytes, or a spool file once it is large (so a large body is held nowhere)."""
+        if self._whole is None:
+            self._whole = self._keep(self._writer().finish())
+            self.writer = None
         return self._whole
+
+    def _keep(self, message: spool.Message) -> spool.Message:
+        """Remember a file to remove when the transaction ends."""
+        if isinstance(message, spool.Spool):
+            self._spools.append(message)
+        return message
 
     def _process(self) -> Outcome:
         envelope = MessageEnvelope(self.sender, tuple(self.recipients), self._message())
         if self.kind is Direction.INCOMING:
-            return self.agent.incoming(envelope)
-        secured = self.agent.outgoing(envelope)
+            return self._kept(self.agent.incoming(envelope))
+        secured = self._kept(self.agent.outgoing(envelope))
         if self.group is Group.REMOTE:
             return secured
         # Local to local: the message never leaves the host, but both ends' trust is enforced all the same. The
         # envelope is our own, so neither the routing check nor the size limit (of the sealed form) applies again.
-        delivered = self.agent.incoming(MessageEnvelope(self.sender, secured.recipients, secured.message),
-                                        own_envelope=True)
+        delivered = self._kept(self.agent.incoming(MessageEnvelope(self.sender, secured.recipients, secured.message),
+                                                   own_envelope=True))
         return Outcome(delivered.message, delivered.recipients, {**secured.rejected, **delivered.rejected})
+
+    def _kept(self, outcome: _O) -> _O:
+        self._keep(outcome.message)
+        return outcome
 
     def _apply(self, outcome: Outcome) -> None:
         """Edits in the order libmilter requires: recipients, headers, then the body in consecutive chunks."""
         for recipient in outcome.rejected:
             self.delrcpt(f"<{recipient}>")
-        fields, body = split_message(outcome.message)
-        for edit in header_edits(self.fields, fields):
+        head = spool.head(outcome.message)
+        for edit in header_edits(self.fields, header_fields(head)):
             if edit.value is None:
                 self.chgheader(edit.name, edit.index, "")
             else:
                 self.addheader(edit.name, edit.value.replace("\r\n", "\n"))
-        for start in range(0, max(len(body), 1), _CHUNK):
-            self.replacebody(bytes(body[start : start + _CHUNK]))
+        replaced = False
+        for chunk in spool.blocks(outcome.message, start=len(head), block=_CHUNK):
+            self.replacebody(chunk)
+            replaced = True
+        if not replaced:
+            self.replacebody(b"")
 
     def _audit(self, event: str, *, rejected: dict[str, DirectMilterError], started: float, **extra: Any) -> None:
         """One audit record per decision: queue id, Message-ID, envelope, removals and why; never content."""

@@ -22,17 +22,13 @@ class HeaderEdit:
     index: int = 0
 
 
-def split_message(message: bytes) -> tuple[list[tuple[str, str]], memoryview]:
-    """The header fields as (name, value) pairs the way a milter sees them, and the body (a view: no copy of a
-    large body is made here)."""
-    end = message.find(b"\r\n\r\n")
-    head_end = len(message) if end < 0 else end + 4
-    entity = parse_entity(message[:head_end])
+def header_fields(head: bytes) -> list[tuple[str, str]]:
+    """The header fields of a header block as (name, value) pairs, the way a milter sees them."""
     fields = []
-    for header in entity.headers:
+    for header in parse_entity(head).headers:
         name, _, value = header.raw.decode("utf-8", "surrogateescape").partition(":")
         fields.append((name, value.removeprefix(" ").removesuffix("\r\n")))
-    return fields, memoryview(message)[head_end:]
+    return fields
 
 
 def header_edits(original: list[tuple[str, str]], new: list[tuple[str, str]]) -> list[HeaderEdit]:

@@ -1,0 +1,135 @@
+"""Large messages: spool files instead of memory, sealing and opening a block at a time, BER from streaming senders.
+
+The memory figures themselves are a benchmark (bench/memory.py); these tests prove the paths that make them
+possible give the same messages as the in-memory ones, leave no file behind, and fail closed when the disk is full.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import opensslpeer as peer
+import pytest
+from conftest import World, attached_message, envelope, plain_message
+from mta import tmpfs
+
+from directmilter import cms, spool
+from directmilter.agent import Agent
+from directmilter.agent.crypto import open_message, seal
+from directmilter.errors import CMSError, TemporaryFailure
+
+ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
+MIB = 1 << 20
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary folder of the test's own, for this process and the crypto workers it spawns."""
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A 512 KiB tmpfs as the temporary folder: a full disk, for real (CI runs as root)."""
+    with tmpfs(tmp_path / "small", "512k") as folder:
+        monkeypatch.setenv("TMPDIR", str(folder))
+        yield folder
+
+
+def test_small_messages_stay_in_memory_and_large_ones_go_to_a_private_file(private_tmp: Path) -> None:
+    assert spool.collect([b"a" * 1000, b"b" * 1000]) == b"a" * 1000 + b"b" * 1000
+    pieces = [os.urandom(700_000) for _ in range(3)]
+    large = spool.collect(pieces)
+    assert isinstance(large, spool.Spool) and large.size == 2_100_000
+    assert stat.S_IMODE(os.stat(large.path).st_mode) == 0o600
+    assert spool.read(large) == b"".join(pieces)
+    assert b"".join(spool.blocks(large, start=10, block=4096)) == b"".join(pieces)[10:]
+    spool.remove(large)
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_head_of_a_spooled_message_is_its_header_block(private_tmp: Path) -> None:
+    message = attached_message(3 * MIB)
+    spooled = spool.collect([message])
+    assert spool.head(spooled) == message[: message.index(b"\r\n\r\n") + 4]
+    assert spool.sha256(spooled) == spool.sha256(message)
+    assert spool.take(spooled) == message and list(private_tmp.iterdir()) == []
+
+
+def test_a_full_disk_is_a_temporary_failure_and_leaves_nothing(full_disk: Path) -> None:
+    writer = spool.Writer()
+    with pytest.raises(TemporaryFailure, match=r"cannot be spooled to disk .*No space left on device"):
+        for _ in range(4):
+            writer.write(os.urandom(300_000))
+    assert list(full_disk.iterdir()) == []
+
+
+def test_sealing_and_opening_in_pieces_match_the_whole_message_path(world: World, private_tmp: Path) -> None:
+    """The worker path (spool in, spool out) gives what the in-memory path gives: OpenSSL opens the sealed spool,
+    and opening it from its file delivers the original byte for byte."""
+    message = attached_message(3 * MIB)
+    config_a, config_b = world.hisp_a(), world.hisp_b()
+    original = spool.collect([message])
+    sealed = seal(config_a, original, ALICE, [world.alice.cert], [world.bob.cert], emit=spool.collect)
+    assert isinstance(sealed, spool.Spool)
+    inner = peer.verify(peer.decrypt(spool.read(sealed), world.bob), world.r1.cert_path)
+    assert message.split(b"\r\n\r\n", 1)[1] in inner
+    opened = open_message(config_b, sealed, [BOB], emit=spool.collect)
+    [content] = opened.contents
+    assert content.report.valid and spool.read(content.message) == message
+    for item in (original, sealed, content.message):
+        spool.remove(item)
+    assert sorted(private_tmp.iterdir()) == []
+
+
+def test_workers_hand_large_messages_over_in_files_and_leave_none(world: World, private_tmp: Path) -> None:
+    message = attached_message(2 * MIB)
+    a, b = Agent(world.hisp_a(), workers=1), Agent(world.hisp_b(), workers=1)
+    try:
+        sent = a.outgoing(envelope(message, ALICE, BOB))
+        assert isinstance(sent.message, spool.Spool)
+        received = b.incoming(envelope(sent.message, ALICE, BOB))  # type: ignore[arg-type]
+        assert isinstance(received.message, spool.Spool) and spool.read(received.message) == message
+        spool.remove(sent.message)
+        spool.remove(received.message)
+        refused = b.incoming(envelope(sent.message, ALICE, "bob2@direct.b.test"))  # removed: a missing spool file
+    except TemporaryFailure as exc:  # a worker cannot read a file that is gone: the message is deferred
+        refused = exc
+    finally:
+        a.close()
+        b.close()
+    assert isinstance(refused, TemporaryFailure)
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("cipher", ["aes256", "aes-256-gcm"])
+def test_ber_from_a_streaming_sender_is_opened(world: World, cipher: str) -> None:
+    """``openssl cms -encrypt -stream``: indefinite lengths everywhere and the ciphertext in 4 KiB OCTET STRING
+    segments (as BouncyCastle-based agents send); 200 KiB makes fifty of them."""
+    body = os.urandom(150_000).hex().encode()[:200_000]
+    entity = b"Content-Type: text/plain\r\n\r\n" + body + b"\r\n"
+    wire = b"From: alice@direct.a.test\r\nTo: bob@direct.b.test\r\n" + peer.encrypt(
+        peer.sign(entity, world.alice), [world.bob.cert_path], cipher=cipher, stream=True)
+    envelope_der = cms.parse_secured(wire, world.hisp_b().crypto.accept_ciphers).envelope
+    assert len(envelope_der._spans) > 40
+    received = Agent(world.hisp_b()).incoming(envelope(wire, ALICE, BOB))
+    assert received.recipients == (BOB,) and body in received.message  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("cut", [1, 17, 300, 5000])
+def test_truncated_ber_is_refused_by_name(world: World, cut: int) -> None:
+    der = peer.run(["cms", "-encrypt", "-binary", "-stream", "-aes256", "-outform", "DER", world.bob.cert_path],
+                   b"Content-Type: text/plain\r\n\r\n" + b"x" * 9000)
+    with pytest.raises(CMSError, match="not a valid CMS EnvelopedData"):
+        cms.Envelope.parse(der[:-cut])
+
+
+def test_small_messages_never_touch_the_disk(world: World, private_tmp: Path) -> None:
+    sealed = seal(world.hisp_a(), plain_message(), ALICE, [world.alice.cert], [world.bob.cert], emit=spool.collect)
+    assert isinstance(sealed, bytes) and list(private_tmp.iterdir()) == []
