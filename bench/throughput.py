@@ -3,13 +3,15 @@
 Outgoing: messages submitted to HISP A's submission listener are secured and relayed to a sink. Incoming:
 secured messages sent to HISP B's MX are opened and relayed (Postfix) to a sink. At 10 KiB and 1 MiB, with 1
 and 2 cores in use (the whole run pinned with taskset; directmilter gets as many crypto workers as cores).
-Reported as messages/s and as ratios to the pass-through milter. Run: .venv/bin/python bench/throughput.py
+Reported as messages/s and as ratios to the pass-through milter. Both milters listen on a unix socket (the
+packaged default) or, with ``--socket inet``, on loopback TCP. Run: .venv/bin/python bench/throughput.py
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import grp
 import os
 import subprocess
 import sys
@@ -53,15 +55,15 @@ def blast(port: int, messages: list[bytes], sink: Sink, sender: str, rcpt: str) 
     return time.perf_counter() - started
 
 
-def passthrough(port: int, log: Path) -> subprocess.Popen[bytes]:
+def passthrough(spec: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "passthrough_milter.py"), str(port)],
+        process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "passthrough_milter.py"), spec],
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     time.sleep(1.0)
     return process
 
 
-def run(cores: int) -> dict[tuple[str, str, int], float]:
+def run(cores: int, unix: bool) -> dict[tuple[str, str, int], float]:
     configure("error")
     w = world()
     rates: dict[tuple[str, str, int], float] = {}
@@ -77,16 +79,20 @@ def run(cores: int) -> dict[tuple[str, str, int], float]:
     sealer = Agent(load_config(conf_a))
     with scratch_dir("directmilter-bench-") as root, Sink(root / "wire") as sink:
         for variant in ("none", "passthrough", "directmilter"):
-            port = free_port()
-            spec = None if variant == "none" else f"inet:127.0.0.1:{port}"
+            port, path = free_port(), root / f"{variant}.sock"
+            spec = None if variant == "none" else f"unix:{path}" if unix else f"inet:127.0.0.1:{port}"
             helpers: list[Any] = []
             if variant == "passthrough":
-                helpers.append(passthrough(port, root / "passthrough.log"))
+                helpers.append(passthrough(f"unix:{path}" if unix else f"inet:{port}@127.0.0.1",
+                                           root / "passthrough.log"))
             for direction in ("outgoing", "incoming"):
                 milter = None
                 if variant == "directmilter":
+                    path.unlink(missing_ok=True)
                     milter = Milterd(conf_a if direction == "outgoing" else conf_b, root / f"{direction}.log",
-                                     port=port).start()
+                                     port=port, unix=path if unix else None).start()
+                    if unix:  # the socket is 0660; deployed, the daemon runs with Postfix's group
+                        os.chown(path, -1, grp.getgrnam("postfix").gr_gid)
                     time.sleep(2.0)  # the crypto workers start
                 name = "a" if direction == "outgoing" else "b"
                 mailboxes = {ALICE: "alice"} if name == "a" else {}
@@ -117,17 +123,19 @@ def run(cores: int) -> dict[tuple[str, str, int], float]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cores", type=int, help="(internal) the core count this run is pinned to")
+    parser.add_argument("--socket", choices=("unix", "inet"), default="unix", help="how the milters listen")
     args = parser.parse_args()
     if args.cores:
-        rates = run(args.cores)
+        rates = run(args.cores, args.socket == "unix")
         for (variant, direction, size), rate in rates.items():
             print(f"RATE {args.cores} {variant} {direction} {size} {rate:.3f}", flush=True)
         return 0
-    print(f"# bench/throughput.py on {machine()}; concurrency {CONCURRENCY}")
+    print(f"# bench/throughput.py on {machine()}; concurrency {CONCURRENCY}; {args.socket} milter sockets")
     table: dict[tuple[int, str, str, int], float] = {}
     for cores in (1, 2):
         cpus = ",".join(str(c) for c in range(cores))
-        out = subprocess.run(["taskset", "-c", cpus, sys.executable, __file__, "--cores", str(cores)],
+        out = subprocess.run(["taskset", "-c", cpus, sys.executable, __file__, "--cores", str(cores), "--socket",
+                              args.socket],
                              capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print(out.stdout[-2000:], out.stderr[-4000:])

@@ -42,6 +42,8 @@ from directmilter.keys.load import dedupe_certificates as _dedupe
 from directmilter.policy import DEFAULTS as ACTION_DEFAULTS
 from directmilter.policy import Actions, check_action
 from directmilter.trust.bundles import is_bundle_url
+from directmilter.trust.certificate_policy import DIRECTIONS as POLICY_DIRECTIONS
+from directmilter.trust.certificate_policy import CertificatePolicy
 
 __all__ = [
     "CIPHERS_ACCEPT",
@@ -106,7 +108,7 @@ Direction = Literal["incoming", "outgoing"]
 _DIRECTIONS: tuple[Direction, ...] = ("incoming", "outgoing")
 
 _SECTIONS = ("agent", "milter", "discovery", "trust", "notify", "domains", "addresses", "certificates", "limits",
-             "actions")
+             "actions", "policy")
 _AGENT_KEYS = (
     "digest",
     "cipher",
@@ -116,7 +118,7 @@ _AGENT_KEYS = (
     "accept_ciphers",
     "certificate_sha1",
 )
-_PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors", "revocation", "routing_check")
+_PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors", "revocation", "routing_check", "policy")
 _TRUST_KEYS = ("fetch", "revocation", "http_timeout", "max_download", "bundle_refresh", "bundle_cache",
                "min_rsa_bits", "enforce_key_usage")
 REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
@@ -250,6 +252,8 @@ class Party:
     bundles_in: tuple[str, ...] = ()  # trust bundle URLs, part of the anchors set wherever anchors_in is set
     bundles_out: tuple[str, ...] = ()
     routing_check: bool | None = None  # None: inherit (address -> domain -> on)
+    #: Certificate policy settings this table sets, per direction (the rest is inherited: domain, then [policy]).
+    policy: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def anchors(self, direction: Direction) -> tuple[x509.Certificate, ...] | None:
         _check_direction(direction)
@@ -281,6 +285,8 @@ class Config:
     notify: NotifySettings = NotifySettings()
     limits: Limits = Limits()
     actions: Actions = field(default_factory=Actions)
+    policies: Mapping[str, CertificatePolicy] = field(
+        default_factory=lambda: {direction: CertificatePolicy() for direction in POLICY_DIRECTIONS})
 
     def domain_of(self, address: str) -> Party | None:
         """The hosted domain of an address (or a bare domain name), or None when it is not hosted here."""
@@ -307,6 +313,15 @@ class Config:
             if party is not None and party.routing_check is not None:
                 return party.routing_check
         return True
+
+    def policy_for(self, address: str, direction: str) -> CertificatePolicy:
+        """The certificate policy a hosted address applies in one direction (``recipients``, ``signers``, ``own``):
+        ``[policy.<direction>]`` with its domain's settings over it, and the address's over those."""
+        policy = self.policies[direction]
+        for party in (self.domain_of(address), self.address_party(address)):
+            if party is not None and direction in party.policy:
+                policy = policy.overridden(party.policy[direction])
+        return policy
 
     def revocation_for(self, address: str) -> str:
         """The revocation policy that applies to a hosted address's trust decisions (address, domain, [trust])."""
@@ -548,6 +563,7 @@ class _Loader:
             bundles_out=bundles["outgoing_anchors"] if outgoing is not None else bundles["anchors"],
             revocation=self.revocation(table, key, "") if "revocation" in table else None,
             routing_check=self.typed(table, "routing_check", key, bool, True) if "routing_check" in table else None,
+            policy=self.policy_tables(table.get("policy", {}), f"{key}.policy"),
         )
 
     def domains(self, data: Mapping[str, object]) -> dict[str, Party]:
@@ -600,6 +616,24 @@ class _Loader:
                 chosen[name.removeprefix("on_")] = action
         return Actions(chosen)
 
+    def policy_tables(self, value: object, key: str) -> dict[str, Mapping[str, Any]]:
+        """A ``policy`` table: per direction, settings checked by applying them to the default policy."""
+        table = self.table(value, key)
+        self.known(table, POLICY_DIRECTIONS, key, "direction")
+        found: dict[str, Mapping[str, Any]] = {}
+        for direction, settings in table.items():
+            child = f"{key}.{direction}"
+            try:
+                CertificatePolicy().overridden(self.table(settings, child))
+            except ValueError as exc:
+                raise self.err(child, str(exc)) from None
+            found[direction] = settings
+        return found
+
+    def policies(self, data: Mapping[str, object]) -> dict[str, CertificatePolicy]:
+        tables = self.policy_tables(data.get("policy", {}), "[policy]")
+        return {direction: CertificatePolicy().overridden(tables.get(direction, {})) for direction in POLICY_DIRECTIONS}
+
     def limits(self, data: Mapping[str, object]) -> Limits:
         key = "[limits]"
         table = self.table(data.get("limits", {}), key)
@@ -632,6 +666,7 @@ class _Loader:
             notify=self.notify(data),
             limits=self.limits(data),
             actions=self.actions(data),
+            policies=MappingProxyType(self.policies(data)),
         )
 
     def host_port(self, table: Mapping[str, object], name: str, key: str, what: str = "") -> tuple[str, int] | None:
@@ -889,6 +924,8 @@ def describe(config: Config, now: datetime.datetime | None = None) -> list[str]:
         policy = (f"revocation {config.revocation_for(party.name)}, routing check "
                   f"{'on' if config.checks_routing(party.name) else 'off'}")
         lines.append(f"{kind} {party.name}: {keys}, {', '.join(anchors)}; {policy}")
+        for job in POLICY_DIRECTIONS:
+            lines.append(f"  {job} certificates: {config.policy_for(party.name, job).describe()}")
         for index, identity in enumerate(party.identities, 1):
             lines.append(f"  key {index}: {_key_line(identity)}")
         warnings.extend(_identity_warnings(party, f"{kind} {party.name}", now))

@@ -105,6 +105,10 @@ class CertificateRevoked(TrustError):
     """A certificate of the path is revoked (CRL or OCSP)."""
 
 
+class PolicyViolation(TrustError):
+    """A trusted certificate that the hosted party's certificate policy does not accept (key size, usage, ...)."""
+
+
 class NoTrustPath(TrustError):
     """No path from the certificate to one of the configured trust anchors (or no anchors configured at all)."""
 

@@ -237,6 +237,7 @@ class PKI:
         crl_url: str | None = None,
         ocsp_url: str | None = None,
         self_signed: bool = False,
+        policies: Iterable[str] = (),
     ) -> Issued:
         """End-entity certificate.
 
@@ -244,6 +245,7 @@ class PKI:
         emailAddress attribute.  ``key_usage=None`` omits the keyUsage extension (EC keys
         that should receive mail want ``{"digitalSignature", "keyAgreement"}``).
         ``self_signed=True`` requires ``issuer=None`` and yields a non-CA self-signed leaf.
+        ``policies`` are dotted certificate policy OIDs (a certificatePolicies extension when given).
         """
         if self_signed != (issuer is None):
             raise ValueError("pass issuer=None exactly when self_signed=True")
@@ -257,6 +259,9 @@ class PKI:
             exts.append((_key_usage(key_usage), True))
         if extended_key_usage is not None:
             exts.append((x509.ExtendedKeyUsage([_EKU[n] for n in extended_key_usage]), False))
+        if policies:
+            exts.append((x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier(oid), None)
+                                                   for oid in policies]), False))
         sans: list[x509.GeneralName] = []
         if email:
             sans.append(x509.RFC822Name(email))

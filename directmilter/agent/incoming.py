@@ -96,7 +96,8 @@ def _trusted_signers(
     enforce = ctx.config.trust.enforce_key_usage
     trusted, error = trusted_certificates(ctx.validator, sender, candidates, anchors, pool, moment=moment,
                                           revocation=ctx.config.revocation_for(recipient),
-                                          key_usage=_SIGNING if enforce else frozenset(), email_protection=enforce)
+                                          key_usage=_SIGNING if enforce else frozenset(), email_protection=enforce,
+                                          policy=ctx.config.policy_for(recipient, "signers"))
     if trusted:
         return trusted
     if error is None:

@@ -2,7 +2,8 @@
 
 The operator's first tool when a recipient is refused: each method (our hosted certificates, the out-of-band
 store, DNS CERT, LDAP) is asked for the address and for its domain, and every certificate found is judged the way
-Process Outgoing judges it — binding, RSA key, key usage, path to the sender's anchors — with the reason when not.
+Process Outgoing judges it — binding, RSA key, the sender's certificate policy for recipients, key usage, path to
+the sender's anchors — with the reason when not.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def explain(ctx: AgentContext, address: str, sender: str | None, moment: datetim
                 lines.append(f"  {method:6} {name}: nothing found")
             for cert in found:
                 lines.append(f"  {method:6} {name}: {describe_certificate(cert)}")
-                lines.append(f"         -> {_verdict(ctx, cert, address, anchors, moment)}")
+                lines.append(f"         -> {_verdict(ctx, cert, address, anchors, judge, moment)}")
     if judge:
         try:
             usable = recipient_certificates(ctx, judge, address, moment)
@@ -49,12 +50,15 @@ def explain(ctx: AgentContext, address: str, sender: str | None, moment: datetim
 
 def _verdict(
     ctx: AgentContext, cert: x509.Certificate, address: str, anchors: tuple[x509.Certificate, ...],
-    moment: datetime | None,
+    judge: str | None, moment: datetime | None,
 ) -> str:
     if bound_to(cert, address) is None:
         return "not used: " + binding_error(cert, address)
     if not isinstance(cert.public_key(), rsa.RSAPublicKey):
         return "not used: no RSA key (needed for key transport)"
+    violation = ctx.config.policy_for(judge or "", "recipients").violation(cert)
+    if violation is not None:
+        return f"not used: refused by the recipients policy{f' of {judge}' if judge else ''}: {violation}"
     if not anchors:
         return "bound to the address; trust not judged (no anchors)"
     try:

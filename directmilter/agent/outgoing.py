@@ -60,7 +60,13 @@ def sender_identities(ctx: AgentContext, sender: str, moment: datetime | None = 
             f"sender {sender}: no certificate that allows signing (keyUsage without digitalSignature: "
             f"{describe_certificate(valid[0].certificate)})"
         )
-    valid = signing
+    own = ctx.config.policy_for(sender, "own")
+    refused = [(i, reason) for i in signing if (reason := own.violation(i.certificate)) is not None]
+    if refused and len(refused) == len(signing):
+        identity, reason = refused[0]
+        raise SenderNotConfigured(f"sender {sender}: no signing certificate meets the policy for our own keys: "
+                                  f"{reason} ({describe_certificate(identity.certificate)})")
+    valid = [i for i in signing if all(i is not r for r, _ in refused)]
     if not valid:
         first = identities[0].certificate
         raise SenderNotConfigured(
@@ -85,7 +91,7 @@ def recipient_certificates(
         trusted, failure = trusted_certificates(
             ctx.validator, recipient, lookup.certificates, anchors, (*ctx.intermediates, *lookup.certificates),
             moment=moment, key_usage=_ENCRYPTION, revocation=ctx.config.revocation_for(sender),
-            email_protection=ctx.config.trust.enforce_key_usage,
+            email_protection=ctx.config.trust.enforce_key_usage, policy=ctx.config.policy_for(sender, "recipients"),
         )
         found = [c for c in trusted if isinstance(c.public_key(), rsa.RSAPublicKey)]
         if found:

@@ -14,9 +14,10 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from directmilter.errors import NoCertificate, TrustError
+from directmilter.errors import NoCertificate, PolicyViolation, TrustError
 from directmilter.log import get_logger
 from directmilter.trust.binding import binding_error, bound_to, describe_certificate
+from directmilter.trust.certificate_policy import CertificatePolicy
 from directmilter.trust.validator import TrustValidator
 
 log = get_logger("directmilter.trust")
@@ -33,8 +34,10 @@ def trusted_certificates(
     key_usage: frozenset[str] = frozenset(),
     revocation: str | None = None,
     email_protection: bool = False,
+    policy: CertificatePolicy | None = None,
 ) -> tuple[list[x509.Certificate], TrustError | None]:
-    """The candidates bound to ``address`` whose path reaches ``anchors``, and why the first other one failed.
+    """The candidates bound to ``address`` that meet ``policy`` and whose path reaches ``anchors``, and why the
+    first other one failed.
 
     The error explains the refusal when the list is empty: the first unbound or untrusted certificate, or
     :class:`NoCertificate` when there were no candidates at all.
@@ -45,6 +48,9 @@ def trusted_certificates(
         try:
             if bound_to(cert, address) is None:
                 raise TrustError(binding_error(cert, address))
+            violation = policy.violation(cert) if policy is not None else None
+            if violation is not None:  # checked before the path: no network is spent on a certificate never used
+                raise PolicyViolation(f"certificate ({describe_certificate(cert)}) is refused by policy: {violation}")
             path = validator.validate(cert, anchors, intermediates, moment=moment, key_usage=key_usage,
                                       revocation_mode=revocation)
             if email_protection:
