@@ -125,7 +125,7 @@ REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
 _LIMITS_KEYS = ("max_message_size", "max_headers", "max_mime_depth", "max_certificates")
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
-                "other_mail", "timeout", "metrics", "workers")
+                "other_mail", "timeout", "metrics", "workers", "inline_below")
 _OTHER_MAIL = ("accept", "reject")
 _NOTIFY_KEYS = ("mdn", "reinject", "tracking", "processed_timeout", "dispatched_timeout", "sweep_interval",
                 "consume_notifications", "reporting_mta", "mdn_delay")
@@ -182,6 +182,9 @@ class MilterSettings:
     #: Worker processes for signing, encrypting, decrypting and verifying; None: one per CPU; 0: in the milter's
     #: threads (which share one GIL, so one core).
     workers: int | None = None
+    #: Messages smaller than this (bytes) are handled in the milter's thread even with workers: for them the
+    #: round trip to a worker costs more CPU than the crypto itself.
+    inline_below: int = 64 * 1024
 
     def worker_count(self) -> int:
         return (os.cpu_count() or 1) if self.workers is None else self.workers
@@ -789,7 +792,14 @@ class _Loader:
             timeout=timeout,
             metrics=self.host_port(table, "metrics", key),
             workers=self.workers(table, key),
+            inline_below=self.byte_count(table, "inline_below", key, default.inline_below),
         )
+
+    def byte_count(self, table: Mapping[str, object], name: str, key: str, default: int) -> int:
+        value = self.typed(table, name, key, int, default)
+        if value < 0:
+            raise self.err(f"{key}.{name}", f"{value}: must be a number of bytes, 0 or more")
+        return value
 
     def workers(self, table: Mapping[str, object], key: str) -> int | None:
         if "workers" not in table:

@@ -86,7 +86,8 @@ class Agent:
         if workers > 0:
             from directmilter.agent.workers import WorkerPool
 
-            crypto = WorkerPool(config, workers, timeout=max(30.0, config.milter.timeout / 2))
+            crypto = WorkerPool(config, workers, timeout=max(30.0, config.milter.timeout / 2),
+                                inline_below=config.milter.inline_below)
         self.context = AgentContext(
             config=config,
             source=ChainedSources(*default_sources(config), *sources),

@@ -79,8 +79,11 @@ def _open(message: Message, recipients: Sequence[str]) -> Opened:
 
 class WorkerPool:
     def __init__(self, config: Config, processes: int, *, timeout: float = 120.0, log_level: str = "info",
-                 json_logs: bool = False) -> None:
+                 json_logs: bool = False, inline_below: int = 0) -> None:
+        """Messages under ``inline_below`` bytes are handled in the calling thread: the round trip to a worker
+        (pickling, three thread hand-offs, the pipe) would cost more than sealing or opening them."""
         self.config = config
+        self.inline_below = inline_below
         self.processes = processes
         self.timeout = timeout
         self._initargs = (str(config.path), log_level, json_logs)
@@ -118,6 +121,8 @@ class WorkerPool:
 
     def seal(self, message: Message, sender: str, signers: Sequence[x509.Certificate],
              recipients: Sequence[x509.Certificate]) -> Message:
+        if spool.size(message) < self.inline_below:
+            return seal(self.config, message, sender, signers, recipients)
         item, made = _crossing(message)
         try:
             return self._call("signing and encrypting", _seal, item, sender, tuple(signers), tuple(recipients))
@@ -126,6 +131,8 @@ class WorkerPool:
                 spool.remove(item)
 
     def open(self, message: Message, recipients: Sequence[str]) -> Opened:
+        if spool.size(message) < self.inline_below:
+            return open_message(self.config, message, recipients)
         item, made = _crossing(message)
         try:
             return self._call("decrypting and verifying", _open, item, tuple(recipients))

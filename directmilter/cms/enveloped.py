@@ -8,6 +8,7 @@ private keys until one opens it, as the agent algorithm's Process Incoming asks.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms as ciphers
 from cryptography.hazmat.primitives.ciphers import modes
 
 from directmilter.cms import algorithms
+from directmilter.cms.der import header, same_name
 from directmilter.cms.mime import Chunk
 from directmilter.errors import CMSError, DecryptionFailed, NotEncrypted, NotEncryptedForRecipient
 from directmilter.keys.identity import PrivateIdentity
@@ -74,7 +76,7 @@ def encrypt_stream(
     if key_transport not in algorithms.KEY_TRANSPORTS or recipient_id not in algorithms.RECIPIENT_IDS:
         raise CMSError(f"unknown key transport {key_transport!r} or recipient id {recipient_id!r}")
     key = os.urandom(algorithm.key_size)
-    infos = cms.RecipientInfos([_recipient_info(cert, key, key_transport, recipient_id) for cert in recipients])
+    infos = b"".join(_recipient_info(cert, key, key_transport, recipient_id) for cert in recipients)
     params: core.Asn1Value
     encryptor: Any
     if algorithm.aead:
@@ -90,13 +92,13 @@ def encrypt_stream(
         kind, sealed_length, mac_length = "enveloped_data", (length // 16 + 1) * 16, 0
     content_algorithm = algos.EncryptionAlgorithm(
         {"algorithm": algorithm.asn1, "parameters": core.Any.load(params.dump())}).dump()
-    info_head = cms.ContentType("data").dump() + content_algorithm + _header(0x80, sealed_length)
+    info_head = cms.ContentType("data").dump() + content_algorithm + header(0x80, sealed_length)
     info_length = len(info_head) + sealed_length
-    fields = core.Integer(version).dump() + infos.dump() + _header(0x30, info_length)
+    fields = core.Integer(version).dump() + header(0x31, len(infos)) + infos + header(0x30, info_length)
     data_length = len(fields) + info_length + mac_length
-    explicit = _header(0x30, data_length)
-    outer = cms.ContentType(kind).dump() + _header(0xA0, len(explicit) + data_length)
-    yield _header(0x30, len(outer) + len(explicit) + data_length) + outer + explicit + fields + info_head
+    explicit = header(0x30, data_length)
+    outer = cms.ContentType(kind).dump() + header(0xA0, len(explicit) + data_length)
+    yield header(0x30, len(outer) + len(explicit) + data_length) + outer + explicit + fields + info_head
     padder = None if algorithm.aead else sym_padding.PKCS7(128).padder()
     written = 0
     for piece in blocks(content):
@@ -106,7 +108,7 @@ def encrypt_stream(
         raise CMSError(f"internal: {written} bytes to encrypt, {length} announced")
     yield (encryptor.update(padder.finalize()) if padder else b"") + encryptor.finalize()
     if algorithm.aead:
-        yield _header(0x04, _GCM_TAG) + encryptor.tag
+        yield header(0x04, _GCM_TAG) + encryptor.tag
 
 
 def blocks(pieces: Iterable[Chunk], size: int = 1 << 20) -> Iterator[Chunk]:
@@ -120,44 +122,40 @@ def blocks(pieces: Iterable[Chunk], size: int = 1 << 20) -> Iterator[Chunk]:
                 yield view[start : start + size]
 
 
-def _header(tag: int, length: int) -> bytes:
-    """A DER identifier and definite length (X.690 8.1.3)."""
-    if length < 0x80:
-        return bytes((tag, length))
-    size = (length.bit_length() + 7) // 8
-    return bytes((tag, 0x80 | size)) + length.to_bytes(size, "big")
-
-
-def _recipient_info(cert: x509.Certificate, key: bytes, key_transport: str, recipient_id: str) -> cms.RecipientInfo:
+def _recipient_info(cert: x509.Certificate, key: bytes, key_transport: str, recipient_id: str) -> bytes:
+    """The DER of a KeyTransRecipientInfo (RFC 5652 6.2.1) carrying ``key`` for ``cert``'s RSA key."""
     public_key = cert.public_key()
     if not isinstance(public_key, rsa.RSAPublicKey):
         raise CMSError(f"recipient certificate {cert.subject.rfc4514_string()} has no RSA key for key transport")
     if key_transport == "rsa-oaep":
         # Default RSAES-OAEP parameters (SHA-1, MGF1-SHA-1): what OpenSSL, BouncyCastle and .NET peers all read.
         encrypted = public_key.encrypt(key, _oaep(algorithms.hash_for("sha1"), algorithms.hash_for("sha1")))
-        transport = {"algorithm": "rsaes_oaep", "parameters": algos.RSAESOAEPParams.load(b"\x30\x00")}
     else:
         encrypted = public_key.encrypt(key, padding.PKCS1v15())
-        transport = {"algorithm": "rsaes_pkcs1v15"}
-    asn1_cert = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
-    if recipient_id == "subject-key-identifier":
-        rid = cms.RecipientIdentifier({"subject_key_identifier": _key_identifier(cert)})
-        version = "v2"
+    head = _recipient_head(cert.public_bytes(serialization.Encoding.DER), key_transport, recipient_id)
+    body = head + header(0x04, len(encrypted)) + encrypted
+    return header(0x30, len(body)) + body
+
+
+@functools.lru_cache(maxsize=1024)
+def _recipient_head(certificate_der: bytes, key_transport: str, recipient_id: str) -> bytes:
+    """What a certificate's KeyTransRecipientInfo holds before the encrypted key (the same for every message):
+    version, recipient identifier and key transport algorithm, encoded once."""
+    if key_transport == "rsa-oaep":
+        transport = {"algorithm": "rsaes_oaep", "parameters": algos.RSAESOAEPParams.load(b"\x30\x00")}
     else:
+        transport = {"algorithm": "rsaes_pkcs1v15"}
+    if recipient_id == "subject-key-identifier":
+        rid = cms.RecipientIdentifier(
+            {"subject_key_identifier": _key_identifier(x509.load_der_x509_certificate(certificate_der))})
+        version = 2
+    else:
+        asn1_cert = asn1_x509.Certificate.load(certificate_der)
         rid = cms.RecipientIdentifier(
             {"issuer_and_serial_number": {"issuer": asn1_cert.issuer, "serial_number": asn1_cert.serial_number}}
         )
-        version = "v0"
-    return cms.RecipientInfo(
-        {
-            "ktri": {
-                "version": version,
-                "rid": rid,
-                "key_encryption_algorithm": transport,
-                "encrypted_key": encrypted,
-            }
-        }
-    )
+        version = 0
+    return bytes(core.Integer(version).dump() + rid.dump() + cms.KeyEncryptionAlgorithm(transport).dump())
 
 
 def _key_identifier(cert: x509.Certificate) -> bytes:
@@ -223,7 +221,7 @@ class Envelope:
                 if auth_field is not None:
                     # The AAD is the DER of the attributes tagged as a SET (RFC 5083 2.2), as the sender encoded them.
                     values = bytes(der[auth_field.start : auth_field.end])
-                    auth = _header(0x31, len(values)) + values
+                    auth = header(0x31, len(values)) + values
             ktris = tuple(ri.chosen for ri in infos if ri.name == "ktri")
         except CMSError:
             raise
@@ -385,7 +383,7 @@ def _matches(ri: cms.KeyTransRecipientInfo, identity: PrivateIdentity) -> bool:
         asn1_cert = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
         return bool(
             rid.chosen["serial_number"].native == asn1_cert.serial_number
-            and rid.chosen["issuer"] == asn1_cert.issuer
+            and same_name(rid.chosen["issuer"], asn1_cert.issuer)
         )
     return bool(rid.chosen.native == _key_identifier(cert))
 

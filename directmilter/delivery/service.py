@@ -183,13 +183,14 @@ class Confirmations:
                         queue_id: str | None = None) -> IncomingDecision:
         """Consume reports about tracked mail; leave out recipients who already received this very message.
 
-        A large message is read whole only when its type says it may be a report (RFC 3798 and 3464 reports may
-        carry the original message); for anything else its header block is enough.
+        The message is read whole only when its type says it may be a report (a report, or a message/rfc822 or
+        multipart/signed around one: what :func:`parse_notification` looks through); for anything else, however
+        large, its header block is enough.
         """
         head = spool.head(delivered)
         headers = parse_entity(head)
         kind = headers.content_type
-        whole = spool.size(delivered) <= spool.SPOOL_OVER or kind.startswith("message/") or kind in _REPORT_HOLDERS
+        whole = kind.startswith("message/") or kind in _REPORT_HOLDERS
         report = parse_notification(spool.read(delivered)) if whole else None
         if report is not None or is_notification(headers):
             return IncomingDecision(tuple(recipients), self._record_report(report, queue_id), queue_id=queue_id)
