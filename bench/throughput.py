@@ -30,7 +30,7 @@ from directmilter.agent import Agent, MessageEnvelope
 from directmilter.config import load_config
 from directmilter.log import configure
 
-CASES = [(10 * KIB, 300), (1 * MIB, 40)] if not os.environ.get("BENCH_QUICK") else [(10 * KIB, 30), (1 * MIB, 4)]
+CASES = [(10 * KIB, 600), (1 * MIB, 40)] if not os.environ.get("BENCH_QUICK") else [(10 * KIB, 30), (1 * MIB, 4)]
 CONCURRENCY = 8
 
 

@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 from conftest import World, attached_message, envelope, plain_message
 from milterd import Milterd
-from mta import Postfix, Sink, fill, free_port, scratch_dir, submit, tmpfs
+from mta import Postfix, Sink, fill, free_port, scratch_dir, submit, tmpfs, wait_until
 from revocation import OcspResponder
 
 from directmilter.agent import Agent
@@ -142,3 +142,24 @@ def test_reinject_listener_down_keeps_the_mdn_until_it_is_back(world: World, tmp
     finally:
         service.stop()
         agent.close()
+
+
+def test_confirmations_are_written_in_the_background_and_on_stop(tmp_path: Path) -> None:
+    """A started service confirms accepted deliveries a moment later, several in one transaction; what is still
+    pending when it stops is written then. Until confirmed, the same process already treats a copy as a replay."""
+    url = f"sqlite:{tmp_path}/t.db"
+    service = Confirmations(cast(Any, None), NotifySettings(mdn=False), open_store(url)).start()
+    decisions = [service.screen_incoming(plain_message().replace(b"test-1@", f"bg-{i}@".encode()), ALICE, [BOB])
+                 for i in range(3)]
+    assert service.screen_incoming(plain_message().replace(b"test-1@", b"bg-0@"), ALICE, [BOB]).deliver_to == ()
+
+    def confirmed() -> int:
+        with sqlite3.connect(tmp_path / "t.db") as db:
+            return int(db.execute("SELECT COUNT(*) FROM incoming_seen WHERE confirmed = 1").fetchone()[0])
+
+    for decision in decisions[:2]:
+        service.committed(decision)
+    wait_until(lambda: confirmed() == 2, "two confirmations written in the background")
+    service.committed(decisions[2])
+    service.stop()
+    assert confirmed() == 3

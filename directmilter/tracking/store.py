@@ -219,9 +219,14 @@ class TrackingStore:
 
     def confirm_delivery(self, message_id: str, recipient: str, digest: str) -> None:
         """The message was handed to Postfix: from now on a copy of it is a replay, whoever sees it."""
+        self.confirm_deliveries([(message_id, recipient, digest)])
+
+    def confirm_deliveries(self, deliveries: Sequence[tuple[str, str, str]]) -> None:
+        """:meth:`confirm_delivery` for many (message id, recipient, digest) at once: one transaction."""
         with self._cursor() as run:
-            run("UPDATE incoming_seen SET confirmed = 1 WHERE message_id = %s AND recipient = %s AND digest = %s",
-                (message_id, recipient.lower(), digest))
+            for message_id, recipient, digest in deliveries:
+                run("UPDATE incoming_seen SET confirmed = 1 WHERE message_id = %s AND recipient = %s "
+                    "AND digest = %s", (message_id, recipient.lower(), digest))
 
     # --- the outbox: secured MDNs, durable until Postfix has them ----------------------------------------------------
 
