@@ -223,6 +223,12 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
 
     @_guarded
     def eom(self) -> int:
+        try:
+            return self._end_of_message()
+        finally:
+            self._clean_up()  # the spool files (decrypted content among them) go as soon as Postfix has the result
+
+    def _end_of_message(self) -> int:
         self.queue_id = self.getsymval("i")
         if self.held is not None:
             return self._hold()
