@@ -16,6 +16,7 @@ from milterd import Milterd
 from mta import Postfix, Sink, SmtpResult, scratch_dir, submit
 
 ALICE, BOB, BOB2, CAROL = "alice@direct.a.test", "bob@direct.b.test", "bob2@direct.b.test", "carol@direct.b.test"
+DAVE = "dave@direct.b.test"
 LIMIT = 256 * 1024
 MILTER = {"internal_hosts": [], "submission_daemons": ["ORIGINATING"]}
 
@@ -24,8 +25,11 @@ MILTER = {"internal_hosts": [], "submission_daemons": ["ORIGINATING"]}
 def rig(world: World) -> Iterator[dict[str, Any]]:
     """HISP A (submission, relaying to a sink) and HISP B (MX, delivering to maildirs), default actions."""
     limits = {"max_message_size": LIMIT}
+    body_a = world.hisp_a_body()
+    weak = world.pki.leaf("cond-weak-dave", world.r1, email=DAVE, key="rsa1024")  # trusted, but a 1024-bit key
+    body_a["certificates"]["files"].append(str(weak.cert_path))
     with scratch_dir("directmilter-conditions-") as root, Sink(root / "wire") as sink:
-        conf_a = world.write_config("cond-a", {**world.hisp_a_body(), "milter": MILTER, "limits": limits})
+        conf_a = world.write_config("cond-a", {**body_a, "milter": MILTER, "limits": limits})
         conf_b = world.write_config("cond-b", {**world.hisp_b_body(), "milter": MILTER, "limits": limits})
         buggy = [sys.executable, str(Path(__file__).parent / "faulty_milter.py")]
         with Milterd(conf_a, root / "a.log") as milter_a, Milterd(conf_b, root / "b.log") as milter_b, \
@@ -72,6 +76,9 @@ CASES: list[Any] = [
     # condition, HISP, envelope sender -> recipient, message, where refused, code, status, words of the reason
     pytest.param("a", ALICE, CAROL, lambda w: plain_message(to=CAROL), at_rcpt(CAROL), 550, "5.7.1",
                  "no path to a trust anchor", id="untrusted_recipient"),
+    pytest.param("a", ALICE, DAVE, lambda w: plain_message(to=DAVE), at_rcpt(DAVE), 550, "5.7.1",
+                 "refused by policy: RSA key of 1024 bits, the policy requires at least 2048",
+                 id="untrusted_recipient-by-certificate-policy"),
     pytest.param("a", ALICE, "nobody@nowhere.test", lambda w: plain_message(to="nobody@nowhere.test"),
                  at_rcpt("nobody@nowhere.test"), 550, "5.7.1", "no certificate found", id="no_certificate"),
     pytest.param("a", ALICE, BOB, lambda w: big(), at_data, 552, "5.3.4", "larger than the limit",
