@@ -76,7 +76,8 @@ def encrypt_stream(
     if key_transport not in algorithms.KEY_TRANSPORTS or recipient_id not in algorithms.RECIPIENT_IDS:
         raise CMSError(f"unknown key transport {key_transport!r} or recipient id {recipient_id!r}")
     key = os.urandom(algorithm.key_size)
-    infos = b"".join(_recipient_info(cert, key, key_transport, recipient_id) for cert in recipients)
+    # DER: a SET OF in the order of its elements' encodings (X.690 11.6), as asn1crypto wrote it before.
+    infos = b"".join(sorted(_recipient_info(cert, key, key_transport, recipient_id) for cert in recipients))
     params: core.Asn1Value
     encryptor: Any
     if algorithm.aead:
