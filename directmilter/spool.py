@@ -15,6 +15,7 @@ import hashlib
 import io
 import os
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +154,21 @@ def sha256(message: Message) -> str:
     for piece in blocks(message):
         digest.update(piece)
     return digest.hexdigest()
+
+
+def sweep(older_than: float, *, now: float | None = None) -> int:
+    """Remove spool files last written more than ``older_than`` seconds ago: what a worker killed in the middle of
+    writing leaves behind (every transaction removes its own files). Returns how many went."""
+    cutoff = (time.time() if now is None else now) - older_than
+    removed = 0
+    for path in Path(directory()).glob("directmilter-*"):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+    return removed
 
 
 def remove(message: Message | None) -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from conftest import World, envelope, keypair, plain_message
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from pki import Issued
 
 from directmilter.agent import Agent
@@ -123,6 +125,10 @@ def test_domain_and_address_settings_override_the_global_policy(world: World, ce
     assert config.policy_for("org@direct.a.test", "recipients").required_policies == {FRAMEWORK}
     assert config.policy_for("someone@elsewhere.test", "recipients").min_rsa_bits == 2048
     assert agent.outgoing(envelope(plain_message(to=DAVE), ALICE, DAVE)).recipients == (DAVE,)
+    both = hisp_a(world, certs, domain_policy={"recipients": {"min_rsa_bits": 3072}},
+                  alice_policy={"recipients": {"min_rsa_bits": 1024}}).context.config
+    assert both.policy_for(ALICE, "recipients").min_rsa_bits == 1024  # the address's setting wins
+    assert both.policy_for("org@direct.a.test", "recipients").min_rsa_bits == 3072
     lines = describe(config)
     assert "  recipients certificates: RSA >= 1024" in lines
     assert f"  recipients certificates: RSA >= 1024, policies one of {FRAMEWORK}" in lines
@@ -172,3 +178,13 @@ def test_lookup_shows_the_policy_reason(world: World, certs: dict[str, Issued]) 
     assert ("not used: refused by the recipients policy of alice@direct.a.test: RSA key of 1024 bits, the policy "
             "requires at least 2048") in done.stdout
     assert "QUALIFIES" in done.stdout and "result: 1 certificate(s) qualify" in done.stdout
+
+
+def test_a_certificate_that_cannot_be_read_fails_the_policy_instead_of_crashing(certs: dict[str, Issued]) -> None:
+    """An unknown signature algorithm (cryptography cannot name its hash) is a reason, not an exception."""
+    der = certs["strong"].cert.public_bytes(Encoding.DER)
+    sha256_rsa = bytes.fromhex("2a864886f70d01010b")
+    odd = x509.load_der_x509_certificate(der.replace(sha256_rsa, bytes.fromhex("2a864886f70d01017f")))
+    strict = CertificatePolicy().overridden({"forbidden_signature_algorithms": ["sha1"]})
+    assert "cannot be read for the policy check" in (strict.violation(odd) or "")
+    assert CertificatePolicy().violation(odd) is None  # nothing asks for the algorithm: the path check decides

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 from asn1crypto import cms
-from conftest import World
+from conftest import World, keypair
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from directmilter.cms.enveloped import encrypt
-from directmilter.cms.signed import sign_detached
+from directmilter.cms.signed import _identity_parts, sign_detached, verify_detached
+from directmilter.config import load_config
+from directmilter.errors import CMSError
 
 
 @pytest.mark.parametrize("cipher", ["aes256-cbc", "aes128-gcm"])
@@ -29,3 +32,28 @@ def test_signatures_are_canonical_der(world: World, digest: str) -> None:
         assert info.dump(force=True) == der
         assert info["content"]["signer_infos"][0]["signed_attrs"].dump(force=True)[1:] == \
             info["content"]["signer_infos"][0]["signed_attrs"].dump()[1:]
+
+
+def test_several_signers_give_sorted_sets(world: World) -> None:
+    """An address with three keys signs three times: the signerInfos and certificates SETs are in DER order."""
+    leaves = [world.pki.leaf(f"der-multi-{i}", world.r1, email="multi@direct.a.test") for i in range(3)]
+    body = world.hisp_a_body()
+    body["addresses"]["multi@direct.a.test"] = {"keys": [keypair(leaf) for leaf in leaves]}
+    identities = load_config(world.write_config("der-multi", body)).identities_for("multi@direct.a.test")
+    for _ in range(4):  # random signature values: the order of the SignerInfos changes from run to run
+        der = sign_detached(b"hello", identities, "sha256")
+        info = cms.ContentInfo.load(der)
+        assert len(info["content"]["signer_infos"]) == 3 and len(info["content"]["certificates"]) == 3
+        assert info.dump(force=True) == der
+
+
+def test_a_malformed_signer_identifier_is_a_clean_rejection(world: World) -> None:
+    """A SignerInfo whose sid is not what it should be is that signer's error, not an exception (which would
+    defer the message as an internal error instead of refusing it)."""
+    identities = world.hisp_a().identities_for("alice@direct.a.test")
+    der = sign_detached(b"hello", identities, "sha256")
+    sid = _identity_parts(identities[0].certificate.public_bytes(Encoding.DER), "sha256")[0]
+    bent = der.replace(sid, b"\xa5" + sid[1:], 1)
+    assert bent != der
+    report = verify_detached(b"hello", bent)
+    assert [type(r.error) for r in report.results] == [CMSError]

@@ -17,6 +17,7 @@ from revocation import OcspResponder
 
 from directmilter.agent import Agent
 from directmilter.config import NotifySettings, load_config
+from directmilter.delivery import service as service_module
 from directmilter.delivery.service import Confirmations, IncomingDecision
 from directmilter.errors import RevocationUnavailable, TemporaryFailure
 from directmilter.replies import reply_for
@@ -144,7 +145,8 @@ def test_reinject_listener_down_keeps_the_mdn_until_it_is_back(world: World, tmp
         agent.close()
 
 
-def test_confirmations_are_written_in_the_background_and_on_stop(tmp_path: Path) -> None:
+def test_confirmations_are_written_in_the_background_and_on_stop(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A started service confirms accepted deliveries a moment later, several in one transaction; what is still
     pending when it stops is written then. Until confirmed, the same process already treats a copy as a replay."""
     url = f"sqlite:{tmp_path}/t.db"
@@ -160,6 +162,10 @@ def test_confirmations_are_written_in_the_background_and_on_stop(tmp_path: Path)
     for decision in decisions[:2]:
         service.committed(decision)
     wait_until(lambda: confirmed() == 2, "two confirmations written in the background")
+    monkeypatch.setattr(service_module, "CONFIRM_EVERY", 3600.0)  # from its next round on, the thread sleeps
+    time.sleep(0.3)
     service.committed(decisions[2])
+    time.sleep(0.3)
+    assert confirmed() == 2  # not written by committed() itself
     service.stop()
-    assert confirmed() == 3
+    assert confirmed() == 3  # written by stop()

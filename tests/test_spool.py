@@ -19,7 +19,8 @@ from mta import tmpfs
 from directmilter import cms, spool
 from directmilter.agent import Agent
 from directmilter.agent.crypto import open_message, seal
-from directmilter.errors import CMSError, TemporaryFailure
+from directmilter.config import load_config
+from directmilter.errors import CMSError, NoTrustedRecipients, TemporaryFailure
 
 ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
 MIB = 1 << 20
@@ -98,14 +99,37 @@ def test_workers_hand_large_messages_over_in_files_and_leave_none(world: World, 
         assert isinstance(received.message, spool.Spool) and spool.read(received.message) == message
         spool.remove(sent.message)
         spool.remove(received.message)
-        refused = b.incoming(envelope(sent.message, ALICE, "bob2@direct.b.test"))  # removed: a missing spool file
-    except TemporaryFailure as exc:  # a worker cannot read a file that is gone: the message is deferred
-        refused = exc
+        with pytest.raises(TemporaryFailure, match="crypto worker"):  # a file gone: deferred, never accepted
+            b.incoming(envelope(sent.message, ALICE, BOB))  # type: ignore[arg-type]
     finally:
         a.close()
         b.close()
-    assert isinstance(refused, TemporaryFailure)
     assert list(private_tmp.iterdir()) == []
+
+
+def test_a_large_message_refused_after_opening_leaves_no_decrypted_file(world: World, private_tmp: Path) -> None:
+    """bob trusts only R2 here, so alice's signature (under R1) is refused after the worker decrypted the 2 MiB
+    message into a spool file: that file is removed with the refusal."""
+    sent = Agent(world.hisp_a()).outgoing(envelope(attached_message(2 * MIB), ALICE, BOB)).message
+    body = world.hisp_b_body()
+    body["domains"]["direct.b.test"]["anchors"] = [str(world.r2.cert_path)]
+    b = Agent(load_config(world.write_config("spool-untrusting-b", body)), workers=1)
+    try:
+        with pytest.raises(NoTrustedRecipients):
+            b.incoming(envelope(sent, ALICE, BOB))
+    finally:
+        b.close()
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_sweep_removes_only_old_spool_files(private_tmp: Path) -> None:
+    old, fresh, other = (private_tmp / name for name in ("directmilter-old", "directmilter-new", "unrelated"))
+    for path in (old, fresh, other):
+        path.write_bytes(b"x")
+    os.utime(old, (0, 0))
+    os.utime(other, (0, 0))
+    assert spool.sweep(older_than=3600) == 1
+    assert sorted(p.name for p in private_tmp.iterdir()) == ["directmilter-new", "unrelated"]
 
 
 @pytest.mark.parametrize("cipher", ["aes256", "aes-256-gcm"])

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from directmilter.cms import algorithms
+from directmilter.cms.der import MALFORMED_INPUT
 from directmilter.cms.enveloped import Envelope, encrypt_stream
 from directmilter.cms.mime import (
     MAX_DEPTH,
@@ -27,6 +28,7 @@ from directmilter.cms.mime import (
 from directmilter.cms.signed import SignatureReport, SignatureResult, sign_detached, verify_detached
 from directmilter.cms.smime import SignedEntity, build_enveloped, build_signed, envelope_der, split_signed
 from directmilter.cms.wrap import unwrap, wrap
+from directmilter.errors import CMSError
 from directmilter.keys.identity import PrivateIdentity
 
 __all__ = [
@@ -103,4 +105,7 @@ def read_signed(
 ) -> tuple[SignedEntity, SignatureReport]:
     """Check the decrypted content is multipart/signed and verify each of its signatures."""
     signed = split_signed(plaintext)
-    return signed, verify_detached(signed.content, signed.signature_der, accepted_digests)
+    try:
+        return signed, verify_detached(signed.content, signed.signature_der, accepted_digests)
+    except MALFORMED_INPUT as exc:  # the last line of defence: whatever is malformed is refused, not deferred
+        raise CMSError(f"signature: malformed SignedData ({exc})") from exc

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 from asn1crypto import x509 as asn1_x509
 
+#: What parsing hostile ASN.1 with asn1crypto can raise besides our own errors (a wrong type where another was
+#: expected surfaces as AttributeError, deep nesting as RecursionError). Each becomes a CMSError: a clean
+#: rejection of the message, never an internal error that would defer it for days.
+MALFORMED_INPUT = (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, RecursionError)
+
 
 def header(tag: int, length: int) -> bytes:
     """A DER identifier and definite length (X.690 8.1.3)."""

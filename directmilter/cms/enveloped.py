@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms as ciphers
 from cryptography.hazmat.primitives.ciphers import modes
 
 from directmilter.cms import algorithms
-from directmilter.cms.der import header, same_name
+from directmilter.cms.der import MALFORMED_INPUT, header, same_name
 from directmilter.cms.mime import Chunk
 from directmilter.errors import CMSError, DecryptionFailed, NotEncrypted, NotEncryptedForRecipient
 from directmilter.keys.identity import PrivateIdentity
@@ -211,7 +211,7 @@ class Envelope:
             encrypted = _children(der, fields[2], 0x30, "EncryptedContentInfo")
             algorithm = algos.EncryptionAlgorithm.load(_encoding(der, encrypted[1]))
             algorithm.native  # noqa: B018
-            spans = tuple(_octets(der, encrypted[2], 0)) if len(encrypted) > 2 else ()
+            spans = _segments(der, encrypted[2]) if len(encrypted) > 2 else ()
             mac = auth = None
             if aead:
                 rest = fields[3:]
@@ -226,7 +226,7 @@ class Envelope:
             ktris = tuple(ri.chosen for ri in infos if ri.name == "ktri")
         except CMSError:
             raise
-        except (ValueError, TypeError, KeyError, OverflowError, IndexError) as exc:
+        except MALFORMED_INPUT as exc:
             raise CMSError(f"encrypted body is not a valid CMS EnvelopedData ({exc})") from exc
         found = algorithms.cipher_for(algorithm["algorithm"].native, algorithm["algorithm"].dotted, accepted_ciphers)
         if found.aead != aead:
@@ -237,7 +237,10 @@ class Envelope:
 
     def decrypt(self, identities: Sequence[PrivateIdentity]) -> bytearray:
         """The content, opened with the first of ``identities`` the envelope was made for."""
-        matched = [(ri, ident) for ri in self.recipient_infos for ident in identities if _matches(ri, ident)]
+        try:
+            matched = [(ri, ident) for ri in self.recipient_infos for ident in identities if _matches(ri, ident)]
+        except MALFORMED_INPUT as exc:
+            raise CMSError(f"encrypted body has a malformed recipient info ({exc})") from exc
         if not matched:
             raise NotEncryptedForRecipient("message is not encrypted to any of the recipient's certificates")
         failures: list[str] = []
@@ -300,8 +303,11 @@ def _unpad(plain: bytearray) -> None:
 
 # --- a BER walker for the envelope ----------------------------------------------------------------------------
 
-#: Constructed encodings nest a few levels in real envelopes; deeper is an attack on the recursion.
-_MAX_NESTING = 32
+#: Constructed encodings nest a few levels in real envelopes; deeper is an attack on the recursion (and, since an
+#: indefinite length is found by walking what it holds, on the time spent walking).
+_MAX_NESTING = 16
+#: Streaming senders cut the encrypted content into segments of a few KiB: 64 MiB in 1 KiB segments is 65,536.
+_MAX_SEGMENTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -370,6 +376,15 @@ def _octets(der: bytes | bytearray, element: _Element, depth: int) -> Iterator[t
             raise _malformed(f"a constructed OCTET STRING holds identifier {child.tag:#04x}")
         yield from _octets(der, child, depth + 1)
         position = child.after
+
+
+def _segments(der: bytes | bytearray, element: _Element) -> tuple[tuple[int, int], ...]:
+    spans = []
+    for span in _octets(der, element, 0):
+        spans.append(span)
+        if len(spans) > _MAX_SEGMENTS:
+            raise _malformed(f"the encrypted content is cut into more than {_MAX_SEGMENTS} segments")
+    return tuple(spans)
 
 
 def _encoding(der: bytes | bytearray, element: _Element) -> bytes:

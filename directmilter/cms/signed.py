@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from directmilter.cms import algorithms
-from directmilter.cms.der import same_name, tlv
+from directmilter.cms.der import MALFORMED_INPUT, same_name, tlv
 from directmilter.cms.mime import Chunk
 from directmilter.errors import (
     CMSError,
@@ -53,9 +53,10 @@ def sign_detached(content: Chunk | Sequence[Chunk], signers: Sequence[PrivateIde
         raise CMSError("no signing key given")
     content_digest = _hash(digest, content)
     digest_algorithm = _digest_algorithm(digest)
-    signer_infos = b"".join(_signer_info(identity, digest, content_digest) for identity in signers)
-    certificates = b"".join(_unique_der(
-        der for identity in signers for der in _der_chain(identity.certificate, identity.chain)))
+    # DER: each SET OF in the order of its elements' encodings (X.690 11.6).
+    signer_infos = b"".join(sorted(_signer_info(identity, digest, content_digest) for identity in signers))
+    certificates = b"".join(sorted(_unique_der(
+        der for identity in signers for der in _der_chain(identity.certificate, identity.chain))))
     signed_data = tlv(0x30, b"".join([
         b"\x02\x01\x01",  # version 1
         tlv(0x31, digest_algorithm),
@@ -190,7 +191,7 @@ def verify_detached(
             raise CMSError("signature is not detached: SignedData carries its own content (AS 2.5.1)")
         content_type = encap["content_type"].native
         signer_infos = list(signed_data["signer_infos"])
-    except (ValueError, TypeError, KeyError) as exc:
+    except MALFORMED_INPUT as exc:
         raise CMSError(f"signature: malformed SignedData ({exc})") from exc
     if not signer_infos:
         raise SignatureInvalid("signature: SignedData has no SignerInfo")
@@ -209,7 +210,7 @@ def _load_signed_data(der: bytes) -> cms.SignedData:
         signed_data["signer_infos"]  # parse down to here now (the rest is parsed as it is read)
     except CMSError:
         raise
-    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+    except MALFORMED_INPUT as exc:
         raise CMSError(f"signature: not a valid CMS SignedData ({exc})") from exc
     return signed_data
 
@@ -222,10 +223,11 @@ def _verify_one(
     crypto_certs: tuple[x509.Certificate, ...],
     accepted_digests: frozenset[str] | tuple[str, ...],
 ) -> SignatureResult:
-    index = _find_signer(info["sid"], certs)
-    cert = crypto_certs[index] if index is not None else None
+    cert: x509.Certificate | None = None
     digest: str | None = None
     try:
+        index = _find_signer(info["sid"], certs)
+        cert = crypto_certs[index] if index is not None else None
         digest = algorithms.digest_name(info["digest_algorithm"]["algorithm"].native, accepted_digests)
         if cert is None:
             raise NoSignerCertificate(
@@ -235,7 +237,7 @@ def _verify_one(
         _check_signature(cert, info, signed, digest)
     except CMSError as exc:
         return SignatureResult(certificate=cert, digest=digest, error=exc)
-    except (ValueError, TypeError, KeyError) as exc:
+    except MALFORMED_INPUT as exc:
         return SignatureResult(certificate=cert, digest=digest, error=CMSError(f"malformed SignerInfo ({exc})"))
     return SignatureResult(certificate=cert, digest=digest, error=None)
 

@@ -127,8 +127,12 @@ class Confirmations:
         for thread in self._threads:
             thread.join(10)
         self._threads = []
-        self.flush_confirmations()
-        self.store.close()
+        try:
+            self.flush_confirmations()
+        except DirectMilterError as exc:  # left unconfirmed: a retry would be delivered again, never lost
+            log.warning("delivery_not_confirmed", reason=exc.reason)
+        finally:
+            self.store.close()
 
     # --- called by the milter ------------------------------------------------------------------------------------
 
@@ -197,9 +201,9 @@ class Confirmations:
         head = spool.head(delivered)
         headers = parse_entity(head)
         kind = headers.content_type
-        whole = kind.startswith("message/") or kind in _REPORT_HOLDERS
-        report = parse_notification(spool.read(delivered)) if whole else None
-        if report is not None or is_notification(headers):
+        whole = spool.read(delivered) if kind.startswith("message/") or kind in _REPORT_HOLDERS else None
+        report = parse_notification(whole) if whole is not None else None
+        if report is not None or is_notification(whole if whole is not None else headers):
             return IncomingDecision(tuple(recipients), self._record_report(report, queue_id), queue_id=queue_id)
         message_id = headers.get("message-id")
         digest = spool.sha256(delivered)
@@ -234,8 +238,14 @@ class Confirmations:
     def flush_confirmations(self) -> None:
         with self._confirm_lock:
             pending, self._confirming = self._confirming, []
-        if pending:
+        if not pending:
+            return
+        try:
             self.store.confirm_deliveries(pending)
+        except DirectMilterError:
+            with self._confirm_lock:  # kept for the next round: the store may be back by then
+                self._confirming[:0] = pending
+            raise
 
     def confirm(self, decision: IncomingDecision) -> None:
         """Queue the MDNs of an accepted message (never for a report: reports are not answered, AS 3.0)."""

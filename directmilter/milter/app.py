@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -407,6 +408,7 @@ def run(config: Config, *, socket_override: str | None = None) -> None:
     _prepare_socket(spec)
     runtime = DirectMilter.runtime = Runtime(config, socket_override=socket_override).start()
     runtime.watch_reload_signal()
+    _sweep_spools(older_than=2 * settings.timeout + 60)
     Milter.factory = DirectMilter
     Milter.set_flags(Milter.CHGBODY | Milter.CHGHDRS | Milter.ADDHDRS | Milter.DELRCPT | Milter.QUARANTINE)
     previous = os.umask(0o777 & ~settings.socket_mode)
@@ -420,6 +422,18 @@ def run(config: Config, *, socket_override: str | None = None) -> None:
         os.umask(previous)
         runtime.close()
     log.info("stopped", socket=spec)
+
+
+def _sweep_spools(older_than: float, every: float = 300.0) -> None:
+    """Now and then, remove spool files no transaction can still be using (older than two milter timeouts)."""
+    def loop() -> None:
+        while True:
+            removed = spool.sweep(older_than)
+            if removed:
+                log.warning("spool_files_removed", count=removed, older_than=older_than)
+            time.sleep(every)
+
+    threading.Thread(target=loop, name="spool-sweeper", daemon=True).start()
 
 
 def _prepare_socket(spec: str) -> None:

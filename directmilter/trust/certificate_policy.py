@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -57,7 +58,13 @@ class CertificatePolicy:
     forbidden_signature_algorithms: frozenset[str] = field(default_factory=frozenset)  # hash names
 
     def violation(self, cert: x509.Certificate) -> str | None:
-        """Why ``cert`` fails this policy, or None when it passes."""
+        """Why ``cert`` fails this policy, or None when it passes (a certificate that cannot be read fails)."""
+        try:
+            return self._violation(cert)
+        except (ValueError, UnsupportedAlgorithm) as exc:  # a malformed extension, an unknown key or algorithm
+            return f"the certificate cannot be read for the policy check ({exc})"
+
+    def _violation(self, cert: x509.Certificate) -> str | None:
         key = cert.public_key()
         if isinstance(key, rsa.RSAPublicKey) and key.key_size < self.min_rsa_bits:
             return f"RSA key of {key.key_size} bits, the policy requires at least {self.min_rsa_bits}"
@@ -84,9 +91,10 @@ class CertificatePolicy:
         forbidden = sorted(asserted & self.forbidden_policies)
         if forbidden:
             return f"certificate policy {', '.join(forbidden)} is forbidden here"
-        algorithm = cert.signature_hash_algorithm
-        if algorithm is not None and algorithm.name in self.forbidden_signature_algorithms:
-            return f"signed with {algorithm.name.upper()}, which the policy forbids"
+        if self.forbidden_signature_algorithms:
+            algorithm = cert.signature_hash_algorithm
+            if algorithm is not None and algorithm.name in self.forbidden_signature_algorithms:
+                return f"signed with {algorithm.name.upper()}, which the policy forbids"
         return None
 
     def describe(self) -> str:
