@@ -197,11 +197,8 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         self.recipients.append(recipient)
         return int(Milter.CONTINUE)
 
-    @Milter.noreply  # type: ignore[untyped-decorator]
     @Milter.decode("bytes")  # type: ignore[untyped-decorator]
     def header(self, name: str, value: bytes) -> int:
-        # "noreply": Postfix does not wait for an answer after each header field (limits are enforced at end of
-        # message, so the answer is always "continue").
         # Folded values reach us with bare LF; keep them canonical (CRLF) like everything the agent sees.
         text = value.decode("utf-8", "surrogateescape")
         self.size += len(name) + len(value) + 4
