@@ -19,6 +19,7 @@ from mta import tmpfs
 from directmilter import cms, spool
 from directmilter.agent import Agent
 from directmilter.agent.crypto import open_message, seal
+from directmilter.cms.der import header
 from directmilter.config import load_config
 from directmilter.errors import CMSError, NoTrustedRecipients, TemporaryFailure
 
@@ -157,3 +158,19 @@ def test_truncated_ber_is_refused_by_name(world: World, cut: int) -> None:
 def test_small_messages_never_touch_the_disk(world: World, private_tmp: Path) -> None:
     sealed = seal(world.hisp_a(), plain_message(), ALICE, [world.alice.cert], [world.bob.cert], emit=spool.collect)
     assert isinstance(sealed, bytes) and list(private_tmp.iterdir()) == []
+
+
+def test_ber_that_borrows_bytes_beyond_its_parent_is_refused(world: World) -> None:
+    """An indefinite-length element inside a definite one must end (00 00) within it; and the encrypted content
+    is [0], nothing else."""
+    der = peer.run(["cms", "-encrypt", "-binary", "-stream", "-aes256", "-outform", "DER", world.bob.cert_path],
+                   b"Content-Type: text/plain\r\n\r\n" + b"x" * 300)
+    assert der[:2] == b"\x30\x80" and der[-4:] == b"\0\0\0\0" and cms.Envelope.parse(der)
+    # The outer SEQUENCE made definite, one end marker short: the inner [0] ends right after it, borrowing 00 00.
+    inner = der[2:-2]
+    borrowing = header(0x30, len(inner) - 2) + inner
+    with pytest.raises(CMSError, match="no end-of-contents marker"):
+        cms.Envelope.parse(borrowing)
+    at = der.index(b"\xa0\x80", der.index(bytes.fromhex("060960864801650304012a")))
+    with pytest.raises(CMSError, match=r"encryptedContent has identifier 0xa2, not \[0\]"):
+        cms.Envelope.parse(der[:at] + b"\xa2" + der[at + 1:])

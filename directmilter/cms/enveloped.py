@@ -211,6 +211,8 @@ class Envelope:
             encrypted = _children(der, fields[2], 0x30, "EncryptedContentInfo")
             algorithm = algos.EncryptionAlgorithm.load(_encoding(der, encrypted[1]))
             algorithm.native  # noqa: B018
+            if len(encrypted) > 2 and encrypted[2].tag not in (0x80, 0xA0):
+                raise _malformed(f"encryptedContent has identifier {encrypted[2].tag:#04x}, not [0]")
             spans = _segments(der, encrypted[2]) if len(encrypted) > 2 else ()
             mac = auth = None
             if aead:
@@ -338,7 +340,11 @@ def _element(der: bytes | bytearray, at: int, limit: int, depth: int = 0) -> _El
         if not tag & 0x20:
             raise _malformed("a primitive element with an indefinite length")
         position = start
-        while der[position : position + 2] != b"\0\0":
+        while True:
+            if position + 2 > limit:  # the end-of-contents marker must lie within the enclosing element
+                raise _malformed("truncated: an indefinite length has no end-of-contents marker")
+            if der[position : position + 2] == b"\0\0":
+                break
             position = _element(der, position, limit, depth + 1).after
         return _Element(tag, start, position, at, position + 2)
     if size > 0x80:
