@@ -30,7 +30,10 @@ def rig(world: World) -> Iterator[dict[str, Any]]:
     body_a["certificates"]["files"].append(str(weak.cert_path))
     with scratch_dir("directmilter-conditions-") as root, Sink(root / "wire") as sink:
         conf_a = world.write_config("cond-a", {**body_a, "milter": MILTER, "limits": limits})
-        conf_b = world.write_config("cond-b", {**world.hisp_b_body(), "milter": MILTER, "limits": limits})
+        body_b = world.hisp_b_body()
+        # carol accepts only signers certified under a trust framework's policy OID (alice's certificate has none).
+        body_b["addresses"][CAROL]["policy"] = {"signers": {"required_policies": ["1.3.6.1.4.1.41179.0.1.2"]}}
+        conf_b = world.write_config("cond-b", {**body_b, "milter": MILTER, "limits": limits})
         buggy = [sys.executable, str(Path(__file__).parent / "faulty_milter.py")]
         with Milterd(conf_a, root / "a.log") as milter_a, Milterd(conf_b, root / "b.log") as milter_b, \
                 Milterd(conf_a, root / "bug.log", command=buggy) as milter_bug:
@@ -92,6 +95,8 @@ CASES: list[Any] = [
                  "message digest does not match", id="signature_invalid"),
     pytest.param("b", CAROL, BOB, lambda w: direct(w, signer="carol", sender=CAROL), at_data, 550, "5.7.1",
                  "signer", id="untrusted_signer"),
+    pytest.param("b", ALICE, CAROL, lambda w: direct(w, to=("carol",), inner_to=CAROL), at_data, 550, "5.7.1",
+                 "refused by policy: certificate policies (none)", id="untrusted_signer-by-certificate-policy"),
     pytest.param("b", ALICE, BOB2, lambda w: direct(w, to=("bob", "bob2")), at_data, 550, "5.7.1",
                  "not named in the signed message's To, Cc or Bcc", id="tampered_routing"),
     pytest.param("b", ALICE, BOB, lambda w: big(), at_data, 552, "5.3.4", "larger than the limit",
@@ -106,14 +111,14 @@ def test_each_condition_fails_closed_by_default(world: World, rig: dict[str, Any
                                                 status: str, reason: str) -> None:
     postfix: Postfix = rig[hisp]
     port = postfix.smtp_port if hisp == "b" else postfix.submission_port
-    before = {name: len(rig["b"].maildir(name)) for name in (BOB, BOB2)}
+    before = {name: len(rig["b"].maildir(name)) for name in (BOB, BOB2, CAROL)}
     wire = len(rig["sink"].messages())
     result = submit(port, sender, [recipient], build(world))
     got_code, text = where(result)
     assert (got_code, text.split()[0]) == (code, status), result
     assert reason in text, text
     assert postfix.queue() == []  # refused or deferred back to the client: nothing kept, nothing sent on
-    assert {name: len(rig["b"].maildir(name)) for name in (BOB, BOB2)} == before
+    assert {name: len(rig["b"].maildir(name)) for name in (BOB, BOB2, CAROL)} == before
     assert len(rig["sink"].messages()) == wire
 
 

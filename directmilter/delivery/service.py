@@ -42,6 +42,7 @@ from directmilter.notify import (
     build_dsn,
     build_mdn,
     is_notification,
+    may_hold_report,
     mdn_target,
     parse_notification,
     returned_message_id,
@@ -60,10 +61,6 @@ _KINDS = {"processed": "processed", "dispatched": "dispatched", "failed": "faile
 
 #: How often accepted deliveries are confirmed in the tracking store (seconds).
 CONFIRM_EVERY = 0.1
-#: Types a report may hide in: the report itself, or a signature around it.
-_REPORT_HOLDERS = ("multipart/report", "multipart/signed")
-
-
 @dataclass(frozen=True)
 class IncomingDecision:
     """Who still gets the message (replays removed), and whether it was a report consumed by tracking.
@@ -200,8 +197,7 @@ class Confirmations:
         """
         head = spool.head(delivered)
         headers = parse_entity(head)
-        kind = headers.content_type
-        whole = spool.read(delivered) if kind.startswith("message/") or kind in _REPORT_HOLDERS else None
+        whole = spool.read(delivered) if may_hold_report(headers.content_type) else None
         report = parse_notification(whole) if whole is not None else None
         if report is not None or is_notification(whole if whole is not None else headers):
             return IncomingDecision(tuple(recipients), self._record_report(report, queue_id), queue_id=queue_id)

@@ -23,6 +23,7 @@ from directmilter.notify.report import (
     Notification,
     RecipientResult,
     is_notification,
+    may_hold_report,
     parse_notification,
     returned_message_id,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "disposition_options",
     "format_field",
     "is_notification",
+    "may_hold_report",
     "mdn_target",
     "new_message_id",
     "parse_notification",

@@ -130,6 +130,12 @@ class Notification:
         return "x-direct-final-destination-delivery" in self.extensions
 
 
+def may_hold_report(content_type: str) -> bool:
+    """Whether an entity of this type can be or hold a report (:func:`_find_report` looks into nothing else), so
+    a caller that has only a header block knows when the body is worth reading."""
+    return content_type in ("multipart/report", "message/rfc822", "multipart/signed") or content_type in _PART_TYPES
+
+
 def is_notification(message: Entity | bytes) -> bool:
     """Whether a message is a mail system report, never to be answered with another report (AS 3.0).
 
@@ -438,4 +444,5 @@ class _HeaderChain:
         return []
 
 
-__all__ = ["Kind", "Notification", "RecipientResult", "assemble", "is_notification", "parse_notification"]
+__all__ = ["Kind", "Notification", "RecipientResult", "assemble", "is_notification", "may_hold_report",
+           "parse_notification"]
