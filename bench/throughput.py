@@ -32,6 +32,7 @@ from directmilter.log import configure
 
 CASES = [(10 * KIB, 600), (1 * MIB, 40)] if not os.environ.get("BENCH_QUICK") else [(10 * KIB, 30), (1 * MIB, 4)]
 CONCURRENCY = 8
+VARIANTS = ["none", "passthrough", "directmilter"]
 
 
 def dumps(sink: Sink) -> int:
@@ -63,7 +64,38 @@ def passthrough(spec: str, log: Path) -> subprocess.Popen[bytes]:
     return process
 
 
-def run(cores: int, unix: bool) -> dict[tuple[str, str, int], float]:
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds so far by program: live processes' own time plus what their reaped children used."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        if name.startswith("kworker"):
+            continue  # kernel threads change their names with their work
+        if name.startswith("python"):
+            command = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            name = ("clients" if int(stat.parent.name) == os.getpid() else "directmilter" if b"directmilter" in command
+                    else "passthrough" if any(b"passthrough" in part for part in command) else name)
+        fields = text[text.rindex(")") + 2:].split()
+        totals[name] = totals.get(name, 0.0) + sum(int(f) for f in fields[11:15]) / tick
+    return totals
+
+
+def cpu_report(before: dict[str, float], after: dict[str, float], count: int, label: str) -> None:
+    """Milliseconds of CPU per message by program, largest first (``--cpu``)."""
+    used = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
+    busy = sorted(((ms, name) for name, ms in ((n, 1000 * s / count) for n, s in used.items()) if ms >= 0.05),
+                  reverse=True)
+    print(f"CPU {label}: " + ", ".join(f"{name} {ms:.2f}" for ms, name in busy)
+          + f"; total {sum(ms for ms, _ in busy):.2f} ms/message", file=sys.stderr, flush=True)
+
+
+def run(cores: int, unix: bool, variants: list[str], directions: list[str], cases: list[tuple[int, int]],
+        cpu: bool) -> dict[tuple[str, str, int], float]:
     configure("error")
     w = world()
     rates: dict[tuple[str, str, int], float] = {}
@@ -78,14 +110,14 @@ def run(cores: int, unix: bool) -> dict[tuple[str, str, int], float]:
     conf_b.write_text(_toml(body_b))
     sealer = Agent(load_config(conf_a))
     with scratch_dir("directmilter-bench-") as root, Sink(root / "wire") as sink:
-        for variant in ("none", "passthrough", "directmilter"):
+        for variant in variants:
             port, path = free_port(), root / f"{variant}.sock"
             spec = None if variant == "none" else f"unix:{path}" if unix else f"inet:127.0.0.1:{port}"
             helpers: list[Any] = []
             if variant == "passthrough":
                 helpers.append(passthrough(f"unix:{path}" if unix else f"inet:{port}@127.0.0.1",
                                            root / "passthrough.log"))
-            for direction in ("outgoing", "incoming"):
+            for direction in directions:
                 milter = None
                 if variant == "directmilter":
                     path.unlink(missing_ok=True)
@@ -100,7 +132,7 @@ def run(cores: int, unix: bool) -> dict[tuple[str, str, int], float]:
                               relay={"direct.b.test": f"127.0.0.1:{sink.port}"}, milter=spec,
                               main_cf={"message_size_limit": str(64 * MIB), "default_process_limit": "100"})
                 with mta:
-                    for size, count in CASES:
+                    for size, count in cases:
                         warm = max(2, count // 10)  # warm-up messages first: a resent message would be a replay
                         plain = [message(size, tag=f"{variant}-{direction}-{i}") for i in range(count + warm)]
                         if direction == "outgoing":
@@ -110,7 +142,10 @@ def run(cores: int, unix: bool) -> dict[tuple[str, str, int], float]:
                             load = [sealer.outgoing(MessageEnvelope(ALICE, (BOB,), m)).message for m in plain]
                         print(f"{variant} {direction} {size}", file=sys.stderr, flush=True)
                         blast(port_in, load[:warm], sink, ALICE, BOB)
+                        before = cpu_seconds()
                         seconds = blast(port_in, load[warm:], sink, ALICE, BOB)
+                        if cpu:
+                            cpu_report(before, cpu_seconds(), count, f"{cores} {variant} {direction} {size}")
                         rates[(variant, direction, size)] = count / seconds
                 if milter is not None:
                     milter.stop()
@@ -124,9 +159,16 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cores", type=int, help="(internal) the core count this run is pinned to")
     parser.add_argument("--socket", choices=("unix", "inet"), default="unix", help="how the milters listen")
+    parser.add_argument("--only", nargs="+", default=[], metavar="PART",
+                        help="run only these variants (none, passthrough, directmilter), directions (outgoing, "
+                             "incoming) and sizes (10KiB, 1MiB): for profiling")
+    parser.add_argument("--cpu", action="store_true", help="print the CPU milliseconds per message of each program")
     args = parser.parse_args()
+    directions = [d for d in ("outgoing", "incoming") if d in args.only] or ["outgoing", "incoming"]
+    cases = [c for c in CASES if size_name(c[0]).replace(" ", "") in args.only] or CASES
     if args.cores:
-        rates = run(args.cores, args.socket == "unix")
+        variants = [v for v in VARIANTS if v in args.only] or VARIANTS
+        rates = run(args.cores, args.socket == "unix", variants, directions, cases, args.cpu)
         for (variant, direction, size), rate in rates.items():
             print(f"RATE {args.cores} {variant} {direction} {size} {rate:.3f}", flush=True)
         return 0
@@ -135,11 +177,15 @@ def main() -> int:
     for cores in (1, 2):
         cpus = ",".join(str(c) for c in range(cores))
         out = subprocess.run(["taskset", "-c", cpus, sys.executable, __file__, "--cores", str(cores), "--socket",
-                              args.socket],
+                              args.socket, *(["--only", *args.only] if args.only else []),
+                              *(["--cpu"] if args.cpu else [])],
                              capture_output=True, text=True, check=False)
         if out.returncode != 0:
             print(out.stdout[-2000:], out.stderr[-4000:])
             return 1
+        for line in out.stderr.splitlines():
+            if line.startswith("CPU "):
+                print(line)
         for line in out.stdout.splitlines():
             if line.startswith("RATE "):
                 _, c, variant, direction, size, rate = line.split()
@@ -147,16 +193,17 @@ def main() -> int:
     print(f"{'cores':>5} {'direction':>9} {'size':>7} {'none':>8} {'passthru':>9} {'direct':>8} {'direct/pass':>11}")
     verdicts = []
     for cores in (1, 2):
-        for direction in ("outgoing", "incoming"):
-            for size, _ in CASES:
-                none, pas, ours = (table[(cores, v, direction, size)] for v in ("none", "passthrough", "directmilter"))
+        for direction in directions:
+            for size, _ in cases:
+                none, pas, ours = (table.get((cores, v, direction, size), float("nan")) for v in VARIANTS)
                 print(f"{cores:>5} {direction:>9} {size_name(size):>7} {none:8.1f} {pas:9.1f} {ours:8.1f} "
                       f"{ours / pas:11.2f}")
                 if size == 10 * KIB and cores == 2:
                     verdicts.append((f"{direction} 10 KiB >= 50% of pass-through", ours / pas >= 0.5, ours / pas))
-    for direction in ("outgoing", "incoming"):
-        for size, _ in CASES:
-            scale = table[(2, "directmilter", direction, size)] / table[(1, "directmilter", direction, size)]
+    for direction in directions:
+        for size, _ in cases:
+            scale = table.get((2, "directmilter", direction, size), float("nan")) / table.get(
+                (1, "directmilter", direction, size), float("nan"))
             verdicts.append((f"{direction} {size_name(size)} 2 cores >= 1.7x 1 core", scale >= 1.7, scale))
     for text, ok, value in verdicts:
         print(f"target: {text} -> {'met' if ok else 'NOT met'} ({value:.2f})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 from directmilter import cms
 from directmilter.agent import Agent
-from directmilter.cms.mime import fold_base64
+from directmilter.cms.mime import fold_base64, multipart_spans, parse_entity
 from directmilter.config import load_config
 from directmilter.errors import DirectMilterError, MalformedMessage, MessageTooLarge, NoTrustedRecipients
 from directmilter.replies import reply_for
@@ -152,6 +153,34 @@ def test_random_mime_structure(agents: tuple[Agent, Agent], pieces: list[bytes])
     message = b"From: alice@direct.a.test\r\nTo: bob@direct.b.test\r\n" + b"".join(pieces)
     refused_or_fine(lambda: agents[0].outgoing(envelope(message, ALICE, BOB)))
     refused_or_fine(lambda: cms.parse_message(message))
+
+
+def regex_spans(raw: bytes, boundary: bytes) -> tuple[list[tuple[int, int]], bool]:
+    """RFC 2046 5.1.1 delimiters found the obvious way, to check the fast finder against."""
+    start: int | None = None
+    spans: list[tuple[int, int]] = []
+    for match in re.finditer(rb"--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r\n|$)", raw):
+        at = match.start()
+        if at != 0 and (raw[at - 2 : at] != b"\r\n" or (start is not None and at - 2 < start)):
+            continue
+        if start is not None:
+            spans.append((start, at - 2))
+        if match.group(1):
+            return spans, True
+        start = match.end()
+    if start is not None:
+        spans.append((start, len(raw)))
+    return spans, False
+
+
+@given(st.lists(st.sampled_from([b"--b", b"--", b"-", b"b", b"\r\n", b"\r", b"\n", b" ", b"\t", b"x"]), max_size=60))
+def test_multipart_delimiters_are_found_exactly(pieces: list[bytes]) -> None:
+    body = b"".join(pieces)
+    entity = parse_entity(b"Content-Type: multipart/mixed; boundary=b\r\n\r\n" + body)
+    spans, closed = multipart_spans(entity)
+    expected, expected_closed = regex_spans(body, b"b")
+    offset = entity.body_start
+    assert ([(a - offset, b - offset) for a, b in spans], closed) == (expected, expected_closed)
 
 
 @given(st.data())

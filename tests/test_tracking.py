@@ -108,3 +108,28 @@ def test_database_of_the_first_release_is_brought_up_to_date(tmp_path: Path) -> 
         assert store.first_delivery("<n@b>", "alice@a", "d", 2, owner="new-process")
     finally:
         store.close()
+
+
+def test_replay_records_skip_the_disk_flush_and_reports_wait_for_it(tmp_path: Path) -> None:
+    """A replay record lost to a power cut lets one duplicate through, so it is not worth a disk flush per message;
+    a report in the outbox is the only copy, so its commit waits for the disk (SQLite WAL: synchronous)."""
+    store = open_store(f"sqlite:{tmp_path}/tracking.db")
+    store.backlog()  # connected
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)  # type: ignore[union-attr]
+
+    def modes_before(table: str) -> list[str]:
+        writes = [i for i, s in enumerate(statements) if table in s and s.startswith(("INSERT", "UPDATE"))]
+        assert writes, statements
+        return [s for s in statements[: writes[0]] if s.startswith("PRAGMA synchronous")][-1:]
+
+    store.first_delivery("<i@b>", "alice@a", "d1", 1, owner="o")
+    store.confirm_deliveries([("<i@b>", "alice@a", "d1")])
+    assert modes_before("incoming_seen") == ["PRAGMA synchronous=NORMAL"]
+    statements.clear()
+    store.outbox_add("o", "<i@b>", "alice@a", "bob@b", "alice@a", b"report", now=1, due=1)
+    assert modes_before("outbox") == ["PRAGMA synchronous=FULL"]
+    statements.clear()
+    store.record_outgoing("<m@a>", "alice@a", ["bob@b"], wants_dispatched=False, now=1)
+    assert modes_before("outgoing") == ["PRAGMA synchronous=FULL"]
+    store.close()

@@ -8,6 +8,7 @@ incoming anchors.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -46,15 +47,14 @@ def trusted_certificates(
     first_error: TrustError | None = None
     for cert in candidates:
         try:
-            if bound_to(cert, address) is None:
-                raise TrustError(binding_error(cert, address))
-            violation = policy.violation(cert) if policy is not None else None
-            if violation is not None:  # checked before the path: no network is spent on a certificate never used
-                raise PolicyViolation(f"certificate ({describe_certificate(cert)}) is refused by policy: {violation}")
+            refused = _unusable(cert, address, policy)
+            if refused is not None:  # checked before the path: no network is spent on a certificate never used
+                kind, reason = refused
+                raise kind(reason)
             path = validator.validate(cert, anchors, intermediates, moment=moment, key_usage=key_usage,
                                       revocation_mode=revocation)
-            if email_protection:
-                _check_email_protection(cert)
+            if email_protection and (reason := _not_for_email(cert)) is not None:
+                raise TrustError(reason)
         except TrustError as exc:
             first_error = first_error or exc
             continue
@@ -71,12 +71,30 @@ def trusted_certificates(
     return trusted, first_error
 
 
-def _check_email_protection(cert: x509.Certificate) -> None:
+@functools.lru_cache(maxsize=4096)
+def _unusable(cert: x509.Certificate, address: str,
+              policy: CertificatePolicy | None) -> tuple[type[TrustError], str] | None:
+    """Why ``cert`` may not be used for ``address`` whatever its path: not bound to it, or refused by ``policy``.
+
+    Both checks depend on nothing but their arguments (certificates are immutable), so the answer is kept: every
+    message from one correspondent carries the same certificate.
+    """
+    if bound_to(cert, address) is None:
+        return TrustError, binding_error(cert, address)
+    violation = policy.violation(cert) if policy is not None else None
+    if violation is not None:
+        return PolicyViolation, f"certificate ({describe_certificate(cert)}) is refused by policy: {violation}"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _not_for_email(cert: x509.Certificate) -> str | None:
     """With key-usage enforcement on, an extendedKeyUsage that is present must allow S/MIME (RFC 5280 4.2.1.12)."""
     try:
         usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
-        return
+        return None
     allowed = {ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
     if not allowed & set(usages):
-        raise TrustError(f"certificate ({describe_certificate(cert)}) is not for e-mail protection (extendedKeyUsage)")
+        return f"certificate ({describe_certificate(cert)}) is not for e-mail protection (extendedKeyUsage)"
+    return None

@@ -159,6 +159,7 @@ def _recipient_head(certificate_der: bytes, key_transport: str, recipient_id: st
     return bytes(core.Integer(version).dump() + rid.dump() + cms.KeyEncryptionAlgorithm(transport).dump())
 
 
+@functools.lru_cache(maxsize=1024)
 def _key_identifier(cert: x509.Certificate) -> bytes:
     try:
         return bytes(cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest)
@@ -207,7 +208,6 @@ class Envelope:
             if len(fields) < (4 if aead else 3) or fields[1].tag != 0x31:
                 raise _malformed(f"{kind} lacks its recipient infos or encrypted content info")
             infos = cms.RecipientInfos.load(_encoding(der, fields[1]))
-            infos.native  # noqa: B018 -- force a full parse of the small part, so malformed input fails here
             encrypted = _children(der, fields[2], 0x30, "EncryptedContentInfo")
             algorithm = algos.EncryptionAlgorithm.load(_encoding(der, encrypted[1]))
             algorithm.native  # noqa: B018
@@ -226,6 +226,8 @@ class Envelope:
                     values = bytes(der[auth_field.start : auth_field.end])
                     auth = header(0x31, len(values)) + values
             ktris = tuple(ri.chosen for ri in infos if ri.name == "ktri")
+            for ktri in ktris:  # parse what decryption reads now, so that malformed input fails here
+                _recipient_fields(ktri)
         except CMSError:
             raise
         except MALFORMED_INPUT as exc:
@@ -398,15 +400,27 @@ def _encoding(der: bytes | bytearray, element: _Element) -> bytes:
     return bytes(der[element.first : element.after])
 
 
+def _recipient_fields(ktri: cms.KeyTransRecipientInfo) -> None:
+    """Parse the fields :func:`_matches` and :func:`_unwrap_key` read (without making Python objects of names)."""
+    rid = ktri["rid"]
+    if rid.name == "issuer_and_serial_number":
+        rid.chosen["serial_number"].native  # noqa: B018
+        rid.chosen["issuer"].chosen  # noqa: B018
+    else:
+        rid.chosen.native  # noqa: B018
+    ktri["key_encryption_algorithm"].native  # noqa: B018
+    ktri["encrypted_key"].native  # noqa: B018
+
+
 def _matches(ri: cms.KeyTransRecipientInfo, identity: PrivateIdentity) -> bool:
     rid = ri["rid"]
     cert = identity.certificate
     if rid.name == "issuer_and_serial_number":
-        asn1_cert = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
-        return bool(
-            rid.chosen["serial_number"].native == asn1_cert.serial_number
-            and same_name(rid.chosen["issuer"], asn1_cert.issuer)
-        )
+        wanted = rid.chosen
+        if wanted["serial_number"].native != cert.serial_number:
+            return False
+        issuer = cert.issuer.public_bytes()
+        return bool(wanted["issuer"].dump() == issuer or same_name(wanted["issuer"], asn1_x509.Name.load(issuer)))
     return bool(rid.chosen.native == _key_identifier(cert))
 
 

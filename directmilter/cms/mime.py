@@ -169,24 +169,42 @@ def multipart_spans(entity: Entity, *, what: str = "multipart") -> tuple[list[tu
     boundary = entity.param("boundary")
     if not boundary:
         raise MalformedMessage(f"{what}: {entity.content_type} has no boundary parameter (RFC 2046 5.1.1)")
-    # A literal prefix lets the regex engine skip ahead fast; "at a line start" is checked by hand.
-    delimiter = re.compile(rb"--" + re.escape(boundary.encode("utf-8")) + rb"(--)?[ \t]*(?:\r\n|$)")
-    raw, first = entity.raw, entity.body_start
+    # Found with bytes.find: a regex per boundary would be compiled anew for every message (boundaries are unique).
+    marker = b"--" + boundary.encode("utf-8")
+    raw, first, stop = entity.raw, entity.body_start, entity.end
     spans: list[tuple[int, int]] = []
     start: int | None = None
-    for match in delimiter.finditer(raw, first, entity.end):
-        at = match.start()
-        # The CRLF before "--" belongs to this delimiter, so it cannot also end the previous delimiter line.
-        if at != first and (raw[at - 2 : at] != CRLF or (start is not None and at - 2 < start)):
+    at = raw.find(marker, first, stop)
+    while at >= 0:
+        closing, after = _delimiter_line(raw, at + len(marker), stop)
+        if after < 0:  # the boundary followed by something else: not a delimiter line
+            at = raw.find(marker, at + 1, stop)
             continue
-        if start is not None:
-            spans.append((start, at - 2))
-        if match.group(1):
-            return spans, True
-        start = match.end()
+        # The CRLF before "--" belongs to this delimiter, so it cannot also end the previous delimiter line.
+        if at == first or (raw[at - 2 : at] == CRLF and (start is None or at - 2 >= start)):
+            if start is not None:
+                spans.append((start, at - 2))
+            if closing:
+                return spans, True
+            start = after
+        at = raw.find(marker, after, stop)
     if start is not None:
-        spans.append((start, entity.end))
+        spans.append((start, stop))
     return spans, False
+
+
+def _delimiter_line(raw: Buffer, at: int, stop: int) -> tuple[bool, int]:
+    """After a boundary: whether "--" closes the multipart, and where the line ends (after its CRLF); -1 when the
+    rest of the line is not optional "--", then spaces or tabs (RFC 2046 5.1.1)."""
+    closing = raw[at : at + 2] == b"--" and at + 2 <= stop
+    end = at + 2 if closing else at
+    while end < stop and raw[end] in (0x20, 0x09):
+        end += 1
+    if end == stop or (end == stop - 1 and raw[end] == 0x0A):  # at the end (where a regex "$" matches)
+        return closing, end
+    if raw[end : end + 2] == CRLF and end + 2 <= stop:
+        return closing, end + 2
+    return False, -1
 
 
 def validate_structure(entity: Entity, *, what: str = "message", depth: int = 0, max_depth: int = MAX_DEPTH,

@@ -20,6 +20,7 @@ also names the domain in a dNSName: 4.1.2 states its condition alone.
 from __future__ import annotations
 
 import enum
+import functools
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -126,8 +127,11 @@ def serial_hex(cert: x509.Certificate) -> str:
     return ("-" if serial < 0 else "") + digits
 
 
+@functools.lru_cache(maxsize=1024)
 def describe_certificate(cert: x509.Certificate) -> str:
-    """``subject CN=..., issuer CN=..., serial 0A1B`` (RFC 4514 names, hex serial), for operator messages."""
+    """``subject CN=..., issuer CN=..., serial 0A1B`` (RFC 4514 names, hex serial), for operator messages.
+
+    Kept per certificate (they are immutable): every message's log records describe the same few certificates."""
     return (
         f"subject {_name_string(cert.subject)}, issuer {_name_string(cert.issuer)}, serial {serial_hex(cert)}"
     )

@@ -49,6 +49,7 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
+import functools
 import hashlib
 import re
 import threading
@@ -60,7 +61,7 @@ from typing import Any
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.errors import (
     DisallowedAlgorithmError,
@@ -174,6 +175,12 @@ class ValidatedPath:
 
 def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
+
+
+@functools.lru_cache(maxsize=256)
+def _set_digest(certs: tuple[x509.Certificate, ...]) -> bytes:
+    """:func:`_digest` of certificates, kept: the anchors and intermediates of a domain are the same every message."""
+    return _digest([_der(c) for c in certs])
 
 
 def _digest(ders: Sequence[bytes]) -> bytes:
@@ -402,11 +409,10 @@ class TrustValidator:
         when = now if moment is None else moment.astimezone(UTC)
         bucket: Any = now.replace(second=0, microsecond=0) if moment is None else when
 
-        leaf_der = _der(cert)
         key = (
-            hashlib.sha256(leaf_der).digest(),
-            _digest([_der(a) for a in anchors]),
-            _digest([_der(i) for i in intermediates]),
+            cert.fingerprint(hashes.SHA256()),
+            _set_digest(tuple(anchors)),
+            _set_digest(tuple(intermediates)),
             bucket,
             usages,
             mode,
