@@ -53,8 +53,9 @@ def trusted_certificates(
                 raise kind(reason)
             path = validator.validate(cert, anchors, intermediates, moment=moment, key_usage=key_usage,
                                       revocation_mode=revocation)
-            if email_protection and (reason := _not_for_email(cert)) is not None:
-                raise TrustError(reason)
+            not_for_email = _not_for_email(cert) if email_protection else None
+            if not_for_email is not None:
+                raise TrustError(not_for_email)
         except TrustError as exc:
             first_error = first_error or exc
             continue
