@@ -3,21 +3,23 @@
 Outgoing: messages submitted to HISP A's submission listener are secured and relayed to a sink. Incoming:
 secured messages sent to HISP B's MX are opened and relayed (Postfix) to a sink. At 10 KiB and 1 MiB, with 1
 and 2 cores in use (the whole run pinned with taskset; directmilter gets as many crypto workers as cores).
-Reported as messages/s and as ratios to the pass-through milter. Both milters listen on a unix socket (the
-packaged default) or, with ``--socket inet``, on loopback TCP. Run: .venv/bin/python bench/throughput.py
+Reported as messages/s and as ratios to the pass-through milter: each the median of three blasts, the variants
+taking turns. Both milters listen on a unix socket (the packaged default) or, with ``--socket inet``, on loopback
+TCP. Run: .venv/bin/python bench/throughput.py (``--only incoming 10KiB --cpu`` to look at one case closely)
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import grp
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from common import ALICE, BOB, KIB, MIB, REPO, machine, message, size_name, world
 
@@ -85,9 +87,8 @@ def cpu_seconds() -> dict[str, float]:
     return totals
 
 
-def cpu_report(before: dict[str, float], after: dict[str, float], count: int, label: str) -> None:
+def cpu_report(used: dict[str, float], count: int, label: str) -> None:
     """Milliseconds of CPU per message by program, largest first (``--cpu``)."""
-    used = {name: after.get(name, 0.0) - before.get(name, 0.0) for name in after}
     busy = sorted(((ms, name) for name, ms in ((n, 1000 * s / count) for n, s in used.items()) if ms >= 0.05),
                   reverse=True)
     print(f"CPU {label}: " + ", ".join(f"{name} {ms:.2f}" for ms, name in busy)
@@ -95,7 +96,9 @@ def cpu_report(before: dict[str, float], after: dict[str, float], count: int, la
 
 
 def run(cores: int, unix: bool, variants: list[str], directions: list[str], cases: list[tuple[int, int]],
-        cpu: bool) -> dict[tuple[str, str, int], float]:
+        cpu: bool, rounds: int) -> dict[tuple[str, str, int], float]:
+    """Messages/s of each variant: the median of ``rounds`` blasts, the variants taking turns (the machine's pace
+    drifts by tens of percent within minutes, and taking turns spreads the drift over all of them alike)."""
     configure("error")
     w = world()
     rates: dict[tuple[str, str, int], float] = {}
@@ -110,49 +113,58 @@ def run(cores: int, unix: bool, variants: list[str], directions: list[str], case
     conf_b.write_text(_toml(body_b))
     sealer = Agent(load_config(conf_a))
     with scratch_dir("directmilter-bench-") as root, Sink(root / "wire") as sink:
-        for variant in variants:
-            port, path = free_port(), root / f"{variant}.sock"
-            spec = None if variant == "none" else f"unix:{path}" if unix else f"inet:127.0.0.1:{port}"
-            helpers: list[Any] = []
-            if variant == "passthrough":
-                helpers.append(passthrough(f"unix:{path}" if unix else f"inet:{port}@127.0.0.1",
-                                           root / "passthrough.log"))
-            for direction in directions:
-                milter = None
-                if variant == "directmilter":
-                    path.unlink(missing_ok=True)
-                    milter = Milterd(conf_a if direction == "outgoing" else conf_b, root / f"{direction}.log",
-                                     port=port, unix=path if unix else None).start()
-                    if unix:  # the socket is 0660; deployed, the daemon runs with Postfix's group
-                        os.chown(path, -1, grp.getgrnam("postfix").gr_gid)
-                    time.sleep(2.0)  # the crypto workers start
-                name = "a" if direction == "outgoing" else "b"
-                mailboxes = {ALICE: "alice"} if name == "a" else {}
-                mta = Postfix(root=root / f"{variant}-{name}", name=f"mx.{name}.test", mailboxes=mailboxes,
-                              relay={"direct.b.test": f"127.0.0.1:{sink.port}"}, milter=spec,
-                              main_cf={"message_size_limit": str(64 * MIB), "default_process_limit": "100"})
-                with mta:
-                    for size, count in cases:
-                        warm = max(2, count // 10)  # warm-up messages first: a resent message would be a replay
-                        plain = [message(size, tag=f"{variant}-{direction}-{i}") for i in range(count + warm)]
-                        if direction == "outgoing":
-                            port_in, load = mta.submission_port, plain
-                        else:
-                            port_in = mta.smtp_port
-                            load = [sealer.outgoing(MessageEnvelope(ALICE, (BOB,), m)).message for m in plain]
-                        print(f"{variant} {direction} {size}", file=sys.stderr, flush=True)
-                        blast(port_in, load[:warm], sink, ALICE, BOB)
-                        before = cpu_seconds()
-                        seconds = blast(port_in, load[warm:], sink, ALICE, BOB)
+        for direction in directions:
+            with contextlib.ExitStack() as stack:
+                ports = {v: start(v, direction, root, unix, stack, conf_a if direction == "outgoing" else conf_b,
+                                  sink) for v in variants}
+                for size, count in cases:
+                    warm = max(2, count // 10)  # warm-up messages first: a resent message would be a replay
+                    loads = {}
+                    for variant in variants:
+                        plain = [message(size, tag=f"{variant}-{direction}-{i}") for i in range(warm + rounds * count)]
+                        loads[variant] = plain if direction == "outgoing" else [
+                            sealer.outgoing(MessageEnvelope(ALICE, (BOB,), m)).message for m in plain]
+                        blast(ports[variant], loads[variant][:warm], sink, ALICE, BOB)
+                    samples: dict[str, list[float]] = {v: [] for v in variants}
+                    used: dict[str, dict[str, float]] = {v: {} for v in variants}
+                    for turn in range(rounds):
+                        for variant in variants[turn % len(variants):] + variants[:turn % len(variants)]:
+                            print(f"{variant} {direction} {size} round {turn + 1}", file=sys.stderr, flush=True)
+                            first = warm + turn * count
+                            before = cpu_seconds()
+                            seconds = blast(ports[variant], loads[variant][first:first + count], sink, ALICE, BOB)
+                            for name, spent in cpu_seconds().items():
+                                used[variant][name] = used[variant].get(name, 0.0) + spent - before.get(name, 0.0)
+                            samples[variant].append(count / seconds)
+                    for variant in variants:
+                        rates[(variant, direction, size)] = statistics.median(samples[variant])
                         if cpu:
-                            cpu_report(before, cpu_seconds(), count, f"{cores} {variant} {direction} {size}")
-                        rates[(variant, direction, size)] = count / seconds
-                if milter is not None:
-                    milter.stop()
-            for helper in helpers:
-                os.killpg(helper.pid, 9)
+                            cpu_report(used[variant], rounds * count, f"{cores} {variant} {direction} {size}")
     sealer.close()
     return rates
+
+
+def start(variant: str, direction: str, root: Path, unix: bool, stack: contextlib.ExitStack, config: Path,
+          sink: Sink) -> int:
+    """The variant's milter (if any) and its own Postfix in front of it; the port to send to."""
+    path = root / f"{variant}-{direction}.sock"
+    port = free_port()
+    spec = None if variant == "none" else f"unix:{path}" if unix else f"inet:127.0.0.1:{port}"
+    if variant == "passthrough":
+        helper = passthrough(f"unix:{path}" if unix else f"inet:{port}@127.0.0.1", root / "passthrough.log")
+        stack.callback(os.killpg, helper.pid, 9)
+    elif variant == "directmilter":
+        milter = Milterd(config, root / f"{direction}.log", port=port, unix=path if unix else None).start()
+        stack.callback(milter.stop)
+        if unix:  # the socket is 0660; deployed, the daemon runs with Postfix's group
+            os.chown(path, -1, grp.getgrnam("postfix").gr_gid)
+        time.sleep(2.0)  # the crypto workers start
+    name = "a" if direction == "outgoing" else "b"
+    mta = stack.enter_context(Postfix(
+        root=root / f"{variant}-{name}", name=f"mx.{name}.test", mailboxes={ALICE: "alice"} if name == "a" else {},
+        relay={"direct.b.test": f"127.0.0.1:{sink.port}"}, milter=spec,
+        main_cf={"message_size_limit": str(64 * MIB), "default_process_limit": "100"}))
+    return int(mta.submission_port if direction == "outgoing" else mta.smtp_port)
 
 
 def main() -> int:
@@ -163,12 +175,13 @@ def main() -> int:
                         help="run only these variants (none, passthrough, directmilter), directions (outgoing, "
                              "incoming) and sizes (10KiB, 1MiB): for profiling")
     parser.add_argument("--cpu", action="store_true", help="print the CPU milliseconds per message of each program")
+    parser.add_argument("--rounds", type=int, default=3, help="blasts per variant, taking turns; the median counts")
     args = parser.parse_args()
     directions = [d for d in ("outgoing", "incoming") if d in args.only] or ["outgoing", "incoming"]
     cases = [c for c in CASES if size_name(c[0]).replace(" ", "") in args.only] or CASES
     if args.cores:
         variants = [v for v in VARIANTS if v in args.only] or VARIANTS
-        rates = run(args.cores, args.socket == "unix", variants, directions, cases, args.cpu)
+        rates = run(args.cores, args.socket == "unix", variants, directions, cases, args.cpu, args.rounds)
         for (variant, direction, size), rate in rates.items():
             print(f"RATE {args.cores} {variant} {direction} {size} {rate:.3f}", flush=True)
         return 0
@@ -177,7 +190,8 @@ def main() -> int:
     for cores in (1, 2):
         cpus = ",".join(str(c) for c in range(cores))
         out = subprocess.run(["taskset", "-c", cpus, sys.executable, __file__, "--cores", str(cores), "--socket",
-                              args.socket, *(["--only", *args.only] if args.only else []),
+                              args.socket, "--rounds", str(args.rounds),
+                              *(["--only", *args.only] if args.only else []),
                               *(["--cpu"] if args.cpu else [])],
                              capture_output=True, text=True, check=False)
         if out.returncode != 0:

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime, getaddresses
+from email.utils import format_datetime
 from typing import Protocol
 
 from cryptography import x509
@@ -141,8 +141,8 @@ def open_message(config: Config, message: Message, recipients: Sequence[str], em
                                                    config.limits.max_certificates, emit)
                 by_keys[keys] = by_plaintext[digest]
         by_recipient[recipient] = by_keys[keys]
-    found = getaddresses(secured.outer.get_all("from"))
-    return Opened(found[0][1] if found else "", tuple(contents), by_recipient)
+    found = secured.outer.addresses("from")
+    return Opened(found[0] if found else "", tuple(contents), by_recipient)
 
 
 def _parse_secured(message: Message, ciphers: frozenset[str]) -> cms.Secured:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from email.utils import getaddresses
 
 from cryptography import x509
 
@@ -119,11 +118,11 @@ def _routing_tampered(ctx: AgentContext, sender: str, recipient: str, message: M
         inner = parse_entity(spool.head(message), what="delivered message")
     except DirectMilterError:
         return TamperedRouting(f"recipient {recipient}: the protected headers cannot be read to check routing")
-    listed = {a.lower() for _, a in getaddresses(inner.get_all("to") + inner.get_all("cc") + inner.get_all("bcc"))}
+    listed = {a.lower() for a in inner.addresses("to", "cc", "bcc")}
     if recipient.lower() not in listed:
         return TamperedRouting(f"recipient {recipient}: not named in the signed message's To, Cc or Bcc "
                                "(the envelope was changed in transit, or the recipient was Bcc'd)")
-    senders = {a.lower() for _, a in getaddresses(inner.get_all("from") + inner.get_all("sender"))}
+    senders = {a.lower() for a in inner.addresses("from", "sender")}
     if sender and sender.lower() not in senders:
         return TamperedRouting(f"recipient {recipient}: MAIL FROM {sender} is neither the signed message's From nor "
                                "its Sender (the envelope was changed in transit)")

@@ -1,9 +1,16 @@
 """DER by hand, for the few structures built or compared on every message (asn1crypto is pure Python and slow
-there): identifier-length-contents encoding, and comparing distinguished names."""
+there): identifier-length-contents encoding, comparing distinguished names, and certificates kept by encoding."""
 
 from __future__ import annotations
 
+import functools
+
 from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+
+#: Certificates up to this size are kept once loaded (real ones are 1 to 3 KiB; a crafted one can be anything).
+_KEEP_UP_TO = 16 * 1024
 
 #: What parsing hostile ASN.1 with asn1crypto can raise besides our own errors (a wrong type where another was
 #: expected surfaces as AttributeError, deep nesting as RecursionError). Each becomes a CMSError: a clean
@@ -27,3 +34,37 @@ def same_name(a: asn1_x509.Name, b: asn1_x509.Name) -> bool:
     """RFC 5280 7.1 name matching; the encodings are compared first, because they almost always are identical and
     the full comparison (LDAP stringprep of every attribute) costs more than the rest of verifying a signature."""
     return bool(a.dump() == b.dump() or a == b)
+
+
+def load_certificate(der: bytes) -> x509.Certificate:
+    """A certificate from its DER (ValueError when it is none). The same few arrive in every message of a
+    correspondent, so small ones are kept: later look-ups by certificate (trust, policies) then find them too."""
+    return _load_kept(der) if len(der) <= _KEEP_UP_TO else x509.load_der_x509_certificate(der)
+
+
+@functools.lru_cache(maxsize=512)
+def _load_kept(der: bytes) -> x509.Certificate:
+    return x509.load_der_x509_certificate(der)
+
+
+def issued_as(cert: x509.Certificate, issuer: asn1_x509.Name, serial: int) -> bool:
+    """Whether an issuer-and-serial-number (of a SignerInfo or RecipientInfo) names ``cert``."""
+    if serial != cert.serial_number:
+        return False
+    own = cert.issuer.public_bytes()
+    return bool(issuer.dump() == own or same_name(issuer, asn1_x509.Name.load(own)))
+
+
+@functools.lru_cache(maxsize=512)
+def subject_key_identifier(cert: x509.Certificate) -> bytes | None:
+    """The certificate's subjectKeyIdentifier extension, if it has one (what a [0] signer identifier names)."""
+    try:
+        return bytes(cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest)
+    except x509.ExtensionNotFound:
+        return None
+
+
+@functools.lru_cache(maxsize=512)
+def public_key(cert: x509.Certificate) -> CertificatePublicKeyTypes:
+    """The certificate's public key, made once per certificate rather than once per signature checked."""
+    return cert.public_key()

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers import algorithms as ciphers
 from cryptography.hazmat.primitives.ciphers import modes
 
 from directmilter.cms import algorithms
-from directmilter.cms.der import MALFORMED_INPUT, header, same_name
+from directmilter.cms.der import MALFORMED_INPUT, header, issued_as
 from directmilter.cms.mime import Chunk
 from directmilter.errors import CMSError, DecryptionFailed, NotEncrypted, NotEncryptedForRecipient
 from directmilter.keys.identity import PrivateIdentity
@@ -416,11 +416,7 @@ def _matches(ri: cms.KeyTransRecipientInfo, identity: PrivateIdentity) -> bool:
     rid = ri["rid"]
     cert = identity.certificate
     if rid.name == "issuer_and_serial_number":
-        wanted = rid.chosen
-        if wanted["serial_number"].native != cert.serial_number:
-            return False
-        issuer = cert.issuer.public_bytes()
-        return bool(wanted["issuer"].dump() == issuer or same_name(wanted["issuer"], asn1_x509.Name.load(issuer)))
+        return issued_as(cert, rid.chosen["issuer"], rid.chosen["serial_number"].native)
     return bool(rid.chosen.native == _key_identifier(cert))
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
-from email.utils import collapse_rfc2231_value
+from email.utils import collapse_rfc2231_value, getaddresses
+from types import MappingProxyType
 
 from directmilter.errors import MalformedMessage
 
@@ -68,7 +70,7 @@ class Entity:
     headers: tuple[Header, ...]
     body_start: int
     end: int
-    _params: Message = field(repr=False, compare=False)
+    _type: tuple[str, Mapping[str, str]] = field(repr=False, compare=False)
 
     @property
     def body(self) -> bytes:
@@ -81,13 +83,10 @@ class Entity:
 
     @property
     def content_type(self) -> str:
-        return self._params.get_content_type()
+        return self._type[0]
 
     def param(self, name: str) -> str | None:
-        value = self._params.get_param(name)
-        if value is None:
-            return None
-        return str(collapse_rfc2231_value(value))
+        return self._type[1].get(name.lower())
 
     def get(self, name: str) -> str | None:
         lowered = name.lower()
@@ -99,6 +98,11 @@ class Entity:
     def get_all(self, name: str) -> list[str]:
         lowered = name.lower()
         return [h.value for h in self.headers if h.name == lowered]
+
+    def addresses(self, *names: str) -> tuple[str, ...]:
+        """The addresses in these address fields (``"to"``, ``"cc"``...), in order; "" for one that cannot be read."""
+        wanted = {name.lower() for name in names}
+        return _addresses(tuple(h.value for h in self.headers if h.name in wanted))
 
     @property
     def transfer_encoding(self) -> str:
@@ -121,11 +125,30 @@ def parse_entity(data: Buffer, *, what: str = "message", max_headers: int = MAX_
     headers = _parse_header_block(header_block, what)
     if len(headers) > max_headers:
         raise MalformedMessage(f"{what}: {len(headers)} header fields, more than the limit of {max_headers}")
-    params = Message()
     content_type = next((h.value for h in headers if h.name == "content-type"), None)
-    if content_type is not None:
-        params["Content-Type"] = content_type
-    return Entity(raw=data, headers=headers, body_start=body_start, end=stop, _params=params)
+    return Entity(raw=data, headers=headers, body_start=body_start, end=stop, _type=_content_type(content_type))
+
+
+@functools.lru_cache(maxsize=1024)
+def _addresses(values: tuple[str, ...]) -> tuple[str, ...]:
+    """:func:`email.utils.getaddresses`, kept: the same correspondents write again and again."""
+    return tuple(address for _, address in getaddresses(list(values)))
+
+
+@functools.lru_cache(maxsize=256)
+def _content_type(value: str | None) -> tuple[str, Mapping[str, str]]:
+    """A Content-Type field's type and parameters (RFC 2045, RFC 2231), as :mod:`email` reads them.
+
+    Parsed once per entity, and kept: most Content-Type fields (not a multipart's, whose boundary is new each time)
+    repeat from message to message.
+    """
+    parsed = Message()
+    if value is not None:
+        parsed["Content-Type"] = value
+    params: dict[str, str] = {}
+    for name, raw in parsed.get_params(failobj=[])[1:]:
+        params.setdefault(name.lower(), str(collapse_rfc2231_value(raw)))
+    return parsed.get_content_type(), MappingProxyType(params)
 
 
 def _parse_header_block(block: bytes, what: str) -> tuple[Header, ...]:

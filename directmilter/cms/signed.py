@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from directmilter.cms import algorithms
-from directmilter.cms.der import MALFORMED_INPUT, same_name, tlv
+from directmilter.cms.der import MALFORMED_INPUT, issued_as, load_certificate, public_key, subject_key_identifier, tlv
 from directmilter.cms.mime import Chunk
 from directmilter.errors import (
     CMSError,
@@ -121,6 +121,8 @@ _SIGNED_DATA_OID = cms.ContentType("signed_data").dump()
 _DATA_CONTENT_INFO = cms.EncapsulatedContentInfo({"content_type": "data"}).dump()
 _SIGNING_TIME_OID = cms.CMSAttributeType("signing_time").dump()
 _MESSAGE_DIGEST_OID = cms.CMSAttributeType("message_digest").dump()
+_CONTENT_TYPE_OID = cms.CMSAttributeType("content_type").dump()
+_DATA_OID = "1.2.840.113549.1.7.1"
 _CONTENT_TYPE_ATTRIBUTE = cms.CMSAttribute({"type": "content_type", "values": ["data"]}).dump()
 _CAPABILITIES_ATTRIBUTE = cms.CMSAttribute(
     {"type": "smime_capabilities", "values": [[{"capability_id": cap} for cap in _CAPABILITIES]]}).dump()
@@ -182,22 +184,18 @@ def verify_detached(
     """
     signed_data = _load_signed_data(signature_der)
     try:
-        certs = [
-            choice.chosen for choice in signed_data["certificates"] or [] if choice.name == "certificate"
-        ]
-        crypto_certs = tuple(x509.load_der_x509_certificate(c.dump()) for c in certs)
+        crypto_certs = tuple(load_certificate(choice.chosen.dump())
+                             for choice in signed_data["certificates"] or [] if choice.name == "certificate")
         encap = signed_data["encap_content_info"]
         if encap["content"].native is not None:
             raise CMSError("signature is not detached: SignedData carries its own content (AS 2.5.1)")
-        content_type = encap["content_type"].native
+        content_type = encap["content_type"]
         signer_infos = list(signed_data["signer_infos"])
     except MALFORMED_INPUT as exc:
         raise CMSError(f"signature: malformed SignedData ({exc})") from exc
     if not signer_infos:
         raise SignatureInvalid("signature: SignedData has no SignerInfo")
-    results = tuple(
-        _verify_one(info, content, content_type, certs, crypto_certs, accepted_digests) for info in signer_infos
-    )
+    results = tuple(_verify_one(info, content, content_type, crypto_certs, accepted_digests) for info in signer_infos)
     return SignatureReport(results=results, certificates=crypto_certs)
 
 
@@ -218,16 +216,14 @@ def _load_signed_data(der: bytes) -> cms.SignedData:
 def _verify_one(
     info: cms.SignerInfo,
     content: Chunk,
-    content_type: str,
-    certs: list[asn1_x509.Certificate],
+    content_type: cms.ContentType,
     crypto_certs: tuple[x509.Certificate, ...],
     accepted_digests: frozenset[str] | tuple[str, ...],
 ) -> SignatureResult:
     cert: x509.Certificate | None = None
     digest: str | None = None
     try:
-        index = _find_signer(info["sid"], certs)
-        cert = crypto_certs[index] if index is not None else None
+        cert = _find_signer(info["sid"], crypto_certs)
         digest = algorithms.digest_name(info["digest_algorithm"]["algorithm"].native, accepted_digests)
         if cert is None:
             raise NoSignerCertificate(
@@ -242,15 +238,12 @@ def _verify_one(
     return SignatureResult(certificate=cert, digest=digest, error=None)
 
 
-def _find_signer(sid: cms.SignerIdentifier, certs: list[asn1_x509.Certificate]) -> int | None:
-    for index, cert in enumerate(certs):
-        if sid.name == "issuer_and_serial_number":
-            wanted = sid.chosen
-            if cert.serial_number == wanted["serial_number"].native and same_name(cert.issuer, wanted["issuer"]):
-                return index
-        elif cert.key_identifier is not None and cert.key_identifier == sid.chosen.native:
-            return index
-    return None
+def _find_signer(sid: cms.SignerIdentifier, certs: tuple[x509.Certificate, ...]) -> x509.Certificate | None:
+    if sid.name == "issuer_and_serial_number":
+        issuer, serial = sid.chosen["issuer"], sid.chosen["serial_number"].native
+        return next((cert for cert in certs if issued_as(cert, issuer, serial)), None)
+    wanted = sid.chosen.native
+    return next((cert for cert in certs if subject_key_identifier(cert) == wanted), None)
 
 
 def _describe_sid(sid: cms.SignerIdentifier) -> str:
@@ -260,35 +253,32 @@ def _describe_sid(sid: cms.SignerIdentifier) -> str:
     return f"subject key identifier {sid.chosen.native.hex()}"
 
 
-def _signed_bytes(info: cms.SignerInfo, content: Chunk, content_type: str, digest: str) -> Chunk:
+def _signed_bytes(info: cms.SignerInfo, content: Chunk, content_type: cms.ContentType, digest: str) -> Chunk:
     """What the signature value covers: the DER SET of the signed attributes, or the content itself."""
     attrs = info["signed_attrs"]
     if not attrs:
-        if content_type != "data":
+        if content_type.dotted != _DATA_OID:
             raise SignatureInvalid("signature without signed attributes over non-data content (RFC 5652 5.3)")
         return content
-    found: dict[str, list[object]] = {}
+    # Attribute types are compared as encoded OIDs: asn1crypto's OID decoding is slow, and they are all we look at.
+    found: dict[bytes, list[core.SetOf]] = {}
     for attr in attrs:
-        found.setdefault(attr["type"].native, []).append(attr["values"])
-    for required in ("content_type", "message_digest"):
-        if len(found.get(required, [])) != 1:
-            raise SignatureInvalid(f"signed attribute {required} must occur exactly once (RFC 5652 5.3)")
-    if _single_value(attrs, "content_type") != content_type:
+        found.setdefault(attr["type"].contents, []).append(attr["values"])
+    for name, oid in (("content_type", _CONTENT_TYPE_OID), ("message_digest", _MESSAGE_DIGEST_OID)):
+        if len(found.get(oid[2:], [])) != 1:
+            raise SignatureInvalid(f"signed attribute {name} must occur exactly once (RFC 5652 5.3)")
+    if _single_value(found[_CONTENT_TYPE_OID[2:]][0], "content_type").contents != content_type.contents:
         raise SignatureInvalid("signed contentType attribute does not match the content (RFC 5652 11.1)")
-    if _single_value(attrs, "message_digest") != _hash(digest, content):
+    if _single_value(found[_MESSAGE_DIGEST_OID[2:]][0], "message_digest").native != _hash(digest, content):
         raise SignatureInvalid("message digest does not match: the signed content was changed")
     # Re-tag the received [0] IMPLICIT bytes as a SET, keeping them exactly as the signer encoded them.
     return bytes(core.SetOf(contents=attrs.contents).dump())
 
 
-def _single_value(attrs: cms.CMSAttributes, name: str) -> object:
-    for attr in attrs:
-        if attr["type"].native == name:
-            values = attr["values"]
-            if len(values) != 1:
-                raise SignatureInvalid(f"signed attribute {name} must have exactly one value")
-            return values[0].native
-    return None
+def _single_value(values: core.SetOf, name: str) -> core.Asn1Value:
+    if len(values) != 1:
+        raise SignatureInvalid(f"signed attribute {name} must have exactly one value")
+    return values[0]
 
 
 def _check_signature(cert: x509.Certificate, info: cms.SignerInfo, signed: Chunk, digest: str) -> None:
@@ -298,18 +288,18 @@ def _check_signature(cert: x509.Certificate, info: cms.SignerInfo, signed: Chunk
         raise ForbiddenAlgorithm(f"signature algorithm {name} uses MD5/MD2 (Applicability Statement 2.6)")
     signature = info["signature"].native
     signed = signed if isinstance(signed, bytes) else bytes(signed)  # no signed attributes: rare, and small
-    public_key = cert.public_key()
+    key = public_key(cert)
     hash_algorithm = algorithms.hash_for(digest)
     try:
-        if isinstance(public_key, rsa.RSAPublicKey) and name == "rsassa_pss":
-            public_key.verify(signature, signed, _pss_padding(algorithm, digest), hash_algorithm)
-        elif isinstance(public_key, rsa.RSAPublicKey) and (name == "rsassa_pkcs1v15" or name.endswith("_rsa")):
-            public_key.verify(signature, signed, padding.PKCS1v15(), hash_algorithm)
-        elif isinstance(public_key, ec.EllipticCurvePublicKey) and (name == "ecdsa" or name.endswith("_ecdsa")):
-            public_key.verify(signature, signed, ec.ECDSA(hash_algorithm))
+        if isinstance(key, rsa.RSAPublicKey) and name == "rsassa_pss":
+            key.verify(signature, signed, _pss_padding(algorithm, digest), hash_algorithm)
+        elif isinstance(key, rsa.RSAPublicKey) and (name == "rsassa_pkcs1v15" or name.endswith("_rsa")):
+            key.verify(signature, signed, padding.PKCS1v15(), hash_algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey) and (name == "ecdsa" or name.endswith("_ecdsa")):
+            key.verify(signature, signed, ec.ECDSA(hash_algorithm))
         else:
             raise SignatureInvalid(
-                f"signature algorithm {name} does not fit the signer's {type(public_key).__name__} key"
+                f"signature algorithm {name} does not fit the signer's {type(key).__name__} key"
             )
     except InvalidSignature as exc:
         raise SignatureInvalid("signature value does not verify with the signer's certificate") from exc
