@@ -57,3 +57,36 @@ def test_a_malformed_signer_identifier_is_a_clean_rejection(world: World) -> Non
     assert bent != der
     report = verify_detached(b"hello", bent)
     assert [type(r.error) for r in report.results] == [CMSError]
+
+
+def test_small_certificates_are_kept_by_encoding_and_large_ones_are_not() -> None:
+    """The certificates of every message of a correspondent are loaded once; a crafted huge one cannot fill memory
+    (every kept certificate is at most 16 KiB)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from directmilter.cms.der import load_certificate
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kept")])
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(padding: int) -> bytes:
+        builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now)
+                   .not_valid_after(now + datetime.timedelta(days=1)))
+        if padding:
+            builder = builder.add_extension(
+                x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\0" * padding), False)
+        return builder.sign(key, hashes.SHA256()).public_bytes(Encoding.DER)
+
+    small, large = certificate(0), certificate(20_000)
+    assert load_certificate(small) is load_certificate(bytes(small))
+    assert load_certificate(large) == load_certificate(large)
+    assert load_certificate(large) is not load_certificate(large)
+    with pytest.raises(ValueError):
+        load_certificate(b"\x30\x03\x02\x01\x00")

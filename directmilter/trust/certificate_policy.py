@@ -19,6 +19,7 @@ A certificate that fails is skipped (another of the address's certificates may p
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -59,10 +60,7 @@ class CertificatePolicy:
 
     def violation(self, cert: x509.Certificate) -> str | None:
         """Why ``cert`` fails this policy, or None when it passes (a certificate that cannot be read fails)."""
-        try:
-            return self._violation(cert)
-        except (ValueError, UnsupportedAlgorithm) as exc:  # a malformed extension, an unknown key or algorithm
-            return f"the certificate cannot be read for the policy check ({exc})"
+        return _violation(self, cert)
 
     def _violation(self, cert: x509.Certificate) -> str | None:
         key = cert.public_key()
@@ -139,6 +137,16 @@ class CertificatePolicy:
                                  "extended_key_usage, required_policies, forbidden_policies, "
                                  "forbidden_signature_algorithms)")
         return replace(self, **changes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _violation(policy: CertificatePolicy, cert: x509.Certificate) -> str | None:
+    """:meth:`CertificatePolicy.violation`, kept per policy and certificate: both are immutable, and the same few
+    certificates (our own signing ones above all) are checked on every message."""
+    try:
+        return policy._violation(cert)
+    except (ValueError, UnsupportedAlgorithm) as exc:  # a malformed extension, an unknown key or algorithm
+        return f"the certificate cannot be read for the policy check ({exc})"
 
 
 def _strings(name: str, value: object) -> list[str]:
