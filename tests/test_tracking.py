@@ -92,6 +92,21 @@ def test_unconfirmed_delivery_of_a_dead_milter_is_no_replay(url: str) -> None:
         store.close()
 
 
+def test_a_batch_of_confirmations_confirms_exactly_its_records(url: str) -> None:
+    """The background writer confirms a batch in as few statements as it can (here 700 records: three): each
+    confirmed record is a replay for everyone afterwards, and the one left out still is not."""
+    store = open_store(url)
+    try:
+        records = [(f"<m{i}@b>", "Alice@A", f"d{i}") for i in range(701)]
+        for message_id, recipient, digest in records:
+            assert store.first_delivery(message_id, recipient, digest, 1, owner="first-process")
+        store.confirm_deliveries(records[:700])
+        assert not any(store.first_delivery(m, r, d, 2, owner="restarted") for m, r, d in records[:700])
+        assert store.first_delivery(*records[700], 2, owner="restarted")
+    finally:
+        store.close()
+
+
 def test_database_of_the_first_release_is_brought_up_to_date(tmp_path: Path) -> None:
     """An existing tracking database without the later columns gets them at open: nothing to do by hand."""
     import sqlite3

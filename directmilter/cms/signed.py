@@ -263,13 +263,13 @@ def _signed_bytes(info: cms.SignerInfo, content: Chunk, content_type: cms.Conten
     # Attribute types are compared as encoded OIDs: asn1crypto's OID decoding is slow, and they are all we look at.
     found: dict[bytes, list[core.SetOf]] = {}
     for attr in attrs:
-        found.setdefault(attr["type"].contents, []).append(attr["values"])
+        found.setdefault(attr["type"].dump(), []).append(attr["values"])
     for name, oid in (("content_type", _CONTENT_TYPE_OID), ("message_digest", _MESSAGE_DIGEST_OID)):
-        if len(found.get(oid[2:], [])) != 1:
+        if len(found.get(oid, [])) != 1:
             raise SignatureInvalid(f"signed attribute {name} must occur exactly once (RFC 5652 5.3)")
-    if _single_value(found[_CONTENT_TYPE_OID[2:]][0], "content_type").contents != content_type.contents:
+    if _single_value(found[_CONTENT_TYPE_OID][0], "content_type").dump() != content_type.dump():
         raise SignatureInvalid("signed contentType attribute does not match the content (RFC 5652 11.1)")
-    if _single_value(found[_MESSAGE_DIGEST_OID[2:]][0], "message_digest").native != _hash(digest, content):
+    if _single_value(found[_MESSAGE_DIGEST_OID][0], "message_digest").native != _hash(digest, content):
         raise SignatureInvalid("message digest does not match: the signed content was changed")
     # Re-tag the received [0] IMPLICIT bytes as a SET, keeping them exactly as the signer encoded them.
     return bytes(core.SetOf(contents=attrs.contents).dump())

@@ -79,6 +79,10 @@ class RecipientState:
     failure: str | None
 
 
+#: Rows one statement confirms at most (three parameters each; SQLite before 3.32 allows 999 per statement).
+_ROWS_PER_STATEMENT = 300
+
+
 class _Connection(Protocol):
     def execute(self, sql: str, params: Sequence[Any] = ...) -> Any: ...
     def commit(self) -> None: ...
@@ -237,9 +241,14 @@ class TrackingStore:
         """:meth:`confirm_delivery` for many (message id, recipient, digest) at once: one transaction (relaxed, as
         in :meth:`first_delivery`)."""
         with self._cursor(durable=False) as run:
-            for message_id, recipient, digest in deliveries:
-                run("UPDATE incoming_seen SET confirmed = 1 WHERE message_id = %s AND recipient = %s "
-                    "AND digest = %s", (message_id, recipient.lower(), digest))
+            # One statement per batch: a statement per row would let each milter thread wait for the store (and
+            # the interpreter lock, given up and taken again around every statement) as many times.
+            for first in range(0, len(deliveries), _ROWS_PER_STATEMENT):
+                batch = deliveries[first : first + _ROWS_PER_STATEMENT]
+                run("UPDATE incoming_seen SET confirmed = 1 WHERE (message_id, recipient, digest) IN (VALUES "
+                    + ", ".join(["(%s, %s, %s)"] * len(batch)) + ")",
+                    [value for message_id, recipient, digest in batch
+                     for value in (message_id, recipient.lower(), digest)])
 
     # --- the outbox: secured MDNs, durable until Postfix has them ----------------------------------------------------
 
