@@ -2,10 +2,11 @@
 
 Outgoing: messages submitted to HISP A's submission listener are secured and relayed to a sink. Incoming:
 secured messages sent to HISP B's MX are opened and relayed (Postfix) to a sink. At 10 KiB and 1 MiB, with 1
-and 2 cores in use (the whole run pinned with taskset; directmilter gets as many crypto workers as cores).
-Reported as messages/s and as ratios to the pass-through milter: each the median of three blasts, the variants
-taking turns. Both milters listen on a unix socket (the packaged default) or, with ``--socket inet``, on loopback
-TCP. Run: .venv/bin/python bench/throughput.py (``--only incoming 10KiB --cpu`` to look at one case closely)
+and 2 cores in use (everything the run starts is pinned to them; directmilter has two crypto workers). Reported as
+messages/s, as ratios to the pass-through milter and as 2-core/1-core ratios: each figure the median of three
+blasts, core counts and variants taking turns (see :func:`run`). Both milters listen on a unix socket (the
+packaged default) or, with ``--socket inet``, on loopback TCP. Run: .venv/bin/python bench/throughput.py
+(``--only incoming 10KiB --cpu`` to look at one case closely)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from directmilter.log import configure
 CASES = [(10 * KIB, 600), (1 * MIB, 40)] if not os.environ.get("BENCH_QUICK") else [(10 * KIB, 30), (1 * MIB, 4)]
 CONCURRENCY = 8
 VARIANTS = ["none", "passthrough", "directmilter"]
+CORES = (1, 2)
 
 
 def dumps(sink: Sink) -> int:
@@ -95,22 +97,24 @@ def cpu_report(used: dict[str, float], count: int, label: str) -> None:
           + f"; total {sum(ms for ms, _ in busy):.2f} ms/message", file=sys.stderr, flush=True)
 
 
-def run(cores: int, unix: bool, variants: list[str], directions: list[str], cases: list[tuple[int, int]],
-        cpu: bool, rounds: int) -> dict[tuple[str, str, int], float]:
-    """Messages/s of each variant: the median of ``rounds`` blasts, the variants taking turns (the machine's pace
-    drifts by tens of percent within minutes, and taking turns spreads the drift over all of them alike)."""
+def run(unix: bool, variants: list[str], directions: list[str], cases: list[tuple[int, int]], cpu: bool,
+        rounds: int) -> dict[tuple[int, str, str, int], float]:
+    """Messages/s of each variant on 1 and on 2 cores: the median of ``rounds`` blasts.
+
+    The machine's pace drifts by tens of percent within minutes, so everything takes turns: in each round, each
+    core count (the whole run is re-pinned, :func:`pin`), and under it each variant. The drift then falls on all
+    figures alike instead of on whichever was measured last.
+    """
     configure("error")
     w = world()
-    rates: dict[tuple[str, str, int], float] = {}
-    body_a = {**w.hisp_a_body(), "milter": {"internal_hosts": [], "submission_daemons": ["ORIGINATING"],
-                                            "workers": cores}}
-    body_b = {**w.hisp_b_body(), "milter": {"internal_hosts": [], "submission_daemons": ["ORIGINATING"],
-                                            "workers": cores}, "notify": {"mdn": False,
-                                                                           "tracking": f"sqlite:{w.directory}/b.db"}}
+    rates: dict[tuple[int, str, str, int], float] = {}
+    milter = {"internal_hosts": [], "submission_daemons": ["ORIGINATING"], "workers": max(CORES)}
     conf_a = w.directory / "a.conf"
-    conf_a.write_text(_toml({**body_a, "notify": {"tracking": f"sqlite:{w.directory}/a.db"}}))
+    conf_a.write_text(_toml({**w.hisp_a_body(), "milter": milter,
+                             "notify": {"tracking": f"sqlite:{w.directory}/a.db"}}))
     conf_b = w.directory / "b.conf"
-    conf_b.write_text(_toml(body_b))
+    conf_b.write_text(_toml({**w.hisp_b_body(), "milter": milter,
+                             "notify": {"mdn": False, "tracking": f"sqlite:{w.directory}/b.db"}}))
     sealer = Agent(load_config(conf_a))
     with scratch_dir("directmilter-bench-") as root, Sink(root / "wire") as sink:
         for direction in directions:
@@ -120,28 +124,56 @@ def run(cores: int, unix: bool, variants: list[str], directions: list[str], case
                 for size, count in cases:
                     warm = max(2, count // 10)  # warm-up messages first: a resent message would be a replay
                     loads = {}
+                    pin(max(CORES))
                     for variant in variants:
-                        plain = [message(size, tag=f"{variant}-{direction}-{i}") for i in range(warm + rounds * count)]
-                        loads[variant] = plain if direction == "outgoing" else [
-                            sealer.outgoing(MessageEnvelope(ALICE, (BOB,), m)).message for m in plain]
-                        blast(ports[variant], loads[variant][:warm], sink, ALICE, BOB)
-                    samples: dict[str, list[float]] = {v: [] for v in variants}
-                    used: dict[str, dict[str, float]] = {v: {} for v in variants}
+                        plain = [message(size, tag=f"{variant}-{direction}-{i}")
+                                 for i in range(warm + rounds * len(CORES) * count)]
+                        loads[variant] = iter(plain if direction == "outgoing" else [
+                            sealer.outgoing(MessageEnvelope(ALICE, (BOB,), m)).message for m in plain])
+                        blast(ports[variant], [next(loads[variant]) for _ in range(warm)], sink, ALICE, BOB)
+                    samples: dict[tuple[int, str], list[float]] = {}
+                    used: dict[tuple[int, str], dict[str, float]] = {}
                     for turn in range(rounds):
-                        for variant in variants[turn % len(variants):] + variants[:turn % len(variants)]:
-                            print(f"{variant} {direction} {size} round {turn + 1}", file=sys.stderr, flush=True)
-                            first = warm + turn * count
-                            before = cpu_seconds()
-                            seconds = blast(ports[variant], loads[variant][first:first + count], sink, ALICE, BOB)
-                            for name, spent in cpu_seconds().items():
-                                used[variant][name] = used[variant].get(name, 0.0) + spent - before.get(name, 0.0)
-                            samples[variant].append(count / seconds)
-                    for variant in variants:
-                        rates[(variant, direction, size)] = statistics.median(samples[variant])
+                        for cores in CORES if turn % 2 == 0 else CORES[::-1]:
+                            pin(cores)
+                            for variant in variants[turn % len(variants):] + variants[:turn % len(variants)]:
+                                print(f"{cores} {variant} {direction} {size} round {turn + 1}", file=sys.stderr,
+                                      flush=True)
+                                before = cpu_seconds()
+                                seconds = blast(ports[variant], [next(loads[variant]) for _ in range(count)], sink,
+                                                ALICE, BOB)
+                                spent = used.setdefault((cores, variant), {})
+                                for name, total in cpu_seconds().items():
+                                    spent[name] = spent.get(name, 0.0) + total - before.get(name, 0.0)
+                                samples.setdefault((cores, variant), []).append(count / seconds)
+                    for (cores, variant), values in samples.items():
+                        rates[(cores, variant, direction, size)] = statistics.median(values)
                         if cpu:
-                            cpu_report(used[variant], rounds * count, f"{cores} {variant} {direction} {size}")
+                            cpu_report(used[(cores, variant)], rounds * count, f"{cores} {variant} {direction} {size}")
+                pin(max(CORES))
     sealer.close()
     return rates
+
+
+def pin(cores: int) -> None:
+    """Run this process and everything it started (Postfix, the milters, their workers, the sink) on the first
+    ``cores`` CPUs; what they start later inherits it."""
+    cpus = set(range(cores))
+    family = {os.getpid()}
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            text = stat.read_text()
+            parents[int(stat.parent.name)] = int(text[text.rindex(")") + 2:].split()[1])
+    while True:
+        more = {pid for pid, parent in parents.items() if parent in family} - family
+        if not more:
+            break
+        family |= more
+    for pid in family:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setaffinity(int(task.name), cpus)
 
 
 def start(variant: str, direction: str, root: Path, unix: bool, stack: contextlib.ExitStack, config: Path,
@@ -169,56 +201,42 @@ def start(variant: str, direction: str, root: Path, unix: bool, stack: contextli
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--cores", type=int, help="(internal) the core count this run is pinned to")
     parser.add_argument("--socket", choices=("unix", "inet"), default="unix", help="how the milters listen")
     parser.add_argument("--only", nargs="+", default=[], metavar="PART",
                         help="run only these variants (none, passthrough, directmilter), directions (outgoing, "
                              "incoming) and sizes (10KiB, 1MiB): for profiling")
     parser.add_argument("--cpu", action="store_true", help="print the CPU milliseconds per message of each program")
-    parser.add_argument("--rounds", type=int, default=3, help="blasts per variant, taking turns; the median counts")
+    parser.add_argument("--rounds", type=int, default=3, help="blasts per variant and core count; the median counts")
     args = parser.parse_args()
+    if (os.cpu_count() or 1) < max(CORES):
+        raise SystemExit(f"this benchmark needs {max(CORES)} cores")
     directions = [d for d in ("outgoing", "incoming") if d in args.only] or ["outgoing", "incoming"]
     cases = [c for c in CASES if size_name(c[0]).replace(" ", "") in args.only] or CASES
-    if args.cores:
-        variants = [v for v in VARIANTS if v in args.only] or VARIANTS
-        rates = run(args.cores, args.socket == "unix", variants, directions, cases, args.cpu, args.rounds)
-        for (variant, direction, size), rate in rates.items():
-            print(f"RATE {args.cores} {variant} {direction} {size} {rate:.3f}", flush=True)
-        return 0
-    print(f"# bench/throughput.py on {machine()}; concurrency {CONCURRENCY}; {args.socket} milter sockets")
-    table: dict[tuple[int, str, str, int], float] = {}
-    for cores in (1, 2):
-        cpus = ",".join(str(c) for c in range(cores))
-        out = subprocess.run(["taskset", "-c", cpus, sys.executable, __file__, "--cores", str(cores), "--socket",
-                              args.socket, "--rounds", str(args.rounds),
-                              *(["--only", *args.only] if args.only else []),
-                              *(["--cpu"] if args.cpu else [])],
-                             capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            print(out.stdout[-2000:], out.stderr[-4000:])
-            return 1
-        for line in out.stderr.splitlines():
-            if line.startswith("CPU "):
-                print(line)
-        for line in out.stdout.splitlines():
-            if line.startswith("RATE "):
-                _, c, variant, direction, size, rate = line.split()
-                table[(int(c), variant, direction, int(size))] = float(rate)
+    variants = [v for v in VARIANTS if v in args.only] or VARIANTS
+    print(f"# bench/throughput.py on {machine()}; concurrency {CONCURRENCY}; {args.socket} milter sockets; "
+          f"median of {args.rounds} rounds")
+    table = run(args.socket == "unix", variants, directions, cases, args.cpu, args.rounds)
     print(f"{'cores':>5} {'direction':>9} {'size':>7} {'none':>8} {'passthru':>9} {'direct':>8} {'direct/pass':>11}")
     verdicts = []
-    for cores in (1, 2):
+    for cores in CORES:
         for direction in directions:
             for size, _ in cases:
                 none, pas, ours = (table.get((cores, v, direction, size), float("nan")) for v in VARIANTS)
                 print(f"{cores:>5} {direction:>9} {size_name(size):>7} {none:8.1f} {pas:9.1f} {ours:8.1f} "
                       f"{ours / pas:11.2f}")
-                if size == 10 * KIB and cores == 2:
+                if size == 10 * KIB and cores == max(CORES):
                     verdicts.append((f"{direction} 10 KiB >= 50% of pass-through", ours / pas >= 0.5, ours / pas))
+    print(f"{'direction':>9} {'size':>7} {'none 2/1':>9} {'passthru 2/1':>13} {'direct 2/1':>11}")
     for direction in directions:
         for size, _ in cases:
-            scale = table.get((2, "directmilter", direction, size), float("nan")) / table.get(
-                (1, "directmilter", direction, size), float("nan"))
-            verdicts.append((f"{direction} {size_name(size)} 2 cores >= 1.7x 1 core", scale >= 1.7, scale))
+            none, pas, ours = (table.get((2, v, direction, size), float("nan")) /
+                               table.get((1, v, direction, size), float("nan")) for v in VARIANTS)
+            print(f"{direction:>9} {size_name(size):>7} {none:9.2f} {pas:13.2f} {ours:11.2f}")
+            # The target is for CPU-bound crypto (the issue's words): at 1 MiB the crypto is most of the work. At
+            # 10 KiB Postfix and the kernel are (see --cpu), and the ratio is shown, not judged.
+            if size >= MIB:
+                verdicts.append((f"{direction} {size_name(size)} (crypto-bound) 2 cores >= 1.7x 1 core",
+                                 ours >= 1.7, ours))
     for text, ok, value in verdicts:
         print(f"target: {text} -> {'met' if ok else 'NOT met'} ({value:.2f})")
     return 0
