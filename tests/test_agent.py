@@ -151,7 +151,7 @@ def test_bcc_dropped_subject_hidden_and_ids_kept(world: World, agent_for) -> Non
     raw = plain_message(extra=b"Bcc: bob2@direct.b.test\r\n")
     sent = secure(agent_for, world, raw, BOB, "bob2@direct.b.test")
     assert CANARY.encode() not in sent.message
-    assert b"Bcc" not in sent.message
+    assert b"Bcc" not in sent.message.split(b"\r\n\r\n", 1)[0]  # (the base64 body holds "Bcc" one time in 20)
     outer = cms.parse_message(sent.message)
     assert outer.get("message-id") == "<test-1@direct.a.test>"
     assert outer.get("from") == "alice@direct.a.test" and outer.get("to") == BOB
