@@ -8,7 +8,6 @@ incoming anchors.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -17,6 +16,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from directmilter.errors import NoCertificate, PolicyViolation, TrustError
 from directmilter.log import get_logger
+from directmilter.memo import kept
 from directmilter.trust.binding import binding_error, bound_to, describe_certificate
 from directmilter.trust.certificate_policy import CertificatePolicy
 from directmilter.trust.validator import TrustValidator
@@ -72,7 +72,7 @@ def trusted_certificates(
     return trusted, first_error
 
 
-@functools.lru_cache(maxsize=4096)
+@kept(4096)
 def _unusable(cert: x509.Certificate, address: str,
               policy: CertificatePolicy | None) -> tuple[type[TrustError], str] | None:
     """Why ``cert`` may not be used for ``address`` whatever its path: not bound to it, or refused by ``policy``.
@@ -88,7 +88,7 @@ def _unusable(cert: x509.Certificate, address: str,
     return None
 
 
-@functools.lru_cache(maxsize=1024)
+@kept(1024)
 def _not_for_email(cert: x509.Certificate) -> str | None:
     """With key-usage enforcement on, an extendedKeyUsage that is present must allow S/MIME (RFC 5280 4.2.1.12)."""
     try:

@@ -3,14 +3,11 @@ there): identifier-length-contents encoding, comparing distinguished names, and 
 
 from __future__ import annotations
 
-import functools
-
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
-#: Certificates up to this size are kept once loaded (real ones are 1 to 3 KiB; a crafted one can be anything).
-_KEEP_UP_TO = 16 * 1024
+from directmilter.memo import kept
 
 #: What parsing hostile ASN.1 with asn1crypto can raise besides our own errors (a wrong type where another was
 #: expected surfaces as AttributeError, deep nesting as RecursionError). Each becomes a CMSError: a clean
@@ -36,14 +33,10 @@ def same_name(a: asn1_x509.Name, b: asn1_x509.Name) -> bool:
     return bool(a.dump() == b.dump() or a == b)
 
 
+@kept(512)
 def load_certificate(der: bytes) -> x509.Certificate:
     """A certificate from its DER (ValueError when it is none). The same few arrive in every message of a
-    correspondent, so small ones are kept: later look-ups by certificate (trust, policies) then find them too."""
-    return _load_kept(der) if len(der) <= _KEEP_UP_TO else x509.load_der_x509_certificate(der)
-
-
-@functools.lru_cache(maxsize=512)
-def _load_kept(der: bytes) -> x509.Certificate:
+    correspondent, so they are kept (see :mod:`directmilter.memo`): look-ups by certificate then find them too."""
     return x509.load_der_x509_certificate(der)
 
 
@@ -55,7 +48,7 @@ def issued_as(cert: x509.Certificate, issuer: asn1_x509.Name, serial: int) -> bo
     return bool(issuer.dump() == own or same_name(issuer, asn1_x509.Name.load(own)))
 
 
-@functools.lru_cache(maxsize=512)
+@kept(512)
 def subject_key_identifier(cert: x509.Certificate) -> bytes | None:
     """The certificate's subjectKeyIdentifier extension, if it has one (what a [0] signer identifier names)."""
     try:
@@ -64,7 +57,7 @@ def subject_key_identifier(cert: x509.Certificate) -> bytes | None:
         return None
 
 
-@functools.lru_cache(maxsize=512)
+@kept(512)
 def public_key(cert: x509.Certificate) -> CertificatePublicKeyTypes:
     """The certificate's public key, made once per certificate rather than once per signature checked."""
     return cert.public_key()

@@ -8,7 +8,6 @@ private keys until one opens it, as the agent algorithm's Process Incoming asks.
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from directmilter.cms.der import MALFORMED_INPUT, header, issued_as
 from directmilter.cms.mime import Chunk
 from directmilter.errors import CMSError, DecryptionFailed, NotEncrypted, NotEncryptedForRecipient
 from directmilter.keys.identity import PrivateIdentity
+from directmilter.memo import kept
 
 _GCM_NONCE = 12
 _GCM_TAG = 16
@@ -138,7 +138,7 @@ def _recipient_info(cert: x509.Certificate, key: bytes, key_transport: str, reci
     return header(0x30, len(body)) + body
 
 
-@functools.lru_cache(maxsize=1024)
+@kept(1024)
 def _recipient_head(certificate_der: bytes, key_transport: str, recipient_id: str) -> bytes:
     """What a certificate's KeyTransRecipientInfo holds before the encrypted key (the same for every message):
     version, recipient identifier and key transport algorithm, encoded once."""
@@ -159,7 +159,7 @@ def _recipient_head(certificate_der: bytes, key_transport: str, recipient_id: st
     return bytes(core.Integer(version).dump() + rid.dump() + cms.KeyEncryptionAlgorithm(transport).dump())
 
 
-@functools.lru_cache(maxsize=1024)
+@kept(1024)
 def _key_identifier(cert: x509.Certificate) -> bytes:
     try:
         return bytes(cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,6 +18,7 @@ from email.utils import collapse_rfc2231_value, getaddresses
 from types import MappingProxyType
 
 from directmilter.errors import MalformedMessage
+from directmilter.memo import kept
 
 CRLF = b"\r\n"
 _BARE_NEWLINE = re.compile(rb"\r\n|\r|\n")
@@ -129,13 +129,13 @@ def parse_entity(data: Buffer, *, what: str = "message", max_headers: int = MAX_
     return Entity(raw=data, headers=headers, body_start=body_start, end=stop, _type=_content_type(content_type))
 
 
-@functools.lru_cache(maxsize=1024)
+@kept(1024)
 def _addresses(values: tuple[str, ...]) -> tuple[str, ...]:
     """:func:`email.utils.getaddresses`, kept: the same correspondents write again and again."""
     return tuple(address for _, address in getaddresses(list(values)))
 
 
-@functools.lru_cache(maxsize=256)
+@kept(256)
 def _content_type(value: str | None) -> tuple[str, Mapping[str, str]]:
     """A Content-Type field's type and parameters (RFC 2045, RFC 2231), as :mod:`email` reads them.
 

@@ -31,6 +31,7 @@ from directmilter.errors import (
     SignatureInvalid,
 )
 from directmilter.keys.identity import PrivateIdentity
+from directmilter.memo import kept
 
 #: Advertised in every signature (RFC 5751 2.5.2): the ciphers we prefer to receive, strongest first.
 _CAPABILITIES = ("aes256_cbc", "aes128_cbc", "aes256_gcm", "aes128_gcm")
@@ -99,7 +100,7 @@ def _attribute(oid: bytes, value: bytes) -> bytes:
     return tlv(0x30, oid + tlv(0x31, value))
 
 
-@functools.lru_cache(maxsize=256)
+@kept(256)
 def _identity_parts(certificate_der: bytes, digest: str) -> tuple[bytes, bytes]:
     """The signer identifier (issuer and serial) of a certificate, and the digest AlgorithmIdentifier."""
     cert = asn1_x509.Certificate.load(certificate_der)

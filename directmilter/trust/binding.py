@@ -20,10 +20,11 @@ also names the domain in a dNSName: 4.1.2 states its condition alone.
 from __future__ import annotations
 
 import enum
-import functools
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+
+from directmilter.memo import kept
 
 
 class Binding(enum.Enum):
@@ -127,7 +128,7 @@ def serial_hex(cert: x509.Certificate) -> str:
     return ("-" if serial < 0 else "") + digits
 
 
-@functools.lru_cache(maxsize=1024)
+@kept(1024)
 def describe_certificate(cert: x509.Certificate) -> str:
     """``subject CN=..., issuer CN=..., serial 0A1B`` (RFC 4514 names, hex serial), for operator messages.
 

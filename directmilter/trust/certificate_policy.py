@@ -19,7 +19,6 @@ A certificate that fails is skipped (another of the address's certificates may p
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,6 +27,8 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from directmilter.memo import kept
 
 DIRECTIONS = ("recipients", "signers", "own")
 KEY_USAGES = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement")
@@ -139,7 +140,7 @@ class CertificatePolicy:
         return replace(self, **changes)
 
 
-@functools.lru_cache(maxsize=1024)
+@kept(1024)
 def _violation(policy: CertificatePolicy, cert: x509.Certificate) -> str | None:
     """:meth:`CertificatePolicy.violation`, kept per policy and certificate: both are immutable, and the same few
     certificates (our own signing ones above all) are checked on every message."""

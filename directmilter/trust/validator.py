@@ -49,7 +49,6 @@ import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import functools
 import hashlib
 import re
 import threading
@@ -88,6 +87,7 @@ from directmilter.errors import (
     TemporaryFailure,
     TrustError,
 )
+from directmilter.memo import kept
 from directmilter.trust.binding import describe_certificate
 
 __all__ = ["KEY_USAGES", "REVOCATION_MODES", "TrustValidator", "ValidatedPath"]
@@ -177,7 +177,7 @@ def _der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-@functools.lru_cache(maxsize=256)
+@kept(256)
 def _set_digest(certs: tuple[x509.Certificate, ...]) -> bytes:
     """:func:`_digest` of certificates, kept: the anchors and intermediates of a domain are the same every message."""
     return _digest([_der(c) for c in certs])

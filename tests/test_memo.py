@@ -1,0 +1,46 @@
+"""Answers kept per certificate and header value: kept when light, never for a heavy (hostile) input."""
+
+from __future__ import annotations
+
+from conftest import World
+
+from directmilter.cms import mime
+from directmilter.memo import KEEP_UP_TO, kept
+from directmilter.trust.binding import describe_certificate
+
+
+def test_light_inputs_are_kept_and_heavy_ones_worked_on_every_time() -> None:
+    calls: list[str] = []
+
+    @kept(8)
+    def length(text: str, suffix: tuple[str, ...] = ()) -> int:
+        calls.append(text[:1])
+        return len(text) + len(suffix)
+
+    assert [length("ab"), length("ab"), length("ab", ("c",))] == [2, 2, 3]
+    assert calls == ["a", "a"]  # the second call was answered from what was kept
+    heavy = "h" * (KEEP_UP_TO + 1)
+    assert [length(heavy), length(heavy)] == [KEEP_UP_TO + 1] * 2
+    assert calls == ["a", "a", "h", "h"] and length.cache_info().currsize == 2  # type: ignore[attr-defined]
+    assert length("x", ("y" * KEEP_UP_TO,)) == 2 and length.cache_info().currsize == 2  # type: ignore[attr-defined]
+
+
+def test_a_hostile_content_type_is_parsed_but_not_kept() -> None:
+    before = mime._content_type.cache_info().currsize  # type: ignore[attr-defined]
+    boundary = "b" * (KEEP_UP_TO + 10)
+    entity = mime.parse_entity(f"Content-Type: multipart/mixed; boundary={boundary}\r\n\r\n--{boundary}--\r\n".encode())
+    assert entity.content_type == "multipart/mixed" and entity.param("boundary") == boundary
+    assert mime.multipart_spans(entity) == ([], True)
+    assert mime._content_type.cache_info().currsize == before  # type: ignore[attr-defined]
+
+
+def test_certificates_are_kept_by_value(world: World) -> None:
+    """Two objects of the same certificate (two messages carrying it) share what was kept for the first."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = world.alice.cert.public_bytes(Encoding.DER)
+    first, second = x509.load_der_x509_certificate(der), x509.load_der_x509_certificate(der)
+    hits = describe_certificate.cache_info().hits  # type: ignore[attr-defined]
+    assert describe_certificate(first) == describe_certificate(second)
+    assert describe_certificate.cache_info().hits >= hits + 1  # type: ignore[attr-defined]
