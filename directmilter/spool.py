@@ -25,6 +25,9 @@ from directmilter.errors import TemporaryFailure
 
 #: Messages larger than this are kept in a file.
 SPOOL_OVER = 1 << 20
+#: The names of spool files begin so; the sweeper removes old files of this name only (in a shared /tmp, nothing
+#: another program is likely to name so).
+PREFIX = "directmilter-spool-"
 BLOCK = 1 << 20
 
 
@@ -63,7 +66,7 @@ class Writer:
         self.size += len(piece)
         try:
             if self._file is None and self.size > self.over:
-                descriptor, self._path = tempfile.mkstemp(prefix="directmilter-", dir=directory())  # mode 0600
+                descriptor, self._path = tempfile.mkstemp(prefix=PREFIX, dir=directory())  # mode 0600
                 self._file = os.fdopen(descriptor, "wb")
                 self._file.writelines(self._pieces)
                 self._pieces = []
@@ -161,7 +164,7 @@ def sweep(older_than: float, *, now: float | None = None) -> int:
     writing leaves behind (every transaction removes its own files). Returns how many went."""
     cutoff = (time.time() if now is None else now) - older_than
     removed = 0
-    for path in Path(directory()).glob("directmilter-*"):
+    for path in Path(directory()).glob(f"{PREFIX}*"):
         try:
             if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
                 path.unlink()

@@ -124,13 +124,15 @@ def test_a_large_message_refused_after_opening_leaves_no_decrypted_file(world: W
 
 
 def test_sweep_removes_only_old_spool_files(private_tmp: Path) -> None:
-    old, fresh, other = (private_tmp / name for name in ("directmilter-old", "directmilter-new", "unrelated"))
-    for path in (old, fresh, other):
+    names = ("directmilter-spool-old", "directmilter-spool-new", "directmilter-other", "unrelated")
+    old, fresh, *others = (private_tmp / name for name in names)
+    for path in (old, fresh, *others):
         path.write_bytes(b"x")
-    os.utime(old, (0, 0))
-    os.utime(other, (0, 0))
+    for path in (old, *others):
+        os.utime(path, (0, 0))
     assert spool.sweep(older_than=3600) == 1
-    assert sorted(p.name for p in private_tmp.iterdir()) == ["directmilter-new", "unrelated"]
+    assert sorted(p.name for p in private_tmp.iterdir()) == ["directmilter-other", "directmilter-spool-new",
+                                                             "unrelated"]
 
 
 @pytest.mark.parametrize("cipher", ["aes256", "aes-256-gcm"])

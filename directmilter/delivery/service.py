@@ -61,6 +61,8 @@ _KINDS = {"processed": "processed", "dispatched": "dispatched", "failed": "faile
 
 #: How often accepted deliveries are confirmed in the tracking store (seconds).
 CONFIRM_EVERY = 0.1
+
+
 @dataclass(frozen=True)
 class IncomingDecision:
     """Who still gets the message (replays removed), and whether it was a report consumed by tracking.
@@ -220,7 +222,7 @@ class Confirmations:
         """Postfix went on after accepting the message (next transaction or close): it has it, replays are replays.
 
         Once started, confirmations are written by a background thread, many in one transaction, a moment later:
-        one fsync'd commit less per incoming message on the milter's path. Until then the record is unconfirmed,
+        one commit less per incoming message on the milter's path. Until then the record is unconfirmed,
         which this process already treats as a replay; a process that dies before writing leaves it unconfirmed,
         so a retry would be delivered again rather than lost (as when it dies before Postfix takes the message).
         """
