@@ -40,12 +40,18 @@ def load_certificate(der: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
-def issued_as(cert: x509.Certificate, issuer: asn1_x509.Name, serial: int) -> bool:
-    """Whether an issuer-and-serial-number (of a SignerInfo or RecipientInfo) names ``cert``."""
+def issued_as(cert: x509.Certificate, issuer: bytes, serial: int) -> bool:
+    """Whether an issuer-and-serial-number (of a SignerInfo or RecipientInfo; ``issuer`` is the DER of its Name)
+    names ``cert``."""
     if serial != cert.serial_number:
         return False
-    own = cert.issuer.public_bytes()
-    return bool(issuer.dump() == own or same_name(issuer, asn1_x509.Name.load(own)))
+    own = _issuer(cert)
+    return issuer == own or same_name(asn1_x509.Name.load(issuer), asn1_x509.Name.load(own))
+
+
+@kept(512)
+def _issuer(cert: x509.Certificate) -> bytes:
+    return cert.issuer.public_bytes()
 
 
 @kept(512)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as asn1_x509
@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher as _Cipher
 from cryptography.hazmat.primitives.ciphers import algorithms as ciphers
 from cryptography.hazmat.primitives.ciphers import modes
 
-from directmilter.cms import algorithms
+from directmilter.cms import algorithms, ber
 from directmilter.cms.der import MALFORMED_INPUT, header, issued_as
 from directmilter.cms.mime import Chunk
 from directmilter.errors import CMSError, DecryptionFailed, NotEncrypted, NotEncryptedForRecipient
@@ -176,20 +176,31 @@ def _oaep(
 # --- decryption ------------------------------------------------------------------------------------------------
 
 
+class Recipient(NamedTuple):
+    """A KeyTransRecipientInfo (RFC 5652 6.2.1): whom it names (issuer and serial, or key identifier), and the
+    content key encrypted for them."""
+
+    issuer: bytes | None  # the DER of the issuer's Name
+    serial: int | None
+    key_identifier: bytes | None
+    key_transport: str  # asn1crypto's name of the key encryption algorithm (or its dotted OID)
+    algorithm: bytes  # the DER of the KeyEncryptionAlgorithmIdentifier, for its parameters
+    encrypted_key: bytes
+
+
 @dataclass(frozen=True)
 class Envelope:
     """A parsed EnvelopedData / AuthEnvelopedData whose content cipher has been checked against policy.
 
-    The DER is walked by hand (:func:`_element`) down to the encrypted content, which stays where it lies in the
-    buffer (as spans: BER may cut it into many OCTET STRINGs); only the small fields go through asn1crypto, which
-    copies the contents of every level it parses.
+    The DER is walked by hand (:mod:`directmilter.cms.ber`) down to the encrypted content, which stays where it
+    lies in the buffer (as spans: BER may cut it into many OCTET STRINGs); only the small fields are read out.
     """
 
     cipher: algorithms.Cipher
-    recipient_infos: tuple[cms.KeyTransRecipientInfo, ...]
+    recipient_infos: tuple[Recipient, ...]
     _der: bytes | bytearray = field(repr=False)
     _spans: tuple[tuple[int, int], ...]
-    _params: core.Asn1Value
+    _params: tuple[bytes, int]  # the IV (CBC), or the nonce and the tag length (GCM)
     _mac: bytes | None
     _auth_attrs: bytes | None
 
@@ -198,46 +209,60 @@ class Envelope:
         cls, der: bytes | bytearray, accepted_ciphers: frozenset[str] | tuple[str, ...] = algorithms.CIPHERS_ACCEPT
     ) -> Envelope:
         try:
-            content_info = _children(der, _element(der, 0, len(der)), 0x30, "ContentInfo")
-            kind = cms.ContentType.load(_encoding(der, content_info[0])).native
-            if kind not in ("enveloped_data", "authenticated_enveloped_data"):
-                raise NotEncrypted(f"S/MIME body holds {kind}, not EnvelopedData (AS 2.4)")
-            aead = kind == "authenticated_enveloped_data"
-            explicit = _children(der, content_info[1], 0xA0, "ContentInfo content")
-            fields = [f for f in _children(der, explicit[0], 0x30, kind) if f.tag != 0xA0]  # no originatorInfo
-            if len(fields) < (4 if aead else 3) or fields[1].tag != 0x31:
-                raise _malformed(f"{kind} lacks its recipient infos or encrypted content info")
-            infos = cms.RecipientInfos.load(_encoding(der, fields[1]))
-            encrypted = _children(der, fields[2], 0x30, "EncryptedContentInfo")
-            algorithm = algos.EncryptionAlgorithm.load(_encoding(der, encrypted[1]))
-            algorithm.native  # noqa: B018
+            content_info = ber.children(der, ber.element(der, 0, len(der)), ber.SEQUENCE, "ContentInfo")
+            if len(content_info) < 2:
+                raise ber.BERError("ContentInfo has no content")
+            content_type = ber.oid(der, content_info[0], "ContentInfo contentType")
+            if content_type not in (_ENVELOPED_DATA, _AUTH_ENVELOPED_DATA):
+                raise NotEncrypted(f"S/MIME body holds {_name(cms.ContentType, content_type)}, not EnvelopedData "
+                                   "(AS 2.4)")
+            aead = content_type == _AUTH_ENVELOPED_DATA
+            kind = "authenticated_enveloped_data" if aead else "enveloped_data"
+            explicit = ber.children(der, content_info[1], 0xA0, "ContentInfo content")
+            if not explicit:
+                raise ber.BERError("ContentInfo content is empty")
+            fields = [f for f in ber.children(der, explicit[0], ber.SEQUENCE, kind) if f.tag != 0xA0]  # no originator
+            if len(fields) < (4 if aead else 3) or fields[1].tag != ber.SET:
+                raise ber.BERError(f"{kind} lacks its recipient infos or encrypted content info")
+            recipients = tuple(_recipient(der, info) for info in ber.children(der, fields[1], ber.SET, "RecipientInfos")
+                               if _key_transport(info))
+            encrypted = ber.children(der, fields[2], ber.SEQUENCE, "EncryptedContentInfo")
+            if len(encrypted) < 2:
+                raise ber.BERError("EncryptedContentInfo lacks its content encryption algorithm")
+            algorithm = ber.children(der, encrypted[1], ber.SEQUENCE, "ContentEncryptionAlgorithmIdentifier")
+            if not algorithm:
+                raise ber.BERError("ContentEncryptionAlgorithmIdentifier is empty")
+            name, dotted = _cipher_name(ber.oid(der, algorithm[0], "content encryption algorithm"))
+            params = ber.encoding(der, algorithm[1]) if len(algorithm) > 1 else None
             if len(encrypted) > 2 and encrypted[2].tag not in (0x80, 0xA0):
-                raise _malformed(f"encryptedContent has identifier {encrypted[2].tag:#04x}, not [0]")
+                raise ber.BERError(f"encryptedContent has identifier {encrypted[2].tag:#04x}, not [0]")
             spans = _segments(der, encrypted[2]) if len(encrypted) > 2 else ()
             mac = auth = None
             if aead:
                 rest = fields[3:]
                 auth_field = rest.pop(0) if rest and rest[0].tag in (0xA1, 0x81) else None
                 if not rest:
-                    raise _malformed("AuthEnvelopedData has no mac")
-                mac = b"".join(bytes(der[a:z]) for a, z in _octets(der, rest[0], 0))
+                    raise ber.BERError("AuthEnvelopedData has no mac")
+                mac = ber.octet_string(der, rest[0], "AuthEnvelopedData mac")
                 if auth_field is not None:
                     # The AAD is the DER of the attributes tagged as a SET (RFC 5083 2.2), as the sender encoded them.
                     values = bytes(der[auth_field.start : auth_field.end])
                     auth = header(0x31, len(values)) + values
-            ktris = tuple(ri.chosen for ri in infos if ri.name == "ktri")
-            for ktri in ktris:  # parse what decryption reads now, so that malformed input fails here
-                _recipient_fields(ktri)
         except CMSError:
             raise
         except MALFORMED_INPUT as exc:
             raise CMSError(f"encrypted body is not a valid CMS EnvelopedData ({exc})") from exc
-        found = algorithms.cipher_for(algorithm["algorithm"].native, algorithm["algorithm"].dotted, accepted_ciphers)
+        found = algorithms.cipher_for(name, dotted, accepted_ciphers)
         if found.aead != aead:
             raise CMSError(f"cipher {found.name} does not belong in {kind}")
-        if not ktris:
+        if not recipients:
             raise CMSError("envelope has no RSA key-transport recipient (only ktri is supported)")
-        return cls(found, ktris, der, spans, algorithm["parameters"], mac, auth)
+        try:
+            parameters = _parameters(found, params)
+        except MALFORMED_INPUT as exc:
+            raise CMSError(f"encrypted body is not a valid CMS EnvelopedData (parameters of {found.name}: {exc})") \
+                from exc
+        return cls(found, recipients, der, spans, parameters, mac, auth)
 
     def decrypt(self, identities: Sequence[PrivateIdentity]) -> bytearray:
         """The content, opened with the first of ``identities`` the envelope was made for."""
@@ -280,18 +305,14 @@ class Envelope:
             raise DecryptionFailed("content does not decrypt (wrong key, or the ciphertext was changed)") from exc
 
     def _decryptor(self, key: bytes) -> Any:
-        params = self._params
+        iv, tag_length = self._params
         if self.cipher.aead:
-            gcm = GCMParameters.load(params.dump())
-            tag_length = gcm["aes_icvlen"].native
             if self._mac is None or len(self._mac) != tag_length or tag_length not in (12, 13, 14, 15, 16):
                 raise DecryptionFailed("AES-GCM authentication tag is missing or has a wrong length")
-            mode = modes.GCM(gcm["aes_nonce"].native, self._mac, min_tag_length=tag_length)
-            decryptor = _Cipher(ciphers.AES(key), mode).decryptor()
+            decryptor = _Cipher(ciphers.AES(key), modes.GCM(iv, self._mac, min_tag_length=tag_length)).decryptor()
             if self._auth_attrs is not None:
                 decryptor.authenticate_additional_data(self._auth_attrs)
             return decryptor
-        iv = params.native if isinstance(params.native, bytes) else core.OctetString.load(params.dump()).native
         if sum(end - start for start, end in self._spans) % 16:
             raise DecryptionFailed("CBC ciphertext is not a whole number of blocks")
         return _Cipher(ciphers.AES(key), modes.CBC(iv)).decryptor()
@@ -305,143 +326,110 @@ def _unpad(plain: bytearray) -> None:
     del plain[-count:]
 
 
-# --- a BER walker for the envelope ----------------------------------------------------------------------------
+# --- reading the envelope's parts ----------------------------------------------------------------------------
 
-#: Constructed encodings nest a few levels in real envelopes; deeper is an attack on the recursion (and, since an
-#: indefinite length is found by walking what it holds, on the time spent walking).
-_MAX_NESTING = 16
 #: Streaming senders cut the encrypted content into segments of a few KiB: 64 MiB in 1 KiB segments is 65,536.
 _MAX_SEGMENTS = 100_000
+_ENVELOPED_DATA = cms.ContentType("enveloped_data").dump()
+_AUTH_ENVELOPED_DATA = cms.ContentType("authenticated_enveloped_data").dump()
 
 
-@dataclass(frozen=True)
-class _Element:
-    """One BER element: identifier octet, the span of its contents and of its whole encoding."""
-
-    tag: int
-    start: int
-    end: int
-    first: int
-    after: int
-
-
-def _malformed(detail: str) -> CMSError:
-    return CMSError(f"encrypted body is not a valid CMS EnvelopedData ({detail})")
-
-
-def _element(der: bytes | bytearray, at: int, limit: int, depth: int = 0) -> _Element:
-    if depth > _MAX_NESTING:
-        raise _malformed(f"BER encodings nest deeper than {_MAX_NESTING} levels")
-    if at + 2 > limit:
-        raise _malformed("truncated: a BER element runs past its end")
-    tag, size = der[at], der[at + 1]
-    if tag & 0x1F == 0x1F:
-        raise _malformed("a high tag number, which CMS never uses")
-    start = at + 2
-    if size == 0x80:  # indefinite length: constructed contents up to an end-of-contents marker
-        if not tag & 0x20:
-            raise _malformed("a primitive element with an indefinite length")
-        position = start
-        while True:
-            if position + 2 > limit:  # the end-of-contents marker must lie within the enclosing element
-                raise _malformed("truncated: an indefinite length has no end-of-contents marker")
-            if der[position : position + 2] == b"\0\0":
-                break
-            position = _element(der, position, limit, depth + 1).after
-        return _Element(tag, start, position, at, position + 2)
-    if size > 0x80:
-        count = size & 0x7F
-        if count > 8 or start + count > limit:
-            raise _malformed("truncated: a BER length runs past its end")
-        length, start = int.from_bytes(der[start : start + count], "big"), start + count
-    else:
-        length = size
-    if start + length > limit:
-        raise _malformed("truncated: a BER element runs past its end")
-    return _Element(tag, start, start + length, at, start + length)
-
-
-def _children(der: bytes | bytearray, parent: _Element, tag: int, what: str) -> list[_Element]:
-    if parent.tag != tag:
-        raise _malformed(f"{what}: expected identifier {tag:#04x}, found {parent.tag:#04x}")
-    found, position = [], parent.start
-    while position < parent.end:
-        child = _element(der, position, parent.end)
-        found.append(child)
-        position = child.after
-    return found
-
-
-def _octets(der: bytes | bytearray, element: _Element, depth: int) -> Iterator[tuple[int, int]]:
-    """The spans of an OCTET STRING's value, primitive or cut into constructed segments (BER, X.690 8.7.3)."""
-    if not element.tag & 0x20:
-        yield element.start, element.end
-        return
-    position = element.start
-    while position < element.end:
-        child = _element(der, position, element.end, depth + 1)
-        if child.tag not in (0x04, 0x24):
-            raise _malformed(f"a constructed OCTET STRING holds identifier {child.tag:#04x}")
-        yield from _octets(der, child, depth + 1)
-        position = child.after
-
-
-def _segments(der: bytes | bytearray, element: _Element) -> tuple[tuple[int, int], ...]:
+def _segments(der: bytes | bytearray, element: ber.Element) -> tuple[tuple[int, int], ...]:
     spans = []
-    for span in _octets(der, element, 0):
+    for span in ber.octets(der, element):
         spans.append(span)
         if len(spans) > _MAX_SEGMENTS:
-            raise _malformed(f"the encrypted content is cut into more than {_MAX_SEGMENTS} segments")
+            raise ber.BERError(f"the encrypted content is cut into more than {_MAX_SEGMENTS} segments")
     return tuple(spans)
 
 
-def _encoding(der: bytes | bytearray, element: _Element) -> bytes:
-    """The whole encoding of a small element, as asn1crypto wants it (bytes)."""
-    return bytes(der[element.first : element.after])
+@kept(64)
+def _name(kind: type[core.ObjectIdentifier], encoded: bytes) -> str:
+    """asn1crypto's name for an encoded OID of ``kind`` (its dotted form when it has none)."""
+    return str(kind.load(encoded).native)
 
 
-def _recipient_fields(ktri: cms.KeyTransRecipientInfo) -> None:
-    """Parse the fields :func:`_matches` and :func:`_unwrap_key` read (without making Python objects of names)."""
-    rid = ktri["rid"]
-    if rid.name == "issuer_and_serial_number":
-        rid.chosen["serial_number"].native  # noqa: B018
-        rid.chosen["issuer"].chosen  # noqa: B018
+@kept(64)
+def _cipher_name(encoded: bytes) -> tuple[str, str]:
+    oid = algos.EncryptionAlgorithmId.load(encoded)
+    return str(oid.native), str(oid.dotted)
+
+
+def _parameters(cipher: algorithms.Cipher, params: bytes | None) -> tuple[bytes, int]:
+    """The IV of a CBC cipher, or the nonce and tag length of GCM (RFC 5084 3.2)."""
+    if params is None:
+        raise ber.BERError("they are missing")
+    if cipher.aead:
+        gcm = GCMParameters.load(params)
+        return bytes(gcm["aes_nonce"].native), int(gcm["aes_icvlen"].native)
+    return ber.octet_string(params, ber.top(params, ber.OCTET_STRING, "IV"), "IV"), 0
+
+
+def _key_transport(info: ber.Element) -> bool:
+    """Whether a RecipientInfo is a KeyTransRecipientInfo; the other kinds ([1] to [4]) are passed over."""
+    if info.tag == ber.SEQUENCE:
+        return True
+    if 0xA1 <= info.tag <= 0xA4:
+        return False
+    raise ber.BERError(f"a RecipientInfo has identifier {info.tag:#04x}")
+
+
+def _recipient(der: bytes | bytearray, info: ber.Element) -> Recipient:
+    """Read what :func:`_matches` and :func:`_unwrap_key` need, so that malformed input fails while parsing."""
+    parts = ber.children(der, info, ber.SEQUENCE, "KeyTransRecipientInfo")
+    if len(parts) != 4:
+        raise ber.BERError(f"a KeyTransRecipientInfo has {len(parts)} fields, not 4")
+    ber.integer(der, parts[0], "KeyTransRecipientInfo version")
+    rid = parts[1]
+    issuer = serial = key_identifier = None
+    if rid.tag == ber.SEQUENCE:
+        named = ber.children(der, rid, ber.SEQUENCE, "IssuerAndSerialNumber")
+        if len(named) != 2:
+            raise ber.BERError("IssuerAndSerialNumber does not hold an issuer and a serial number")
+        ber.expect(named[0], ber.SEQUENCE, "IssuerAndSerialNumber issuer")
+        issuer, serial = ber.encoding(der, named[0]), ber.integer(der, named[1], "IssuerAndSerialNumber serial")
+    elif rid.tag in (0x80, 0xA0):
+        key_identifier = ber.octet_string(der, rid, "SubjectKeyIdentifier")
     else:
-        rid.chosen.native  # noqa: B018
-    ktri["key_encryption_algorithm"].native  # noqa: B018
-    ktri["encrypted_key"].native  # noqa: B018
+        raise ber.BERError(f"a RecipientIdentifier has identifier {rid.tag:#04x}")
+    algorithm = ber.children(der, parts[2], ber.SEQUENCE, "KeyEncryptionAlgorithmIdentifier")
+    if not algorithm:
+        raise ber.BERError("KeyEncryptionAlgorithmIdentifier is empty")
+    name = _name(cms.KeyEncryptionAlgorithmId, ber.oid(der, algorithm[0], "key encryption algorithm"))
+    encoded = ber.encoding(der, parts[2])
+    if name == "rsaes_oaep":
+        _oaep_scheme(encoded)
+    return Recipient(issuer, serial, key_identifier, name, encoded, ber.octet_string(der, parts[3], "encryptedKey"))
 
 
-def _matches(ri: cms.KeyTransRecipientInfo, identity: PrivateIdentity) -> bool:
-    rid = ri["rid"]
+def _oaep_scheme(algorithm: bytes) -> padding.OAEP:
+    params = cms.KeyEncryptionAlgorithm.load(algorithm)["parameters"]
+    label = params["p_source_algorithm"]["parameters"].native
+    return _oaep(
+        algorithms.hash_for(algorithms.digest_name(params["hash_algorithm"]["algorithm"].native)),
+        algorithms.hash_for(algorithms.digest_name(params["mask_gen_algorithm"]["parameters"]["algorithm"].native)),
+        label,
+    )
+
+
+def _matches(ri: Recipient, identity: PrivateIdentity) -> bool:
     cert = identity.certificate
-    if rid.name == "issuer_and_serial_number":
-        return issued_as(cert, rid.chosen["issuer"], rid.chosen["serial_number"].native)
-    return bool(rid.chosen.native == _key_identifier(cert))
+    if ri.issuer is not None and ri.serial is not None:
+        return issued_as(cert, ri.issuer, ri.serial)
+    return ri.key_identifier == _key_identifier(cert)
 
 
-def _unwrap_key(ri: cms.KeyTransRecipientInfo, identity: PrivateIdentity, key_size: int) -> bytes:
+def _unwrap_key(ri: Recipient, identity: PrivateIdentity, key_size: int) -> bytes:
     key = identity.private_key
     if not isinstance(key, rsa.RSAPrivateKey):
         raise DecryptionFailed("key transport needs an RSA private key")
-    algorithm = ri["key_encryption_algorithm"]
-    name = algorithm["algorithm"].native
     try:
-        if name == "rsaes_oaep":
-            params = algorithm["parameters"]
-            label = params["p_source_algorithm"]["parameters"].native
-            scheme = _oaep(
-                algorithms.hash_for(algorithms.digest_name(params["hash_algorithm"]["algorithm"].native)),
-                algorithms.hash_for(
-                    algorithms.digest_name(params["mask_gen_algorithm"]["parameters"]["algorithm"].native)
-                ),
-                label,
-            )
-            content_key = key.decrypt(ri["encrypted_key"].native, scheme)
-        elif name == "rsaes_pkcs1v15":
-            content_key = key.decrypt(ri["encrypted_key"].native, padding.PKCS1v15())
+        if ri.key_transport == "rsaes_oaep":
+            content_key = key.decrypt(ri.encrypted_key, _oaep_scheme(ri.algorithm))
+        elif ri.key_transport == "rsaes_pkcs1v15":
+            content_key = key.decrypt(ri.encrypted_key, padding.PKCS1v15())
         else:
-            raise DecryptionFailed(f"key transport algorithm {name} is not supported")
+            raise DecryptionFailed(f"key transport algorithm {ri.key_transport} is not supported")
     except ValueError as exc:
         raise DecryptionFailed("the content key does not decrypt with this private key") from exc
     if len(content_key) != key_size:

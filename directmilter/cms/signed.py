@@ -13,15 +13,16 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from asn1crypto import algos, cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from directmilter.cms import algorithms
+from directmilter.cms import algorithms, ber
 from directmilter.cms.der import MALFORMED_INPUT, issued_as, load_certificate, public_key, subject_key_identifier, tlv
 from directmilter.cms.mime import Chunk
 from directmilter.errors import (
@@ -123,7 +124,7 @@ _DATA_CONTENT_INFO = cms.EncapsulatedContentInfo({"content_type": "data"}).dump(
 _SIGNING_TIME_OID = cms.CMSAttributeType("signing_time").dump()
 _MESSAGE_DIGEST_OID = cms.CMSAttributeType("message_digest").dump()
 _CONTENT_TYPE_OID = cms.CMSAttributeType("content_type").dump()
-_DATA_OID = "1.2.840.113549.1.7.1"
+_DATA_OID = cms.ContentType("data").dump()
 _CONTENT_TYPE_ATTRIBUTE = cms.CMSAttribute({"type": "content_type", "values": ["data"]}).dump()
 _CAPABILITIES_ATTRIBUTE = cms.CMSAttribute(
     {"type": "smime_capabilities", "values": [[{"capability_id": cap} for cap in _CAPABILITIES]]}).dump()
@@ -181,56 +182,114 @@ def verify_detached(
     """Check each SignerInfo of a detached SignedData against the exact ``content`` bytes.
 
     Structural problems (not a SignedData, embedded content, no SignerInfo) raise; per-signer problems (unknown or
-    forbidden digest, missing certificate, digest mismatch, bad signature) are reported in the result.
+    forbidden digest, missing certificate, digest mismatch, bad signature) are reported in the result. The DER is
+    read by hand (:mod:`directmilter.cms.ber`); each SignerInfo only when it is checked, so that a malformed one
+    is that signer's error.
     """
-    signed_data = _load_signed_data(signature_der)
+    der = signature_der
     try:
-        crypto_certs = tuple(load_certificate(choice.chosen.dump())
-                             for choice in signed_data["certificates"] or [] if choice.name == "certificate")
-        encap = signed_data["encap_content_info"]
-        if encap["content"].native is not None:
-            raise CMSError("signature is not detached: SignedData carries its own content (AS 2.5.1)")
-        content_type = encap["content_type"]
-        signer_infos = list(signed_data["signer_infos"])
-    except MALFORMED_INPUT as exc:
-        raise CMSError(f"signature: malformed SignedData ({exc})") from exc
-    if not signer_infos:
-        raise SignatureInvalid("signature: SignedData has no SignerInfo")
-    results = tuple(_verify_one(info, content, content_type, crypto_certs, accepted_digests) for info in signer_infos)
-    return SignatureReport(results=results, certificates=crypto_certs)
-
-
-def _load_signed_data(der: bytes) -> cms.SignedData:
-    try:
-        info = cms.ContentInfo.load(der, strict=False)
-        if info["content_type"].native != "signed_data":
-            raise CMSError(f"signature part holds {info['content_type'].native}, not SignedData")
-        signed_data = info["content"]
-        signed_data["signer_infos"]  # parse down to here now (the rest is parsed as it is read)
+        content_info = ber.children(der, ber.element(der, 0, len(der)), ber.SEQUENCE, "ContentInfo")
+        if len(content_info) < 2:
+            raise ber.BERError("ContentInfo has no content")
+        kind = ber.oid(der, content_info[0], "ContentInfo contentType")
+        if kind != _SIGNED_DATA_OID:
+            raise CMSError(f"signature part holds {_oid_name(cms.ContentType, kind)}, not SignedData")
+        explicit = ber.children(der, content_info[1], 0xA0, "ContentInfo content")
+        if not explicit:
+            raise ber.BERError("ContentInfo content is empty")
+        fields = ber.children(der, explicit[0], ber.SEQUENCE, "SignedData")
+        if len(fields) < 4 or fields[-1].tag != ber.SET:
+            raise ber.BERError("SignedData lacks its encapsulated content info or signer infos")
+        encap = ber.children(der, fields[2], ber.SEQUENCE, "EncapsulatedContentInfo")
+        if not encap:
+            raise ber.BERError("EncapsulatedContentInfo is empty")
+        content_type = ber.oid(der, encap[0], "eContentType")
+        if len(encap) > 1:
+            if encap[1].tag == 0xA0:
+                raise CMSError("signature is not detached: SignedData carries its own content (AS 2.5.1)")
+            raise ber.BERError(f"eContent has identifier {encap[1].tag:#04x}, not [0]")
+        certificates = next((f for f in fields[3:-1] if f.tag == 0xA0), None)
+        crypto_certs = tuple(load_certificate(ber.encoding(der, choice))
+                             for choice in (ber.children(der, certificates, 0xA0, "certificates") if certificates
+                                            else ()) if choice.tag == ber.SEQUENCE)
+        signer_infos = ber.children(der, fields[-1], ber.SET, "SignerInfos")
     except CMSError:
         raise
     except MALFORMED_INPUT as exc:
         raise CMSError(f"signature: not a valid CMS SignedData ({exc})") from exc
-    return signed_data
+    if not signer_infos:
+        raise SignatureInvalid("signature: SignedData has no SignerInfo")
+    results = tuple(_verify_one(der, info, content, content_type, crypto_certs, accepted_digests)
+                    for info in signer_infos)
+    return SignatureReport(results=results, certificates=crypto_certs)
+
+
+@kept(64)
+def _oid_name(kind: type[core.ObjectIdentifier], encoded: bytes) -> str:
+    """asn1crypto's name for an encoded OID of ``kind`` (its dotted form when it has none)."""
+    return str(kind.load(encoded).native)
+
+
+class _SignerInfo(NamedTuple):
+    """The fields of a SignerInfo (RFC 5652 5.3), as encoded."""
+
+    issuer: bytes | None  # the DER of the issuer's Name
+    serial: int | None
+    key_identifier: bytes | None
+    digest_algorithm: bytes  # the DER of the OID
+    signed_attrs: ber.Element | None
+    signature_algorithm: bytes  # the DER of the whole AlgorithmIdentifier
+    signature: bytes
+
+
+def _read_signer_info(der: bytes, info: ber.Element) -> _SignerInfo:
+    parts = ber.children(der, info, ber.SEQUENCE, "SignerInfo")
+    if len(parts) < 5:
+        raise ber.BERError(f"a SignerInfo has {len(parts)} fields, not at least 5")
+    ber.integer(der, parts[0], "SignerInfo version")
+    sid = parts[1]
+    issuer = serial = key_identifier = None
+    if sid.tag == ber.SEQUENCE:
+        named = ber.children(der, sid, ber.SEQUENCE, "IssuerAndSerialNumber")
+        if len(named) != 2:
+            raise ber.BERError("IssuerAndSerialNumber does not hold an issuer and a serial number")
+        ber.expect(named[0], ber.SEQUENCE, "IssuerAndSerialNumber issuer")
+        issuer, serial = ber.encoding(der, named[0]), ber.integer(der, named[1], "IssuerAndSerialNumber serial")
+    elif sid.tag in (0x80, 0xA0):
+        key_identifier = ber.octet_string(der, sid, "SubjectKeyIdentifier")
+    else:
+        raise ber.BERError(f"a SignerIdentifier has identifier {sid.tag:#04x}")
+    digest = ber.children(der, parts[2], ber.SEQUENCE, "DigestAlgorithmIdentifier")
+    if not digest:
+        raise ber.BERError("DigestAlgorithmIdentifier is empty")
+    rest = parts[3:]
+    attrs = rest.pop(0) if rest[0].tag == 0xA0 else None
+    if len(rest) < 2:
+        raise ber.BERError("a SignerInfo lacks its signature algorithm or value")
+    ber.expect(rest[0], ber.SEQUENCE, "SignatureAlgorithmIdentifier")
+    if rest[2:] and (len(rest) > 3 or rest[2].tag != 0xA1):
+        raise ber.BERError("a SignerInfo has fields after its signature value that are not unsignedAttrs")
+    return _SignerInfo(issuer, serial, key_identifier, ber.oid(der, digest[0], "digest algorithm"), attrs,
+                       ber.encoding(der, rest[0]), ber.octet_string(der, rest[1], "signature value"))
 
 
 def _verify_one(
-    info: cms.SignerInfo,
+    der: bytes,
+    element: ber.Element,
     content: Chunk,
-    content_type: cms.ContentType,
+    content_type: bytes,
     crypto_certs: tuple[x509.Certificate, ...],
     accepted_digests: frozenset[str] | tuple[str, ...],
 ) -> SignatureResult:
     cert: x509.Certificate | None = None
     digest: str | None = None
     try:
-        cert = _find_signer(info["sid"], crypto_certs)
-        digest = algorithms.digest_name(info["digest_algorithm"]["algorithm"].native, accepted_digests)
+        info = _read_signer_info(der, element)
+        cert = _find_signer(info, crypto_certs)
+        digest = algorithms.digest_name(_oid_name(algos.DigestAlgorithmId, info.digest_algorithm), accepted_digests)
         if cert is None:
-            raise NoSignerCertificate(
-                f"signature carries no signer certificate for {_describe_sid(info['sid'])} (AS 2.5.2)"
-            )
-        signed = _signed_bytes(info, content, content_type, digest)
+            raise NoSignerCertificate(f"signature carries no signer certificate for {_describe_sid(info)} (AS 2.5.2)")
+        signed = _signed_bytes(der, info, content, content_type, digest)
         _check_signature(cert, info, signed, digest)
     except CMSError as exc:
         return SignatureResult(certificate=cert, digest=digest, error=exc)
@@ -239,60 +298,67 @@ def _verify_one(
     return SignatureResult(certificate=cert, digest=digest, error=None)
 
 
-def _find_signer(sid: cms.SignerIdentifier, certs: tuple[x509.Certificate, ...]) -> x509.Certificate | None:
-    if sid.name == "issuer_and_serial_number":
-        issuer, serial = sid.chosen["issuer"], sid.chosen["serial_number"].native
+def _find_signer(info: _SignerInfo, certs: tuple[x509.Certificate, ...]) -> x509.Certificate | None:
+    if info.issuer is not None and info.serial is not None:
+        issuer, serial = info.issuer, info.serial
         return next((cert for cert in certs if issued_as(cert, issuer, serial)), None)
-    wanted = sid.chosen.native
-    return next((cert for cert in certs if subject_key_identifier(cert) == wanted), None)
+    return next((cert for cert in certs if subject_key_identifier(cert) == info.key_identifier), None)
 
 
-def _describe_sid(sid: cms.SignerIdentifier) -> str:
-    if sid.name == "issuer_and_serial_number":
-        issuer = sid.chosen["issuer"].human_friendly
-        return f"issuer {issuer}, serial {sid.chosen['serial_number'].native:X}"
-    return f"subject key identifier {sid.chosen.native.hex()}"
+def _describe_sid(info: _SignerInfo) -> str:
+    if info.issuer is not None:
+        return f"issuer {asn1_x509.Name.load(info.issuer).human_friendly}, serial {info.serial:X}"
+    return f"subject key identifier {(info.key_identifier or b'').hex()}"
 
 
-def _signed_bytes(info: cms.SignerInfo, content: Chunk, content_type: cms.ContentType, digest: str) -> Chunk:
+def _signed_bytes(der: bytes, info: _SignerInfo, content: Chunk, content_type: bytes, digest: str) -> Chunk:
     """What the signature value covers: the DER SET of the signed attributes, or the content itself."""
-    attrs = info["signed_attrs"]
-    if not attrs:
-        if content_type.dotted != _DATA_OID:
+    attrs = info.signed_attrs
+    if attrs is None:
+        if content_type != _DATA_OID:
             raise SignatureInvalid("signature without signed attributes over non-data content (RFC 5652 5.3)")
         return content
-    # Attribute types are compared as encoded OIDs: asn1crypto's OID decoding is slow, and they are all we look at.
-    found: dict[bytes, list[core.SetOf]] = {}
-    for attr in attrs:
-        found.setdefault(attr["type"].dump(), []).append(attr["values"])
+    # Attribute types are compared as encoded OIDs, and values as encoded: they are all we look at.
+    found: dict[bytes, list[list[ber.Element]]] = {}
+    for attr in ber.children(der, attrs, 0xA0, "signedAttrs"):
+        parts = ber.children(der, attr, ber.SEQUENCE, "Attribute")
+        if len(parts) != 2:
+            raise ber.BERError(f"an Attribute has {len(parts)} fields, not 2")
+        kind = ber.oid(der, parts[0], "attribute type")
+        found.setdefault(kind, []).append(ber.children(der, parts[1], ber.SET, "attribute values"))
     for name, oid in (("content_type", _CONTENT_TYPE_OID), ("message_digest", _MESSAGE_DIGEST_OID)):
         if len(found.get(oid, [])) != 1:
             raise SignatureInvalid(f"signed attribute {name} must occur exactly once (RFC 5652 5.3)")
-    if _single_value(found[_CONTENT_TYPE_OID][0], "content_type").dump() != content_type.dump():
+    if ber.encoding(der, _single_value(found[_CONTENT_TYPE_OID][0], "content_type")) != content_type:
         raise SignatureInvalid("signed contentType attribute does not match the content (RFC 5652 11.1)")
-    if _single_value(found[_MESSAGE_DIGEST_OID][0], "message_digest").native != _hash(digest, content):
+    value = _single_value(found[_MESSAGE_DIGEST_OID][0], "message_digest")
+    ber.expect(value, ber.OCTET_STRING, "message_digest attribute")
+    if bytes(der[value.start : value.end]) != _hash(digest, content):
         raise SignatureInvalid("message digest does not match: the signed content was changed")
     # Re-tag the received [0] IMPLICIT bytes as a SET, keeping them exactly as the signer encoded them.
-    return bytes(core.SetOf(contents=attrs.contents).dump())
+    return tlv(ber.SET, bytes(der[attrs.start : attrs.end]))
 
 
-def _single_value(values: core.SetOf, name: str) -> core.Asn1Value:
+def _single_value(values: list[ber.Element], name: str) -> ber.Element:
     if len(values) != 1:
         raise SignatureInvalid(f"signed attribute {name} must have exactly one value")
     return values[0]
 
 
-def _check_signature(cert: x509.Certificate, info: cms.SignerInfo, signed: Chunk, digest: str) -> None:
-    algorithm: algos.SignedDigestAlgorithm = info["signature_algorithm"]
-    name = algorithm["algorithm"].native
+def _check_signature(cert: x509.Certificate, info: _SignerInfo, signed: Chunk, digest: str) -> None:
+    name = _oid_name(algos.SignedDigestAlgorithmId, _algorithm_oid(info.signature_algorithm))
     if name.startswith(("md2", "md5")):
         raise ForbiddenAlgorithm(f"signature algorithm {name} uses MD5/MD2 (Applicability Statement 2.6)")
-    signature = info["signature"].native
+    signature = info.signature
     signed = signed if isinstance(signed, bytes) else bytes(signed)  # no signed attributes: rare, and small
-    key = public_key(cert)
+    try:
+        key = public_key(cert)
+    except UnsupportedAlgorithm as exc:
+        raise SignatureInvalid(f"the signer's certificate has a key of a type that is not supported ({exc})") from exc
     hash_algorithm = algorithms.hash_for(digest)
     try:
         if isinstance(key, rsa.RSAPublicKey) and name == "rsassa_pss":
+            algorithm = algos.SignedDigestAlgorithm.load(info.signature_algorithm)
             key.verify(signature, signed, _pss_padding(algorithm, digest), hash_algorithm)
         elif isinstance(key, rsa.RSAPublicKey) and (name == "rsassa_pkcs1v15" or name.endswith("_rsa")):
             key.verify(signature, signed, padding.PKCS1v15(), hash_algorithm)
@@ -304,6 +370,16 @@ def _check_signature(cert: x509.Certificate, info: cms.SignerInfo, signed: Chunk
             )
     except InvalidSignature as exc:
         raise SignatureInvalid("signature value does not verify with the signer's certificate") from exc
+
+
+@kept(64)
+def _algorithm_oid(algorithm: bytes) -> bytes:
+    """The OID of an AlgorithmIdentifier (whose parameters do not matter to its name)."""
+    parts = ber.children(algorithm, ber.top(algorithm, ber.SEQUENCE, "AlgorithmIdentifier"), ber.SEQUENCE,
+                         "AlgorithmIdentifier")
+    if not parts:
+        raise ber.BERError("an AlgorithmIdentifier is empty")
+    return ber.oid(algorithm, parts[0], "algorithm")
 
 
 def _pss_padding(algorithm: algos.SignedDigestAlgorithm, digest: str) -> padding.PSS:

@@ -1,0 +1,135 @@
+"""A BER reader for the CMS structures taken apart on every incoming message.
+
+asn1crypto parses lazily but in pure Python, and makes an object of every level it touches: for a SignedData and
+an EnvelopedData that was a third of the Python work of opening a message. These functions only find where each
+element lies in the buffer (:class:`Element`: spans, no copies); the few values read (OIDs, integers, octet
+strings) are taken out where they lie, and asn1crypto is used for what is rare (names in error messages,
+algorithm parameters).
+
+Everything here is strict about what it walks: lengths must lie inside the enclosing element, indefinite lengths
+must end inside it, nesting is bounded. A violation is a :class:`BERError` (a ``ValueError``), which the callers
+turn into a clean rejection of the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import NamedTuple
+
+#: Constructed encodings nest a few levels in real CMS; deeper is an attack on the recursion (and, since an
+#: indefinite length is found by walking what it holds, on the time spent walking).
+MAX_NESTING = 16
+
+Buffer = bytes | bytearray
+
+SEQUENCE, SET, INTEGER, OCTET_STRING, OID = 0x30, 0x31, 0x02, 0x04, 0x06
+
+
+class BERError(ValueError):
+    """The bytes are not the BER of what was expected; the message says where it went wrong."""
+
+
+class Element(NamedTuple):
+    """One BER element: identifier octet, the span of its contents and of its whole encoding."""
+
+    tag: int
+    start: int
+    end: int
+    first: int
+    after: int
+
+
+def element(der: Buffer, at: int, limit: int, depth: int = 0) -> Element:
+    """The element whose encoding starts at ``at`` and must end by ``limit``."""
+    if depth > MAX_NESTING:
+        raise BERError(f"BER encodings nest deeper than {MAX_NESTING} levels")
+    if at + 2 > limit:
+        raise BERError("truncated: a BER element runs past its end")
+    tag, size = der[at], der[at + 1]
+    if tag & 0x1F == 0x1F:
+        raise BERError("a high tag number, which CMS never uses")
+    start = at + 2
+    if size == 0x80:  # indefinite length: constructed contents up to an end-of-contents marker
+        if not tag & 0x20:
+            raise BERError("a primitive element with an indefinite length")
+        position = start
+        while True:
+            if position + 2 > limit:  # the end-of-contents marker must lie within the enclosing element
+                raise BERError("truncated: an indefinite length has no end-of-contents marker")
+            if der[position] == 0 and der[position + 1] == 0:
+                break
+            position = element(der, position, limit, depth + 1).after
+        return Element(tag, start, position, at, position + 2)
+    if size > 0x80:
+        count = size & 0x7F
+        if count > 8 or start + count > limit:
+            raise BERError("truncated: a BER length runs past its end")
+        length, start = int.from_bytes(der[start : start + count], "big"), start + count
+    else:
+        length = size
+    if start + length > limit:
+        raise BERError("truncated: a BER element runs past its end")
+    return Element(tag, start, start + length, at, start + length)
+
+
+def top(der: Buffer, tag: int, what: str) -> Element:
+    """The element at the start of ``der`` (what follows it is ignored, as CMS readers do), which must be ``tag``."""
+    found = element(der, 0, len(der))
+    expect(found, tag, what)
+    return found
+
+
+def children(der: Buffer, parent: Element, tag: int, what: str) -> list[Element]:
+    """The elements a constructed ``parent`` holds; ``parent`` must have identifier ``tag``."""
+    expect(parent, tag, what)
+    found, position, end = [], parent.start, parent.end
+    while position < end:
+        child = element(der, position, end)
+        found.append(child)
+        position = child.after
+    return found
+
+
+def expect(found: Element, tag: int, what: str) -> None:
+    if found.tag != tag:
+        raise BERError(f"{what}: expected identifier {tag:#04x}, found {found.tag:#04x}")
+
+
+def octets(der: Buffer, found: Element, depth: int = 0) -> Iterator[tuple[int, int]]:
+    """The spans of an OCTET STRING's value, primitive or cut into constructed segments (BER, X.690 8.7.3)."""
+    if not found.tag & 0x20:
+        yield found.start, found.end
+        return
+    position = found.start
+    while position < found.end:
+        child = element(der, position, found.end, depth + 1)
+        if child.tag not in (OCTET_STRING, OCTET_STRING | 0x20):
+            raise BERError(f"a constructed OCTET STRING holds identifier {child.tag:#04x}")
+        yield from octets(der, child, depth + 1)
+        position = child.after
+
+
+def octet_string(der: Buffer, found: Element, what: str) -> bytes:
+    """The value of an OCTET STRING (or of an element implicitly tagged as one, when ``found`` is that tag)."""
+    if found.tag & 0x1F != OCTET_STRING and found.tag & 0xC0 == 0:
+        raise BERError(f"{what}: expected an OCTET STRING, found identifier {found.tag:#04x}")
+    return b"".join(bytes(der[a:z]) for a, z in octets(der, found))
+
+
+def integer(der: Buffer, found: Element, what: str) -> int:
+    """The value of a (primitive) INTEGER."""
+    if found.tag != INTEGER or found.start == found.end:
+        raise BERError(f"{what}: expected an INTEGER, found identifier {found.tag:#04x}")
+    return int.from_bytes(der[found.start : found.end], "big", signed=True)
+
+
+def encoding(der: Buffer, found: Element) -> bytes:
+    """The whole encoding of an element (identifier, length, contents), as bytes."""
+    return bytes(der[found.first : found.after])
+
+
+def oid(der: Buffer, found: Element, what: str) -> bytes:
+    """The whole encoding of an OBJECT IDENTIFIER: compared as bytes, named only when a message needs it."""
+    if found.tag != OID or found.start == found.end:
+        raise BERError(f"{what}: expected an OBJECT IDENTIFIER, found identifier {found.tag:#04x}")
+    return encoding(der, found)

@@ -1,0 +1,132 @@
+"""The BER reader the CMS layer takes SignedData and EnvelopedData apart with (directmilter.cms.ber), and what it
+makes of real, re-encoded and damaged signatures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from asn1crypto import cms as asn1_cms
+from conftest import World
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from directmilter.cms import ber
+from directmilter.cms.signed import sign_detached, verify_detached
+from directmilter.errors import CMSError, SignatureInvalid
+
+settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=100_000, deadline=None, suppress_health_check=list(HealthCheck))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+CONTENT = b"Content-Type: text/plain\r\n\r\nhello\r\n"
+
+
+def test_definite_and_indefinite_lengths() -> None:
+    der = bytes.fromhex("3006" "0201" "05" "0401" "ff") + b"trailing"
+    outer = ber.top(der, ber.SEQUENCE, "test")
+    number, octets = ber.children(der, outer, ber.SEQUENCE, "test")
+    assert (outer.start, outer.end, outer.after) == (2, 8, 8)
+    assert ber.integer(der, number, "n") == 5 and ber.octet_string(der, octets, "o") == b"\xff"
+    # the same, indefinite, with the octets cut into two constructed segments
+    indefinite = bytes.fromhex("3080" "0201" "05" "2480" "0401" "ff" "0400" "0000" "0000")
+    outer = ber.top(indefinite, ber.SEQUENCE, "test")
+    number, octets = ber.children(indefinite, outer, ber.SEQUENCE, "test")
+    assert outer.after == len(indefinite) and ber.octet_string(indefinite, octets, "o") == b"\xff"
+    assert ber.integer(bytes.fromhex("0202ff7f"), ber.element(bytes.fromhex("0202ff7f"), 0, 4), "n") == -129
+
+
+@pytest.mark.parametrize(("der", "message"), [
+    ("30", "truncated"),
+    ("3005" "0201", "runs past its end"),
+    ("3084ffffffff00", "element runs past its end"),
+    ("3089" + "00" * 9, "length runs past its end"),
+    ("3080" "0201" "05", "no end-of-contents marker"),
+    ("0480" "0000", "primitive element with an indefinite length"),
+    ("1f01" "00", "high tag number"),
+    ("3080" * 18 + "0000" * 18, "nest deeper than 16 levels"),
+])
+def test_malformed_encodings_are_specific_errors(der: str, message: str) -> None:
+    data = bytes.fromhex(der)
+    with pytest.raises(ber.BERError, match=message):
+        ber.children(data, ber.element(data, 0, len(data)), data[0], "test")
+
+
+def test_wrong_identifiers_are_named() -> None:
+    data = bytes.fromhex("3103" "020105")
+    with pytest.raises(ber.BERError, match="SignedData: expected identifier 0x30, found 0x31"):
+        ber.top(data, ber.SEQUENCE, "SignedData")
+    inner = ber.children(data, ber.top(data, ber.SET, "x"), ber.SET, "x")[0]
+    with pytest.raises(ber.BERError, match="expected an OBJECT IDENTIFIER"):
+        ber.oid(data, inner, "eContentType")
+    with pytest.raises(ber.BERError, match="expected an OCTET STRING"):
+        ber.octet_string(data, inner, "signature value")
+    with pytest.raises(ber.BERError, match="constructed OCTET STRING holds identifier 0x02"):
+        ber.octet_string(bytes.fromhex("2403020105"), ber.element(bytes.fromhex("2403020105"), 0, 5), "o")
+
+
+def indefinite(der: bytes, levels: int) -> bytes:
+    """``der`` with its outer ``levels`` of constructed elements re-encoded with indefinite lengths (BER, as
+    streaming signers write it). Certificates stay DER (X.509 is read as DER only)."""
+    found = ber.element(der, 0, len(der))
+    if levels <= 0 or not found.tag & 0x20 or _certificate(der, found):
+        return der[found.first : found.after]
+    inner = b"".join(indefinite(der[c.first : c.after], levels - 1) for c in ber.children(der, found, found.tag, "x"))
+    return bytes((found.tag, 0x80)) + inner + b"\0\0"
+
+
+def _certificate(der: bytes, found: ber.Element) -> bool:
+    """A SEQUENCE whose first field is a SEQUENCE starting with [0] (a TBSCertificate's version)."""
+    fields = ber.children(der, found, found.tag, "x") if found.tag == ber.SEQUENCE else []
+    if not fields or fields[0].tag != ber.SEQUENCE:
+        return False
+    inner = ber.children(der, fields[0], ber.SEQUENCE, "x")
+    return bool(inner) and inner[0].tag == 0xA0
+
+
+@pytest.fixture(scope="module")
+def signature(world: World) -> bytes:
+    return sign_detached(CONTENT, world.hisp_a().identities_for("alice@direct.a.test"), "sha256")
+
+
+def test_indefinite_length_signatures_verify(world: World, signature: bytes) -> None:
+    """Down to the signed attributes (whose [0] becomes indefinite too: the signature covers them re-tagged as a
+    DER SET, RFC 5652 5.4) and the signature value."""
+    for levels in (1, 3, 5, 6):
+        bent = indefinite(signature, levels)
+        assert bent != signature
+        report = verify_detached(CONTENT, bent)
+        assert [r.error for r in report.results] == [None], levels
+        assert report.results[0].certificate == world.alice.cert
+
+
+def test_changed_signed_attributes_or_content_do_not_verify(signature: bytes) -> None:
+    assert [type(r.error) for r in verify_detached(CONTENT + b"x", signature).results] == [SignatureInvalid]
+    at = signature.rindex(b"\x17\x0d") + 2  # the signing time (after the certificates' dates): one digit changed
+    bent = signature[:at] + bytes((signature[at] ^ 1,)) + signature[at + 1 :]
+    assert [type(r.error) for r in verify_detached(CONTENT, bent).results] == [SignatureInvalid]
+
+
+def test_embedded_content_and_other_content_types_are_refused(signature: bytes) -> None:
+    info = asn1_cms.ContentInfo.load(signature)
+    info["content"]["encap_content_info"]["content"] = CONTENT
+    with pytest.raises(CMSError, match="not detached"):
+        verify_detached(CONTENT, info.dump(force=True))
+    data = asn1_cms.ContentInfo({"content_type": "data", "content": b"x"}).dump()
+    with pytest.raises(CMSError, match="holds data, not SignedData"):
+        verify_detached(CONTENT, data)
+
+
+@given(st.data())
+def test_damaged_signatures_are_clean_rejections(signature: bytes, data: st.DataObject) -> None:
+    """Any bytes changed, any cut: a report (whose signers may fail) or a CMSError, never another exception."""
+    der = bytearray(signature)
+    for _ in range(data.draw(st.integers(1, 6))):
+        der[data.draw(st.integers(0, len(der) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(der)))
+    try:
+        report = verify_detached(CONTENT, bytes(der[:cut]))
+    except CMSError:
+        return
+    for result in report.results:
+        assert result.error is None or isinstance(result.error, CMSError)
