@@ -30,7 +30,7 @@ def kept(maxsize: int) -> Callable[[_F], _F]:
 
         @functools.wraps(function)
         def wrapper(*args: Any) -> Any:
-            if sum(_weight(argument) for argument in args) > KEEP_UP_TO:
+            if _weight(args) > KEEP_UP_TO:
                 return function(*args)
             return cached(*args)
 
@@ -41,11 +41,40 @@ def kept(maxsize: int) -> Callable[[_F], _F]:
     return decorate
 
 
+#: Certificate objects known to be light, by identity (each entry holds its certificate, so the id cannot be
+#: reused while it is here). Weighing a certificate means encoding it again (5 us, the most expensive step of a
+#: kept call); the same few objects come back message after message. Bounded in total weight.
+_light: dict[int, tuple[x509.Certificate, int]] = {}
+_LIGHT_TOTAL = 4 * 1024 * 1024
+_light_total = 0
+
+
 def _weight(value: object) -> int:
+    kind = type(value)
+    if kind is str or kind is bytes or kind is bytearray:
+        return len(value)  # type: ignore[arg-type]
+    if isinstance(value, x509.Certificate):
+        return _certificate_weight(value)
     if isinstance(value, str | bytes | bytearray):
         return len(value)
-    if isinstance(value, x509.Certificate):
-        return len(value.public_bytes(Encoding.DER))
     if isinstance(value, tuple | frozenset):
-        return sum(_weight(item) for item in value)
+        total = 0
+        for item in value:
+            total += _weight(item)
+        return total
     return 0
+
+
+def _certificate_weight(cert: x509.Certificate) -> int:
+    global _light_total
+    entry = _light.get(id(cert))
+    if entry is not None and entry[0] is cert:
+        return entry[1]
+    weight = len(cert.public_bytes(Encoding.DER))
+    if weight <= KEEP_UP_TO:
+        if _light_total + weight > _LIGHT_TOTAL:
+            _light.clear()  # threads may race on the total: it only ever bounds, roughly, what is held
+            _light_total = 0
+        _light[id(cert)] = (cert, weight)
+        _light_total += weight
+    return weight

@@ -44,3 +44,44 @@ def test_certificates_are_kept_by_value(world: World) -> None:
     hits = describe_certificate.cache_info().hits  # type: ignore[attr-defined]
     assert describe_certificate(first) == describe_certificate(second)
     assert describe_certificate.cache_info().hits >= hits + 1  # type: ignore[attr-defined]
+
+
+def test_certificates_are_weighed_once_per_object_and_heavy_ones_never_kept() -> None:
+    """Weighing a certificate re-encodes it; the weight of a light one is remembered per object (bounded in all),
+    a heavy one is weighed every time and kept nowhere."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from directmilter import memo
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "weighed")])
+    now = datetime.datetime.now(datetime.UTC)
+
+    def certificate(padding: int) -> x509.Certificate:
+        return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now)
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"),
+                                                          b"\0" * padding), False)
+                .sign(key, hashes.SHA256()))
+
+    light, heavy = certificate(10), certificate(KEEP_UP_TO)
+    calls: list[int] = []
+
+    @kept(8)
+    def serial(cert: x509.Certificate) -> int:
+        calls.append(cert.serial_number)
+        return int(cert.serial_number)
+
+    assert [serial(light), serial(light), serial(heavy), serial(heavy)] == [light.serial_number] * 2 + \
+        [heavy.serial_number] * 2
+    assert calls == [light.serial_number, heavy.serial_number, heavy.serial_number]
+    assert memo._light[id(light)] == (light, memo._weight(light)) and id(heavy) not in memo._light
+    for _ in range(2 * memo._LIGHT_TOTAL // memo._weight(light)):  # many objects: what is held stays bounded
+        memo._weight(certificate(10))
+    assert sum(weight for _, weight in memo._light.values()) <= memo._LIGHT_TOTAL
