@@ -133,3 +133,33 @@ def oid(der: Buffer, found: Element, what: str) -> bytes:
     if found.tag != OID or found.start == found.end:
         raise BERError(f"{what}: expected an OBJECT IDENTIFIER, found identifier {found.tag:#04x}")
     return encoding(der, found)
+
+
+class Identifier(NamedTuple):
+    """Whom a SignerInfo or RecipientInfo names (RFC 5652 5.3, 6.2.1): an issuer (the DER of its Name) and serial
+    number, or a subject key identifier."""
+
+    issuer: bytes | None
+    serial: int | None
+    key_identifier: bytes | None
+
+
+def identifier(der: Buffer, found: Element, what: str) -> Identifier:
+    """A SignerIdentifier / RecipientIdentifier: IssuerAndSerialNumber, or [0] SubjectKeyIdentifier."""
+    if found.tag == SEQUENCE:
+        named = children(der, found, SEQUENCE, "IssuerAndSerialNumber")
+        if len(named) != 2:
+            raise BERError("IssuerAndSerialNumber does not hold an issuer and a serial number")
+        expect(named[0], SEQUENCE, "IssuerAndSerialNumber issuer")
+        return Identifier(encoding(der, named[0]), integer(der, named[1], "IssuerAndSerialNumber serial"), None)
+    if found.tag in (0x80, 0xA0):
+        return Identifier(None, None, octet_string(der, found, "SubjectKeyIdentifier"))
+    raise BERError(f"a {what} has identifier {found.tag:#04x}")
+
+
+def algorithm(der: Buffer, found: Element, what: str) -> tuple[bytes, Element | None]:
+    """An AlgorithmIdentifier: the encoding of its OID, and its parameters if it has any."""
+    parts = children(der, found, SEQUENCE, what)
+    if not parts:
+        raise BERError(f"{what} is empty")
+    return oid(der, parts[0], what), parts[1] if len(parts) > 1 else None

@@ -180,9 +180,7 @@ class Recipient(NamedTuple):
     """A KeyTransRecipientInfo (RFC 5652 6.2.1): whom it names (issuer and serial, or key identifier), and the
     content key encrypted for them."""
 
-    issuer: bytes | None  # the DER of the issuer's Name
-    serial: int | None
-    key_identifier: bytes | None
+    who: ber.Identifier
     key_transport: str  # asn1crypto's name of the key encryption algorithm (or its dotted OID)
     algorithm: bytes  # the DER of the KeyEncryptionAlgorithmIdentifier, for its parameters
     encrypted_key: bytes
@@ -229,11 +227,9 @@ class Envelope:
             encrypted = ber.children(der, fields[2], ber.SEQUENCE, "EncryptedContentInfo")
             if len(encrypted) < 2:
                 raise ber.BERError("EncryptedContentInfo lacks its content encryption algorithm")
-            algorithm = ber.children(der, encrypted[1], ber.SEQUENCE, "ContentEncryptionAlgorithmIdentifier")
-            if not algorithm:
-                raise ber.BERError("ContentEncryptionAlgorithmIdentifier is empty")
-            name, dotted = _cipher_name(ber.oid(der, algorithm[0], "content encryption algorithm"))
-            params = ber.encoding(der, algorithm[1]) if len(algorithm) > 1 else None
+            oid, given = ber.algorithm(der, encrypted[1], "ContentEncryptionAlgorithmIdentifier")
+            name, dotted = _cipher_name(oid)
+            params = ber.encoding(der, given) if given is not None else None
             if len(encrypted) > 2 and encrypted[2].tag not in (0x80, 0xA0):
                 raise ber.BERError(f"encryptedContent has identifier {encrypted[2].tag:#04x}, not [0]")
             spans = _segments(der, encrypted[2]) if len(encrypted) > 2 else ()
@@ -380,26 +376,12 @@ def _recipient(der: bytes | bytearray, info: ber.Element) -> Recipient:
     if len(parts) != 4:
         raise ber.BERError(f"a KeyTransRecipientInfo has {len(parts)} fields, not 4")
     ber.integer(der, parts[0], "KeyTransRecipientInfo version")
-    rid = parts[1]
-    issuer = serial = key_identifier = None
-    if rid.tag == ber.SEQUENCE:
-        named = ber.children(der, rid, ber.SEQUENCE, "IssuerAndSerialNumber")
-        if len(named) != 2:
-            raise ber.BERError("IssuerAndSerialNumber does not hold an issuer and a serial number")
-        ber.expect(named[0], ber.SEQUENCE, "IssuerAndSerialNumber issuer")
-        issuer, serial = ber.encoding(der, named[0]), ber.integer(der, named[1], "IssuerAndSerialNumber serial")
-    elif rid.tag in (0x80, 0xA0):
-        key_identifier = ber.octet_string(der, rid, "SubjectKeyIdentifier")
-    else:
-        raise ber.BERError(f"a RecipientIdentifier has identifier {rid.tag:#04x}")
-    algorithm = ber.children(der, parts[2], ber.SEQUENCE, "KeyEncryptionAlgorithmIdentifier")
-    if not algorithm:
-        raise ber.BERError("KeyEncryptionAlgorithmIdentifier is empty")
-    name = _name(cms.KeyEncryptionAlgorithmId, ber.oid(der, algorithm[0], "key encryption algorithm"))
+    who = ber.identifier(der, parts[1], "RecipientIdentifier")
+    name = _name(cms.KeyEncryptionAlgorithmId, ber.algorithm(der, parts[2], "KeyEncryptionAlgorithmIdentifier")[0])
     encoded = ber.encoding(der, parts[2])
     if name == "rsaes_oaep":
         _oaep_scheme(encoded)
-    return Recipient(issuer, serial, key_identifier, name, encoded, ber.octet_string(der, parts[3], "encryptedKey"))
+    return Recipient(who, name, encoded, ber.octet_string(der, parts[3], "encryptedKey"))
 
 
 def _oaep_scheme(algorithm: bytes) -> padding.OAEP:
@@ -414,9 +396,10 @@ def _oaep_scheme(algorithm: bytes) -> padding.OAEP:
 
 def _matches(ri: Recipient, identity: PrivateIdentity) -> bool:
     cert = identity.certificate
-    if ri.issuer is not None and ri.serial is not None:
-        return issued_as(cert, ri.issuer, ri.serial)
-    return ri.key_identifier == _key_identifier(cert)
+    issuer, serial, key_identifier = ri.who
+    if issuer is not None and serial is not None:
+        return issued_as(cert, issuer, serial)
+    return key_identifier == _key_identifier(cert)
 
 
 def _unwrap_key(ri: Recipient, identity: PrivateIdentity, key_size: int) -> bytes:

@@ -233,9 +233,7 @@ def _oid_name(kind: type[core.ObjectIdentifier], encoded: bytes) -> str:
 class _SignerInfo(NamedTuple):
     """The fields of a SignerInfo (RFC 5652 5.3), as encoded."""
 
-    issuer: bytes | None  # the DER of the issuer's Name
-    serial: int | None
-    key_identifier: bytes | None
+    who: ber.Identifier
     digest_algorithm: bytes  # the DER of the OID
     signed_attrs: ber.Element | None
     signature_algorithm: bytes  # the DER of the whole AlgorithmIdentifier
@@ -247,21 +245,8 @@ def _read_signer_info(der: bytes, info: ber.Element) -> _SignerInfo:
     if len(parts) < 5:
         raise ber.BERError(f"a SignerInfo has {len(parts)} fields, not at least 5")
     ber.integer(der, parts[0], "SignerInfo version")
-    sid = parts[1]
-    issuer = serial = key_identifier = None
-    if sid.tag == ber.SEQUENCE:
-        named = ber.children(der, sid, ber.SEQUENCE, "IssuerAndSerialNumber")
-        if len(named) != 2:
-            raise ber.BERError("IssuerAndSerialNumber does not hold an issuer and a serial number")
-        ber.expect(named[0], ber.SEQUENCE, "IssuerAndSerialNumber issuer")
-        issuer, serial = ber.encoding(der, named[0]), ber.integer(der, named[1], "IssuerAndSerialNumber serial")
-    elif sid.tag in (0x80, 0xA0):
-        key_identifier = ber.octet_string(der, sid, "SubjectKeyIdentifier")
-    else:
-        raise ber.BERError(f"a SignerIdentifier has identifier {sid.tag:#04x}")
-    digest = ber.children(der, parts[2], ber.SEQUENCE, "DigestAlgorithmIdentifier")
-    if not digest:
-        raise ber.BERError("DigestAlgorithmIdentifier is empty")
+    who = ber.identifier(der, parts[1], "SignerIdentifier")
+    digest = ber.algorithm(der, parts[2], "DigestAlgorithmIdentifier")[0]
     rest = parts[3:]
     attrs = rest.pop(0) if rest[0].tag == 0xA0 else None
     if len(rest) < 2:
@@ -269,8 +254,8 @@ def _read_signer_info(der: bytes, info: ber.Element) -> _SignerInfo:
     ber.expect(rest[0], ber.SEQUENCE, "SignatureAlgorithmIdentifier")
     if rest[2:] and (len(rest) > 3 or rest[2].tag != 0xA1):
         raise ber.BERError("a SignerInfo has fields after its signature value that are not unsignedAttrs")
-    return _SignerInfo(issuer, serial, key_identifier, ber.oid(der, digest[0], "digest algorithm"), attrs,
-                       ber.encoding(der, rest[0]), ber.octet_string(der, rest[1], "signature value"))
+    signature = ber.octet_string(der, rest[1], "signature value")
+    return _SignerInfo(who, digest, attrs, ber.encoding(der, rest[0]), signature)
 
 
 def _verify_one(
@@ -299,16 +284,17 @@ def _verify_one(
 
 
 def _find_signer(info: _SignerInfo, certs: tuple[x509.Certificate, ...]) -> x509.Certificate | None:
-    if info.issuer is not None and info.serial is not None:
-        issuer, serial = info.issuer, info.serial
+    issuer, serial, key_identifier = info.who
+    if issuer is not None and serial is not None:
         return next((cert for cert in certs if issued_as(cert, issuer, serial)), None)
-    return next((cert for cert in certs if subject_key_identifier(cert) == info.key_identifier), None)
+    return next((cert for cert in certs if subject_key_identifier(cert) == key_identifier), None)
 
 
 def _describe_sid(info: _SignerInfo) -> str:
-    if info.issuer is not None:
-        return f"issuer {asn1_x509.Name.load(info.issuer).human_friendly}, serial {info.serial:X}"
-    return f"subject key identifier {(info.key_identifier or b'').hex()}"
+    issuer, serial, key_identifier = info.who
+    if issuer is not None:
+        return f"issuer {asn1_x509.Name.load(issuer).human_friendly}, serial {serial:X}"
+    return f"subject key identifier {(key_identifier or b'').hex()}"
 
 
 def _signed_bytes(der: bytes, info: _SignerInfo, content: Chunk, content_type: bytes, digest: str) -> Chunk:
@@ -375,11 +361,7 @@ def _check_signature(cert: x509.Certificate, info: _SignerInfo, signed: Chunk, d
 @kept(64)
 def _algorithm_oid(algorithm: bytes) -> bytes:
     """The OID of an AlgorithmIdentifier (whose parameters do not matter to its name)."""
-    parts = ber.children(algorithm, ber.top(algorithm, ber.SEQUENCE, "AlgorithmIdentifier"), ber.SEQUENCE,
-                         "AlgorithmIdentifier")
-    if not parts:
-        raise ber.BERError("an AlgorithmIdentifier is empty")
-    return ber.oid(algorithm, parts[0], "algorithm")
+    return ber.algorithm(algorithm, ber.element(algorithm, 0, len(algorithm)), "signature algorithm")[0]
 
 
 def _pss_padding(algorithm: algos.SignedDigestAlgorithm, digest: str) -> padding.PSS:
