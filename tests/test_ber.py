@@ -61,6 +61,10 @@ def test_wrong_identifiers_are_named() -> None:
         ber.oid(data, inner, "eContentType")
     with pytest.raises(ber.BERError, match="expected an OCTET STRING"):
         ber.octet_string(data, inner, "signature value")
+    tagged = bytes.fromhex("8101ff")  # a context tag is an OCTET STRING only where it is implicitly one
+    with pytest.raises(ber.BERError, match="signature value: expected an OCTET STRING, found identifier 0x81"):
+        ber.octet_string(tagged, ber.element(tagged, 0, 3), "signature value")
+    assert ber.octet_string(tagged, ber.element(tagged, 0, 3), "key identifier", implicit=0x81) == b"\xff"
     with pytest.raises(ber.BERError, match="constructed OCTET STRING holds identifier 0x02"):
         ber.octet_string(bytes.fromhex("2403020105"), ber.element(bytes.fromhex("2403020105"), 0, 5), "o")
 

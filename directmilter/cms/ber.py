@@ -109,9 +109,9 @@ def octets(der: Buffer, found: Element, depth: int = 0) -> Iterator[tuple[int, i
         position = child.after
 
 
-def octet_string(der: Buffer, found: Element, what: str) -> bytes:
-    """The value of an OCTET STRING (or of an element implicitly tagged as one, when ``found`` is that tag)."""
-    if found.tag & 0x1F != OCTET_STRING and found.tag & 0xC0 == 0:
+def octet_string(der: Buffer, found: Element, what: str, implicit: int = OCTET_STRING) -> bytes:
+    """The value of an OCTET STRING, or of one implicitly tagged ``implicit`` (primitive or constructed)."""
+    if found.tag & ~0x20 != implicit:
         raise BERError(f"{what}: expected an OCTET STRING, found identifier {found.tag:#04x}")
     return b"".join(bytes(der[a:z]) for a, z in octets(der, found))
 
@@ -153,7 +153,7 @@ def identifier(der: Buffer, found: Element, what: str) -> Identifier:
         expect(named[0], SEQUENCE, "IssuerAndSerialNumber issuer")
         return Identifier(encoding(der, named[0]), integer(der, named[1], "IssuerAndSerialNumber serial"), None)
     if found.tag in (0x80, 0xA0):
-        return Identifier(None, None, octet_string(der, found, "SubjectKeyIdentifier"))
+        return Identifier(None, None, octet_string(der, found, "SubjectKeyIdentifier", implicit=0x80))
     raise BERError(f"a {what} has identifier {found.tag:#04x}")
 
 
