@@ -66,7 +66,7 @@ import dns.message
 import dns.name
 import dns.rdatatype
 import dns.resolver
-from mta import LOOPBACK, _poll, _stop_child
+from mta import LOOPBACK, _free_ports, _poll, _stop_child
 
 __all__ = [
     "Blackhole",
@@ -121,12 +121,17 @@ def txt_record(owner: str, text: str, ttl: int = DEFAULT_TTL) -> str:
 # ---------------------------------------------------------------------------------------------------------- ports
 
 def free_udp_tcp_port() -> int:
-    """A port number on 127.0.0.1 that was free for both TCP and UDP a moment ago."""
-    tcp, udp = _bind_udp_tcp()
-    port: int = tcp.getsockname()[1]
-    tcp.close()
-    udp.close()
-    return port
+    """A port number on 127.0.0.1 free for both TCP and UDP, chosen as :func:`mta.free_port` chooses."""
+    def bindable(port: int) -> bool:
+        try:
+            tcp, udp = _bind_udp_tcp(port)
+        except OSError:
+            return False
+        tcp.close()
+        udp.close()
+        return True
+
+    return _free_ports(1, bindable)[0]
 
 
 def _bind_udp_tcp(port: int = 0) -> tuple[socket.socket, socket.socket]:

@@ -89,26 +89,60 @@ Reply = tuple[int, str]
 T = TypeVar("T")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read the port, close)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (all sockets held open together, so the kernel cannot hand one out twice)."""
-    socks: list[socket.socket] = []
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for ports it picks itself (clients' source ports, binds to port 0)."""
     try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
+        low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return low, high
+
+
+def _own_range() -> range:
+    """Ports the kernel never hands out by itself, so a port we chose cannot be taken, between our check and the
+    server's bind, by a client's source port or another server's bind to port 0 (which is how a Postfix start once
+    failed: "bind 127.0.0.1 port 40163: Address already in use")."""
+    low, high = _ephemeral_range()
+    if low - 10000 >= 4096:
+        return range(10000, low)
+    return range(high + 1, 65536)
+
+
+_HANDED_OUT: set[int] = set()
+_PORT_LOCK = threading.Lock()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+        return True
+
+
+def _free_ports(count: int, bindable: Callable[[int], bool] = _bindable) -> list[int]:
+    """``count`` distinct ports on 127.0.0.1 that are free now (``bindable``), outside the kernel's ephemeral range,
+    and never handed out before by this process (a port given to a server that has since stopped may still be in
+    TIME_WAIT)."""
+    own = _own_range()
+    ports: list[int] = []
+    with _PORT_LOCK:
+        for _ in range(len(own)):
+            if len(ports) == count:
+                return ports
+            port = own[int.from_bytes(os.urandom(4), "big") % len(own)]
+            if port in _HANDED_OUT:
+                continue
+            _HANDED_OUT.add(port)
+            if bindable(port):
+                ports.append(port)
+    raise RuntimeError(f"no {count} free ports left in {own.start}-{own.stop - 1}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 for a test server: see :func:`_free_ports`."""
+    return _free_ports(1)[0]
 
 
 def _poll(probe: Callable[[], T | None], timeout: float, what: Callable[[], str], interval: float = 0.05) -> T:

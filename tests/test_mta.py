@@ -11,7 +11,18 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from mta import Postfix, RecordingMilter, Sink, free_port, processes_under, scratch_dir, submit
+from dnsserver import free_udp_tcp_port
+from mta import (
+    Postfix,
+    RecordingMilter,
+    Sink,
+    _ephemeral_range,
+    _free_ports,
+    free_port,
+    processes_under,
+    scratch_dir,
+    submit,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("postfix") is None or shutil.which("smtp-sink") is None
                                 or os.geteuid() != 0, reason="needs Postfix (postfix, smtp-sink) and root")
@@ -108,6 +119,16 @@ def test_two_instances(mta_root: Path) -> None:
         assert f"by mx.a.test (Postfix) with ESMTP id {result.queue_id}" in received[1]
         assert "relay=127.0.0.1[127.0.0.1]" in a.maillog()
         assert a.queue() == [] and a.maildir("alice@a.test") == []
+
+
+def test_test_ports_are_never_ones_the_kernel_hands_out() -> None:
+    """A port chosen for a test server must not be one the kernel may give a client as its source port (or to a
+    bind to port 0) before the server binds it: a Postfix start once failed so. Nor is one ever chosen twice."""
+    low, high = _ephemeral_range()
+    ports = [free_port() for _ in range(200)] + _free_ports(3) + [free_udp_tcp_port() for _ in range(20)]
+    assert len(set(ports)) == len(ports)
+    assert not [port for port in ports if low <= port <= high]
+    assert all(1024 <= port <= 65535 for port in ports)
 
 
 def test_milter_down_tempfails(mta_root: Path) -> None:
