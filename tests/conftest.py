@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 from pki import PKI, Issued
 
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.config import Config, load_config
+
+# Hypothesis tests run 150 examples each in CI; HYPOTHESIS_PROFILE=long runs 100,000 (the README's long fuzz run).
+settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=100_000, deadline=None, suppress_health_check=list(HealthCheck))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 VECTORS = SHARED / "vectors"

@@ -8,6 +8,7 @@ import pytest
 from conftest import CANARY, World, envelope, keypair, plain_message
 
 from directmilter import cms
+from directmilter.agent.crypto import open_message
 from directmilter.errors import (
     MalformedMessage,
     NotEncrypted,
@@ -204,3 +205,17 @@ def test_null_sender_falls_back_to_header_from(world: World, agent_for) -> None:
     sent = secure(agent_for, world, None, BOB)
     received = agent_for(world.hisp_b()).incoming(envelope(sent.message, "", BOB))
     assert received.recipients == (BOB,)
+
+
+def test_recipients_with_different_keys_share_one_verified_content(world: World, agent_for) -> None:
+    """Each set of keys decrypts for itself, but the same content is verified and kept once; one set of keys
+    (bob named twice) takes the path without a digest of the content."""
+    sent = secure(agent_for, world, None, BOB, "bob2@direct.b.test")
+    config = world.hisp_b()
+    opened = open_message(config, sent.message, (BOB, "bob2@direct.b.test"))
+    assert len(opened.contents) == 1
+    assert opened.by_recipient == {BOB: 0, "bob2@direct.b.test": 0}
+    alone = open_message(config, sent.message, (BOB, BOB))
+    assert alone.by_recipient == {BOB: 0} and len(alone.contents) == 1
+    assert alone.contents[0].message == opened.contents[0].message
+    assert CANARY.encode() in opened.contents[0].message

@@ -3,21 +3,15 @@ makes of real, re-encoded and damaged signatures."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from asn1crypto import cms as asn1_cms
 from conftest import World
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from directmilter.cms import ber
 from directmilter.cms.signed import sign_detached, verify_detached
 from directmilter.errors import CMSError, SignatureInvalid
-
-settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=100_000, deadline=None, suppress_health_check=list(HealthCheck))
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 CONTENT = b"Content-Type: text/plain\r\n\r\nhello\r\n"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +18,7 @@ import opensslpeer as peer
 import pytest
 from asn1crypto import cms as asn1_cms
 from conftest import World, envelope, plain_message
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from directmilter import cms
@@ -30,9 +29,6 @@ from directmilter.errors import DirectMilterError, MalformedMessage, MessageTooL
 from directmilter.replies import reply_for
 
 ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
-settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("long", max_examples=100_000, deadline=None, suppress_health_check=list(HealthCheck))
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 SMIME_HEAD = (b"From: alice@direct.a.test\r\nTo: bob@direct.b.test\r\nMIME-Version: 1.0\r\n"
               b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\r\n"
               b"Content-Transfer-Encoding: base64\r\n\r\n")

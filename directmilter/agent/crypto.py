@@ -123,8 +123,10 @@ def open_message(config: Config, message: Message, recipients: Sequence[str], em
     by_plaintext: dict[bytes, int | DirectMilterError] = {}  # by digest: each different content verified once
     by_keys: dict[tuple[int, ...], int | DirectMilterError] = {}
     by_recipient: dict[str, int | DirectMilterError] = {}
-    for recipient in recipients:
-        identities = config.identities_for(recipient)
+    keyed = {recipient: config.identities_for(recipient) for recipient in recipients}
+    # Only recipients with different keys can open different contents: with one set of keys, no digest (0.6 ms/MiB).
+    several = len({tuple(id(i) for i in identities) for identities in keyed.values() if identities}) > 1
+    for recipient, identities in keyed.items():
         if not identities:
             by_recipient[recipient] = DecryptionFailed("no private key configured for this recipient")
             continue
@@ -135,7 +137,7 @@ def open_message(config: Config, message: Message, recipients: Sequence[str], em
             except CMSError as exc:
                 by_keys[keys] = exc
             else:
-                digest = hashlib.sha256(plaintext).digest()
+                digest = hashlib.sha256(plaintext).digest() if several else b""
                 if digest not in by_plaintext:
                     by_plaintext[digest] = _verify(secured, plaintext, crypto.accept_digests, contents,
                                                    config.limits.max_certificates, emit)

@@ -7,7 +7,6 @@ bytes as they are and hands out slices. :mod:`email` is used only to parse heade
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 import secrets
@@ -278,16 +277,19 @@ def decode_base64(chunks: Iterable[Chunk], *, what: str) -> bytearray:
     padded = False
     try:
         for chunk in chunks:
-            compact = carry + (chunk if isinstance(chunk, bytes | bytearray) else bytes(chunk)).translate(None, _BLANKS)
+            # One copy of each chunk (the translation); the whole 4-character groups are decoded through a view.
+            compact = (chunk if isinstance(chunk, bytes | bytearray) else bytes(chunk)).translate(None, _BLANKS)
+            if carry:
+                compact = carry + compact
             if not compact:
                 continue
             if padded:
                 raise ValueError("data after the final padding")
             cut = len(compact) - len(compact) % 4
-            carry = compact[cut:]
+            carry = bytes(compact[cut:])
             if cut:
-                decoded += base64.b64decode(compact[:cut], validate=True)
-                padded = compact[cut - 1 : cut] == b"="
+                decoded += binascii.a2b_base64(memoryview(compact)[:cut], strict_mode=True)
+                padded = compact[cut - 1] == 0x3D  # "="
         if carry:
             raise ValueError("truncated")
     except (binascii.Error, ValueError) as exc:
