@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 from cryptography import x509
+from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.serialization import Encoding
 
 #: The most one call's arguments may weigh (bytes of certificates, characters of text) for its answer to be kept.
@@ -78,3 +79,11 @@ def _certificate_weight(cert: x509.Certificate) -> int:
         _light[id(cert)] = (cert, weight)
         _light_total += weight
     return weight
+
+
+@kept(1024)
+def fingerprint(cert: x509.Certificate) -> bytes:
+    """The SHA-256 of the certificate's DER, which certificates are told apart and cached by. Kept: cryptography
+    encodes the certificate anew for each fingerprint (8 us), and discovery and validation take several per
+    message."""
+    return cert.fingerprint(SHA256())

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from conftest import World
+from cryptography import x509
+from cryptography.hazmat.primitives.hashes import SHA256
 
 from directmilter.cms import mime
-from directmilter.memo import KEEP_UP_TO, kept
+from directmilter.memo import KEEP_UP_TO, fingerprint, kept
 from directmilter.trust.binding import describe_certificate
 
 
@@ -85,3 +87,14 @@ def test_certificates_are_weighed_once_per_object_and_heavy_ones_never_kept() ->
     for _ in range(2 * memo._LIGHT_TOTAL // memo._weight(light)):  # many objects: what is held stays bounded
         memo._weight(certificate(10))
     assert sum(weight for _, weight in memo._light.values()) <= memo._LIGHT_TOTAL
+
+
+def test_fingerprints_are_sha256_of_the_der_and_kept(world: World) -> None:
+    bob = x509.load_pem_x509_certificate(world.bob.cert_path.read_bytes())
+    carol = x509.load_pem_x509_certificate(world.carol.cert_path.read_bytes())
+    fingerprint.cache_clear()  # type: ignore[attr-defined]
+    assert fingerprint(bob) == bob.fingerprint(SHA256()) != fingerprint(carol)
+    again = x509.load_pem_x509_certificate(world.bob.cert_path.read_bytes())  # another object, the same value
+    assert fingerprint(again) == fingerprint(bob)
+    info = fingerprint.cache_info()  # type: ignore[attr-defined]
+    assert (info.hits, info.misses) == (2, 2)

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives.hashes import SHA256
 
 from directmilter.errors import TemporaryFailure
+from directmilter.memo import fingerprint
 
 
 class CertificateSource(Protocol):
@@ -51,5 +51,5 @@ class ChainedSources:
                 failures.append(exc)
                 continue
             for cert in certs:
-                found.setdefault(cert.fingerprint(SHA256()), cert)
+                found.setdefault(fingerprint(cert), cert)
         return Lookup(list(found.values()), failures)

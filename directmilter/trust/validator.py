@@ -60,7 +60,7 @@ from typing import Any
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator.errors import (
     DisallowedAlgorithmError,
@@ -87,7 +87,7 @@ from directmilter.errors import (
     TemporaryFailure,
     TrustError,
 )
-from directmilter.memo import kept
+from directmilter.memo import fingerprint, kept
 from directmilter.trust.binding import describe_certificate
 
 __all__ = ["KEY_USAGES", "REVOCATION_MODES", "TrustValidator", "ValidatedPath"]
@@ -410,7 +410,7 @@ class TrustValidator:
         bucket: Any = now.replace(second=0, microsecond=0) if moment is None else when
 
         key = (
-            cert.fingerprint(hashes.SHA256()),
+            fingerprint(cert),
             _set_digest(tuple(anchors)),
             _set_digest(tuple(intermediates)),
             bucket,
