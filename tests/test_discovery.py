@@ -1,7 +1,8 @@
 """Certificate discovery against real servers on loopback: knotd (DNS CERT), slapd (LDAP), an HTTP server (IPKIX).
 
 Zones: ``direct.b.test`` publishes address certificates (and some bad ones beside good ones), ``org.b.test`` only
-an organisational certificate, ``ldap.c.test`` only an LDAP service whose preferred server is down.
+an organisational certificate, ``ldap.c.test`` only an LDAP service whose preferred server is down, and
+``ldapdown.c.test`` only an LDAP service all of whose servers are down.
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import World, envelope, plain_message
+from conftest import CANARY, World, envelope, plain_message
 from dnsserver import Blackhole, Knot, a_record, cert_record, ipkix_record, srv_record
 from httpserver import HttpServer
 from ldapserver import Slapd
 from milterd import Milterd
-from mta import Postfix, free_port, scratch_dir, submit
+from mta import Postfix, Sink, free_port, scratch_dir, submit
 
 from directmilter.agent import Agent
 from directmilter.config import load_config
-from directmilter.errors import DependencyTimeout, NoCertificate, NoTrustedRecipients
+from directmilter.errors import DependencyTimeout, NoCertificate, NoTrustedRecipients, TemporaryFailure
 
 ALICE = "alice@direct.a.test"
 
@@ -46,6 +47,7 @@ def net(world: World) -> Iterator[dict[str, Any]]:
     with scratch_dir("directmilter-net-") as root, HttpServer() as http:
         http.set("/ipkix.cer", certs["ipkix"].der())
         dead_ldap = free_port()  # nothing listens here: the preferred LDAP server is down
+        all_dead = [free_port(), free_port()]  # nor here: every LDAP server of ldapdown.c.test is down
         with Slapd(root / "ldap", suffix="dc=ldap,dc=c,dc=test") as slapd:
             slapd.add_person("carol", "carol@ldap.c.test", [certs["carol"].der()])
             zones = {
@@ -66,6 +68,12 @@ def net(world: World) -> Iterator[dict[str, Any]]:
                     srv_record("_ldap._tcp.ldap.c.test", 10, 0, slapd.port, "up.ldap.c.test"),
                     a_record("down.ldap.c.test", "127.0.0.1"),
                     a_record("up.ldap.c.test", "127.0.0.1"),
+                ],
+                "ldapdown.c.test": [
+                    srv_record("_ldap._tcp.ldapdown.c.test", 0, 0, all_dead[0], "one.ldapdown.c.test"),
+                    srv_record("_ldap._tcp.ldapdown.c.test", 10, 0, all_dead[1], "two.ldapdown.c.test"),
+                    a_record("one.ldapdown.c.test", "127.0.0.1"),
+                    a_record("two.ldapdown.c.test", "127.0.0.1"),
                 ],
             }
             with Knot(root / "dns", zones) as knot:
@@ -183,6 +191,37 @@ def test_dns_timeout_tempfails_through_postfix_and_unknown_is_refused(world: Wor
             result = submit(a.submission_port, ALICE, ["bob@direct.b.test"], plain_message())
             code, text = result.refused["bob@direct.b.test"]
             assert code == 451 and "4.4.3" in text and "timed out" in text
+            assert a.queue() == []
+
+
+def test_every_ldap_server_down_is_temporary_never_a_refusal(agent: Agent, net: dict[str, Any]) -> None:
+    """DNS has no certificate for the address, and LDAP, which might have one, does not answer: the recipient may
+    well be reachable tomorrow, so this is a deferral (the client retries), not "no certificate"."""
+    with pytest.raises(TemporaryFailure, match=r"LDAP lookup for carol@ldapdown\.c\.test: no server answered") \
+            as caught:
+        secured_for(agent, "carol@ldapdown.c.test")
+    assert not isinstance(caught.value, NoTrustedRecipients)
+    # Both servers were tried, in the order of their SRV priorities.
+    reason = caught.value.reason
+    assert 0 <= reason.index("one.ldapdown.c.test:") < reason.index("two.ldapdown.c.test:"), reason
+
+
+def test_every_ldap_server_down_tempfails_through_postfix(world: World, net: dict[str, Any]) -> None:
+    with scratch_dir("directmilter-ldapdown-") as root, Sink(root / "wire") as sink:
+        body = discovering(world, net["knot"].port)
+        body["milter"] = {"internal_hosts": [], "submission_daemons": ["ORIGINATING"]}
+        with Milterd(world.write_config("ldapdown-milter", body), root / "milter.log") as milter, \
+                Postfix(root=root / "a", name="mx.a.test", relay={"direct.b.test": f"127.0.0.1:{sink.port}"},
+                        milter=milter.postfix_spec) as a:
+            result = submit(a.submission_port, ALICE, ["carol@ldapdown.c.test", "bob@direct.b.test"],
+                            plain_message(to="carol@ldapdown.c.test"))
+            code, text = result.refused["carol@ldapdown.c.test"]
+            assert 400 <= code < 500 and "no server answered" in text, (code, text)
+            # The other recipient goes on, secured; the deferred one is the client's to retry.
+            assert result.ok and "bob@direct.b.test" not in result.refused
+            [sent] = sink.wait()
+            assert sent.rcpts == ["bob@direct.b.test"]
+            assert b"application/pkcs7-mime" in sent.data and CANARY.encode() not in sent.data
             assert a.queue() == []
 
 
