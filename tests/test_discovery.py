@@ -181,6 +181,19 @@ def test_dns_timeout_is_temporary(world: World) -> None:
             dead.close()
 
 
+def test_dns_server_refusing_is_temporary(world: World) -> None:
+    """Nothing listens where the DNS server should be (ICMP port unreachable, TCP refused): a deferral, as a
+    timeout is, never "no certificate"."""
+    config = load_config(world.write_config("discover-refused", discovering(world, free_port(), timeout=1)))
+    dead = Agent(config)
+    try:
+        with pytest.raises(TemporaryFailure, match=r"bob@direct\.b\.test") as caught:
+            dead.outgoing(envelope(plain_message(), ALICE, "bob@direct.b.test"))
+        assert not isinstance(caught.value, NoTrustedRecipients)
+    finally:
+        dead.close()
+
+
 def test_dns_timeout_tempfails_through_postfix_and_unknown_is_refused(world: World, net: dict[str, Any]) -> None:
     with Blackhole() as hole, scratch_dir("directmilter-dnsfail-") as root:
         body = discovering(world, hole.port, timeout=1)
