@@ -129,14 +129,14 @@ def _free_ports(count: int, bindable: Callable[[int], bool] = _bindable) -> list
     ports: list[int] = []
     with _PORT_LOCK:
         for _ in range(len(own)):
-            if len(ports) == count:
-                return ports
             port = own[int.from_bytes(os.urandom(4), "big") % len(own)]
             if port in _HANDED_OUT:
                 continue
             _HANDED_OUT.add(port)
             if bindable(port):
                 ports.append(port)
+                if len(ports) == count:
+                    return ports
     raise RuntimeError(f"no {count} free ports left in {own.start}-{own.stop - 1}")
 
 
