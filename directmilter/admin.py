@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 
+from directmilter import memo
 from directmilter.config import Config, normalize_address
 from directmilter.errors import ConfigError
 from directmilter.keys.load import BUNDLE_URL_SUFFIX, load_certificates, load_identities
@@ -40,7 +41,7 @@ _ANCHOR_KEYS = {"incoming": "incoming_anchors", "outgoing": "outgoing_anchors"}
 
 
 def fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex()
+    return memo.fingerprint(cert).hex()
 
 
 def _owner(config: Config, owner: str) -> tuple[str, str, dict[str, Any]]:
