@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from directmilter.addresses import base_mailbox
 from directmilter.cms.algorithms import (
     CIPHERS_ACCEPT,
     CIPHERS_SEND,
@@ -41,6 +42,7 @@ from directmilter.keys.load import BUNDLE_URL_SUFFIX, load_certificates, load_id
 from directmilter.keys.load import dedupe_certificates as _dedupe
 from directmilter.policy import DEFAULTS as ACTION_DEFAULTS
 from directmilter.policy import Actions, check_action
+from directmilter.postfix import PostfixSettings, read_settings
 from directmilter.trust.bundles import is_bundle_url
 from directmilter.trust.certificate_policy import DIRECTIONS as POLICY_DIRECTIONS
 from directmilter.trust.certificate_policy import CertificatePolicy
@@ -125,7 +127,10 @@ REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
 _LIMITS_KEYS = ("max_message_size", "max_headers", "max_mime_depth", "max_certificates")
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
-                "other_mail", "timeout", "metrics", "workers", "inline_below")
+                "other_mail", "timeout", "metrics", "workers", "inline_below", "postfix_config",
+                "recipient_delimiter", "local_submission")
+#: Where Postfix's main.cf is looked for when [milter] postfix_config is not set.
+DEFAULT_POSTFIX_CONFIG = Path("/etc/postfix")
 _OTHER_MAIL = ("accept", "reject")
 _NOTIFY_KEYS = ("mdn", "reinject", "tracking", "processed_timeout", "dispatched_timeout", "sweep_interval",
                 "consume_notifications", "reporting_mta", "mdn_delay")
@@ -169,10 +174,9 @@ class MilterSettings:
 
     socket: str = "unix:/run/directmilter/directmilter.sock"
     socket_mode: int = 0o660
-    internal_hosts: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
-        ipaddress.ip_network("127.0.0.0/8"),
-        ipaddress.ip_network("::1/128"),
-    )
+    #: Networks whose SMTP clients may submit for hosted senders without logging in. Empty by default: every local
+    #: account can open a connection from 127.0.0.1, so loopback proves nothing about who submits.
+    internal_hosts: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     submission_daemons: tuple[str, ...] = ("ORIGINATING",)
     trust_authenticated: bool = True
     other_mail: str = "accept"
@@ -185,6 +189,14 @@ class MilterSettings:
     #: Messages smaller than this (bytes) are handled in the milter's thread even with workers: for them the
     #: round trip to a worker costs more CPU than the crypto itself.
     inline_below: int = 64 * 1024
+    #: Postfix's configuration directory, asked (postconf, postmap) for recipient_delimiter and for where it sends
+    #: addresses after the milter; None: no Postfix is consulted (the default /etc/postfix only when it has a main.cf).
+    postfix_config: Path | None = None
+    #: recipient_delimiter characters; None: Postfix's (or none when no Postfix is consulted).
+    recipient_delimiter: str | None = None
+    #: Mail submitted on this host (sendmail, pickup) for a hosted sender is signed; off: refused. Postfix's
+    #: local_login_sender_maps must then say which Unix users may use which sender (check-config looks).
+    local_submission: bool = False
 
     def worker_count(self) -> int:
         return (os.cpu_count() or 1) if self.workers is None else self.workers
@@ -290,6 +302,26 @@ class Config:
     actions: Actions = field(default_factory=Actions)
     policies: Mapping[str, CertificatePolicy] = field(
         default_factory=lambda: {direction: CertificatePolicy() for direction in POLICY_DIRECTIONS})
+    #: What Postfix's main.cf says (recipient_delimiter, aliasing and bcc tables), when one is consulted.
+    postfix: PostfixSettings | None = None
+
+    @property
+    def recipient_delimiter(self) -> str:
+        """The characters that start an address extension (Postfix's recipient_delimiter unless set here)."""
+        if self.milter.recipient_delimiter is not None:
+            return self.milter.recipient_delimiter
+        return self.postfix.recipient_delimiter if self.postfix is not None else ""
+
+    def mailbox(self, address: str) -> str:
+        """The party an address names, as Postfix delivers it: ``bob+tag@d`` is bob unless it has its own table.
+
+        Every per-address decision (keys, anchors, policies, routing, replays, MDNs) is taken for this form, so no
+        spelling of bob's address falls back to his domain's trust, and one mailbox gets one copy and one MDN.
+        """
+        text = normalize_address(address)
+        if text in self.addresses:
+            return text
+        return base_mailbox(text, self.recipient_delimiter)[0]
 
     def domain_of(self, address: str) -> Party | None:
         """The hosted domain of an address (or a bare domain name), or None when it is not hosted here."""
@@ -657,20 +689,23 @@ class _Loader:
         crypto = self.crypto(data)
         domains = self.domains(data)
         addresses = self.addresses(data, domains)
+        milter = self.milter(data)
         return Config(
             path=self.path,
             crypto=crypto,
             domains=MappingProxyType(domains),
             addresses=MappingProxyType(addresses),
             certificates=self.certificates(data),
-            milter=self.milter(data),
+            milter=milter,
             discovery=self.discovery(data),
             trust=self.trust(data),
             notify=self.notify(data),
             limits=self.limits(data),
             actions=self.actions(data),
             policies=MappingProxyType(self.policies(data)),
+            postfix=None if milter.postfix_config is None else read_settings(milter.postfix_config),
         )
+
 
     def host_port(self, table: Mapping[str, object], name: str, key: str, what: str = "") -> tuple[str, int] | None:
         """A ``HOST:PORT`` value (IPv6 hosts in brackets), or None when the key is absent or empty."""
@@ -793,7 +828,30 @@ class _Loader:
             metrics=self.host_port(table, "metrics", key),
             workers=self.workers(table, key),
             inline_below=self.byte_count(table, "inline_below", key, default.inline_below),
+            postfix_config=self.postfix_directory(table),
+            recipient_delimiter=self.delimiter(table, key),
+            local_submission=self.typed(table, "local_submission", key, bool, default.local_submission),
         )
+
+    def postfix_directory(self, table: Mapping[str, object]) -> Path | None:
+        """Postfix's configuration directory: as set ("none": no Postfix), else /etc/postfix when it has a main.cf."""
+        text = self.typed(table, "postfix_config", "[milter]", str, "")
+        if text == "none":
+            return None
+        if not text:
+            return DEFAULT_POSTFIX_CONFIG if (DEFAULT_POSTFIX_CONFIG / "main.cf").is_file() else None
+        directory = self.resolve(text)
+        if not (directory / "main.cf").is_file():
+            raise self.err("[milter].postfix_config", f"{directory}: no main.cf there")
+        return directory
+
+    def delimiter(self, table: Mapping[str, object], key: str) -> str | None:
+        if "recipient_delimiter" not in table:
+            return None
+        text = self.typed(table, "recipient_delimiter", key, str, "")
+        if any(c.isalnum() or c in "@\"" or c.isspace() for c in text):
+            raise self.err(f"{key}.recipient_delimiter", f"{text!r}: delimiters are punctuation such as \"+\" or \"-\"")
+        return text
 
     def byte_count(self, table: Mapping[str, object], name: str, key: str, default: int) -> int:
         value = self.typed(table, name, key, int, default)

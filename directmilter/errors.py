@@ -118,6 +118,21 @@ class TamperedRouting(PermanentFailure):
     (routing-tamper detection, as the Java reference implementation does by default)."""
 
 
+class AddressSyntax(PermanentFailure):
+    """An envelope address we will not interpret on our own: routing syntax (``%``, ``!``, a source route) the MTA
+    did not resolve for us, unbalanced quotes, no domain (see :mod:`directmilter.addresses`)."""
+
+
+class ClearCopyForbidden(PermanentFailure):
+    """The MTA would copy or forward decrypted Direct mail to an address off the Direct domains hosted here (its
+    virtual aliases, aliases, always_bcc, recipient or sender bcc maps), or hand plaintext to a remote one."""
+
+
+class SubmissionForbidden(PermanentFailure):
+    """A hosted sender's mail from a path that may not submit for it (not authenticated, not a submission
+    listener, a local submission that is not allowed): signing it would let anyone sign as that user."""
+
+
 class DuplicateMessage(PermanentFailure):
     """The same message was already accepted for this recipient: a replay is not delivered twice."""
 

@@ -41,6 +41,7 @@ _TABLE: tuple[tuple[type[BaseException], Reply], ...] = (
     (errors.ForbiddenAlgorithm, Reply("554", "5.7.5", EX_DATAERR)),
     (errors.NotEncrypted, Reply("554", "5.7.5", EX_DATAERR)),
     (errors.CMSError, Reply("554", "5.7.5", EX_DATAERR)),
+    (errors.AddressSyntax, Reply("553", "5.1.3", EX_DATAERR)),
     (errors.SenderNotConfigured, Reply("550", "5.7.1", EX_NOPERM)),
     (errors.TrustError, Reply("550", "5.7.1", EX_NOPERM)),
     (errors.PermanentFailure, Reply("550", "5.7.1", EX_NOPERM)),

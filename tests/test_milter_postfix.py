@@ -208,12 +208,13 @@ def test_unix_socket_mode_stale_socket_and_other_mail_policy(world: World) -> No
 
 
 @pytest.mark.conformance("AS-3.0-7")
-def test_null_sender_to_a_remote_address_is_refused_without_a_reinject_listener(rig: dict[str, Any]) -> None:
-    """A report that cannot be replaced by a secured DSN (nowhere to queue one) is refused, never passed in clear."""
+def test_null_sender_from_an_smtp_client_to_a_remote_address_is_refused(rig: dict[str, Any]) -> None:
+    """A report from an SMTP client (not from this host's own Postfix) is never signed for it nor passed in clear:
+    anyone allowed to relay could otherwise have a DSN in a hosted user's name sent with text of their choosing."""
     rig["sink"].clear()
     result = submit(rig["a"].smtp_port, "", [BOB], plain_message())
     assert not result.accepted and result.refused[BOB][0] == 550
-    assert "would leave unencrypted" in result.refused[BOB][1]
+    assert "sent by this host's MTA only" in result.refused[BOB][1]
     time.sleep(0.5)
     assert rig["sink"].messages() == []
 

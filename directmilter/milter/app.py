@@ -21,11 +21,13 @@ from typing import Any, ClassVar, TypeVar
 import Milter
 
 from directmilter import spool
+from directmilter.addresses import canonical, internal_form, strip_path
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.agent.envelope import Outcome
 from directmilter.config import Config
 from directmilter.delivery.service import Confirmations, IncomingDecision
 from directmilter.errors import (
+    ClearCopyForbidden,
     ConfigError,
     DirectMilterError,
     DuplicateMessage,
@@ -33,11 +35,12 @@ from directmilter.errors import (
     MessageTooLarge,
     NoTrustedRecipients,
     PermanentFailure,
+    SubmissionForbidden,
     TemporaryFailure,
 )
 from directmilter.log import get_logger
 from directmilter.milter import systemd
-from directmilter.milter.direction import Client, Direction, Group, direction, group
+from directmilter.milter.direction import Client, Direction, Group, delivered_to, direction, group
 from directmilter.milter.edits import header_edits, header_fields
 from directmilter.milter.runtime import Runtime, block_reload_signal
 from directmilter.policy import condition_of
@@ -96,9 +99,12 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         generation = self.runtime.current
         self.agent: Agent = generation.agent
         self.config: Config = generation.config
+        self.maps = generation.maps
         self.confirmations: Confirmations | None = self.runtime.confirmations
-        self.sender = ""
-        self.recipients: list[str] = []
+        self.sender = ""  # the sender's mailbox, as Postfix resolved MAIL FROM (see directmilter.addresses)
+        self.sender_copies: tuple[str, ...] = ()  # sender_bcc_maps: where Postfix copies this sender's mail
+        self.recipients: list[str] = []  # one entry per mailbox Postfix delivers to, whatever the spellings
+        self.spellings: dict[str, list[str]] = {}  # mailbox -> the RCPT TO spellings that reach it, in order
         self.kind = Direction.INCOMING
         self.group: Group | None = None
         self.fields: list[tuple[str, str]] = []
@@ -152,34 +158,62 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
     @Milter.noreply  # type: ignore[untyped-decorator]
     @_guarded
     def connect(self, hostname: str, family: int, hostaddr: Any) -> int:
-        address = hostaddr[0] if family in (socket.AF_INET, socket.AF_INET6) and hostaddr else None
-        self.client = Client(address=address, daemon_name=self.getsymval("{daemon_name}"))
+        inet = family in (socket.AF_INET, socket.AF_INET6) and bool(hostaddr)
+        address = hostaddr[0] if inet else None
+        # Postfix's cleanup (non_smtpd_milters: sendmail, pickup, its own bounces) emulates a client
+        # "localhost [127.0.0.1]" on port 0; no TCP peer has port 0.
+        local = inet and len(hostaddr) > 1 and hostaddr[1] == 0
+        self.client = Client(address=address, daemon_name=self.getsymval("{daemon_name}"), local=local)
         return int(Milter.CONTINUE)
 
     @_guarded
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self._moved_on()
         self._reset()
-        self.sender = _address(mailfrom)
-        self.client = Client(self.client.address, self.getsymval("{auth_authen}"), self.client.daemon_name)
+        resolved = self._resolved(mailfrom, "{mail_addr}")
+        self.sender = self.config.mailbox(resolved) if resolved else ""
+        if self.maps is not None and resolved:
+            self.sender_copies = self.maps.sender_copies(resolved)
+        self.client = replace(self.client, authenticated=self.getsymval("{auth_authen}"))
         self.kind = direction(self.config, self.sender, self.client)
         if self.kind is Direction.OUTGOING:
             self.agent.check_sender(self.sender)
         return int(Milter.CONTINUE)
 
+    def _resolved(self, path: str, macro: str) -> str:
+        """The address as the MTA resolved it (its own macro), in canonical form; computed only where it is silent."""
+        told = self.getsymval(macro)
+        if told and "@" in told:
+            return canonical(told, resolved_by_mta=True)
+        return canonical(path)
+
     @_guarded
     def envrcpt(self, to: str, *params: str) -> int:
-        recipient = _address(to)
+        spelled = strip_path(to)
+        recipient = delivered_to(self.config, self.maps, self._resolved(to, "{rcpt_addr}"))
         this = group(self.config, recipient)
         if self.group is not None and this is not self.group:
             self.setreply("452", "4.5.3", "Direct: send this recipient in a separate transaction")
             return int(Milter.TEMPFAIL)
+        if recipient in self.spellings:  # another spelling of a mailbox already named: one copy, one MDN
+            self.spellings[recipient].append(spelled)
+            return int(Milter.CONTINUE)
+        if this is Group.HOSTED:
+            outside = [c for c in self.sender_copies if not self.config.is_hosted(self.config.mailbox(c))]
+            if outside:
+                raise ClearCopyForbidden(f"sender {self.sender}: Postfix copies this sender's mail to "
+                                         f"{', '.join(outside)} (sender_bcc_maps), where the decrypted message "
+                                         "would arrive in clear")
         if self.kind is Direction.OUTGOING and this is Group.REMOTE:
             self.agent.check_recipient(self.sender, recipient)
         elif this is Group.REMOTE and not self.sender:
-            # Null-sender mail to a remote address is a report; the MTA's own bounces (internal_mail_filter_classes
-            # = bounce) about mail accepted for a hosted recipient carry its content. Never in clear (AS 3.0):
-            # at end of message it is replaced by a secured DSN, or refused when that cannot be done.
+            # Null-sender mail to a remote address is a report. Postfix's own bounces (internal_mail_filter_classes
+            # = bounce, through cleanup: a local client) about mail accepted for a hosted recipient carry its
+            # content: at end of message they are replaced by a secured DSN, or refused when that cannot be done.
+            # Nobody else may have us sign a report (AS 3.0: never in clear, never in another user's name).
+            if not self.client.local:
+                raise SubmissionForbidden(f"recipient {recipient}: delivery reports to remote addresses are sent "
+                                          "by this host's MTA only, not relayed for SMTP clients")
             if self.confirmations is None or self.config.notify.reinject is None:
                 raise PermanentFailure(
                     f"recipient {recipient}: a delivery report to a remote address would leave unencrypted"
@@ -187,14 +221,16 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         elif this is Group.REMOTE and self.sender and self.config.is_hosted(self.sender):
             # A hosted sender whose client may not submit: securing is refused, so passing it on would send
             # a Direct user's mail to a remote address in clear. Never.
-            raise PermanentFailure(
-                f"sender {self.sender}: this client may not submit Direct mail (not authenticated, not an "
-                "internal host, not a submission listener); it would leave unencrypted"
+            how = ("local submission is off ([milter] local_submission)" if self.client.local else
+                   "not authenticated, not an internal host, not a submission listener")
+            raise SubmissionForbidden(
+                f"sender {self.sender}: this client may not submit Direct mail ({how}); it would leave unencrypted"
             )
         elif self.kind is Direction.INCOMING and this is Group.REMOTE and self.config.milter.other_mail == "reject":
             raise PermanentFailure(f"recipient {recipient}: not a Direct address hosted here")
         self.group = this
         self.recipients.append(recipient)
+        self.spellings[recipient] = [spelled]
         return int(Milter.CONTINUE)
 
     @Milter.noreply  # type: ignore[untyped-decorator]
@@ -354,9 +390,18 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         return outcome
 
     def _apply(self, outcome: Outcome) -> None:
-        """Edits in the order libmilter requires: recipients, headers, then the body in consecutive chunks."""
-        for recipient in outcome.rejected:
-            self.delrcpt(f"<{recipient}>")
+        """Edits in the order libmilter requires: recipients, headers, then the body in consecutive chunks.
+
+        A removed recipient is removed in every spelling the client used; a mailbox named twice keeps the first
+        spelling only (Postfix would deliver each spelling, and we would confirm each)."""
+        for recipient, spellings in self.spellings.items():
+            if recipient in outcome.rejected:
+                removed = spellings
+            else:  # Postfix merges spellings whose internal form is the kept one's; deleting those deletes it
+                kept = internal_form(spellings[0])
+                removed = [s for s in spellings[1:] if internal_form(s) != kept]
+            for spelled in dict.fromkeys(removed):
+                self.delrcpt(f"<{spelled}>")
         head = spool.head(outcome.message)
         for edit in header_edits(self.fields, header_fields(head)):
             if edit.value is None:
@@ -388,10 +433,6 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
 
     def _message_id(self) -> str | None:
         return next((value.strip() for name, value in self.fields if name.lower() == "message-id"), None)
-
-
-def _address(smtp_path: str) -> str:
-    return smtp_path.strip().removeprefix("<").removesuffix(">").strip()
 
 
 def _reply_text(reason: str) -> str:

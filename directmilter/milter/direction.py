@@ -2,8 +2,11 @@
 
 Outgoing: the envelope sender is a hosted address and the client may submit for it (SASL-authenticated, in a
 configured internal network, or connected to a configured submission listener — Postfix's ``{daemon_name}``),
-like OpenDKIM's InternalHosts/MacroList. Incoming: anything else addressed to hosted recipients. Mail that
-involves no hosted address is "other mail", passed or refused by policy.
+like OpenDKIM's InternalHosts/MacroList. Mail submitted on this host (Postfix's sendmail and pickup, which reach
+the milter through cleanup's non_smtpd_milters as an emulated client "localhost [127.0.0.1]" on port 0) is never
+authorised by that loopback address: only ``[milter] local_submission`` allows it, with Postfix's
+local_login_sender_maps saying which Unix user may use which sender. Incoming: anything else addressed to hosted
+recipients. Mail that involves no hosted address is "other mail", passed or refused by policy.
 
 One SMTP transaction carries one kind of recipient: the first recipient fixes the group (hosted or remote) and a
 recipient of the other group gets ``452 4.5.3`` so the client sends it in a separate transaction (RFC 5321
@@ -17,6 +20,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from directmilter.config import Config
+from directmilter.errors import ClearCopyForbidden
+from directmilter.postfix import AddressMaps
 
 
 class Direction(enum.Enum):
@@ -37,6 +42,8 @@ class Client:
     address: str | None = None  # IP address, None for a local (non-TCP) submission
     authenticated: str | None = None  # {auth_authen}
     daemon_name: str | None = None  # {daemon_name}
+    #: Submitted on this host, not over SMTP: Postfix's cleanup emulates a client on port 0 (no TCP peer has one).
+    local: bool = False
 
 
 def client_may_submit(config: Config, client: Client) -> bool:
@@ -44,6 +51,8 @@ def client_may_submit(config: Config, client: Client) -> bool:
     settings = config.milter
     if client.authenticated and settings.trust_authenticated:
         return True
+    if client.local:
+        return settings.local_submission
     if client.daemon_name and client.daemon_name in settings.submission_daemons:
         return True
     if client.address is None:
@@ -63,4 +72,36 @@ def direction(config: Config, sender: str, client: Client) -> Direction:
 
 
 def group(config: Config, recipient: str) -> Group:
+    """Hosted or remote, for a recipient already resolved to its mailbox (see :mod:`directmilter.addresses`)."""
     return Group.HOSTED if config.is_hosted(recipient) else Group.REMOTE
+
+
+def delivered_to(config: Config, maps: AddressMaps | None, resolved: str) -> str:
+    """The one mailbox Postfix delivers a resolved recipient to after its virtual aliases, refusing the ways
+    decrypted mail could be copied off the Direct domains hosted here (ClearCopyForbidden).
+
+    A hosted address aliased (or Bcc'd by recipient_bcc_maps / always_bcc) to an address outside the hosted
+    domains would carry the decrypted message there in clear; an outside address aliased to a Direct mailbox is
+    that mailbox (its mail must be secured and trusted like any). Aliases to several Direct mailboxes are refused
+    too: each member must be a recipient of its own, so that each one's trust is checked.
+    """
+    mailbox = config.mailbox(resolved)
+    if maps is None:
+        return mailbox
+    targets = list(dict.fromkeys(config.mailbox(t) for t in maps.virtual(resolved)))
+    hosted = [t for t in targets if config.is_hosted(t)]
+    if not hosted and not config.is_hosted(mailbox):
+        return mailbox
+    outside = [t for t in targets if not config.is_hosted(t)]
+    if outside:
+        raise ClearCopyForbidden(f"recipient {mailbox}: Postfix forwards it to {', '.join(outside)} "
+                                 "(virtual_alias_maps), where the decrypted message would arrive in clear")
+    if len(hosted) > 1:
+        raise ClearCopyForbidden(f"recipient {mailbox}: Postfix expands it to several Direct mailboxes "
+                                 f"({', '.join(hosted)}); send to each of them, so that each one's trust is checked")
+    copies = [c for c in maps.recipient_copies(resolved) if not config.is_hosted(config.mailbox(c))]
+    if copies:
+        raise ClearCopyForbidden(f"recipient {hosted[0]}: Postfix copies its mail to {', '.join(copies)} "
+                                 "(recipient_bcc_maps or always_bcc), where the decrypted message would arrive in "
+                                 "clear")
+    return hosted[0]

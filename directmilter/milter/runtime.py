@@ -22,6 +22,7 @@ from directmilter.errors import DirectMilterError
 from directmilter.log import get_logger
 from directmilter.metrics import Metrics
 from directmilter.milter import systemd
+from directmilter.postfix import AddressMaps
 from directmilter.tracking.store import open_store
 
 log = get_logger("directmilter.runtime")
@@ -31,16 +32,22 @@ RELOAD_SIGNAL = signal.SIGUSR1
 
 @dataclass(frozen=True)
 class Generation:
-    """One loaded configuration and the agent built from it."""
+    """One loaded configuration, the agent built from it, and Postfix's tables as that configuration names them."""
 
     config: Config
     agent: Agent
+    maps: AddressMaps | None = None
+
+    @classmethod
+    def build(cls, config: Config) -> Generation:
+        maps = AddressMaps(config.postfix) if config.postfix is not None else None
+        return cls(config, Agent(config, workers=config.milter.worker_count()), maps)
 
 
 class Runtime:
     def __init__(self, config: Config, *, socket_override: str | None = None) -> None:
         self.socket_override = socket_override
-        self.current = Generation(config, Agent(config, workers=config.milter.worker_count()))
+        self.current = Generation.build(config)
         self.current.agent.start_refreshing()
         self.confirmations = Confirmations(self.current.agent, config.notify, open_store(config.notify.tracking))
         self.metrics = Metrics(lambda: (self.current.agent, self.confirmations.store))
@@ -63,7 +70,7 @@ class Runtime:
                 config = load_config(old.config.path)
                 if self.socket_override:
                     config = replace(config, milter=replace(config.milter, socket=self.socket_override))
-                agent = Agent(config, workers=config.milter.worker_count())
+                generation = Generation.build(config)
             except DirectMilterError as exc:
                 log.error("reload_failed", config=str(old.config.path), reason=exc.reason, keeping="previous")
                 return False
@@ -72,9 +79,10 @@ class Runtime:
                     log.warning("reload_ignored", key=f"[milter] {name}", reason="takes effect on restart")
             if config.notify.tracking != old.config.notify.tracking:
                 log.warning("reload_ignored", key="[notify] tracking", reason="takes effect on restart")
+            agent = generation.agent
             agent.start_refreshing()
             self._warm_up(agent)
-            self.current = Generation(config, agent)
+            self.current = generation
             self.confirmations.agent = agent
             self.confirmations.settings = replace(config.notify, tracking=old.config.notify.tracking)
             grace = threading.Timer(old.config.milter.timeout + 5, old.agent.close)

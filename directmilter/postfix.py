@@ -1,0 +1,202 @@
+"""What the Postfix beside us will do with an address after the milter has let a message through.
+
+The milter sees the recipients of RCPT TO; Postfix's cleanup(8) then applies virtual_alias_maps, always_bcc,
+recipient_bcc_maps and sender_bcc_maps, and local(8) applies alias_maps. A hosted Direct address aliased to a remote
+one (or Bcc'd to a remote archive) would carry the decrypted message off the host in clear, and an unhosted
+address aliased to a Direct mailbox would put unverified mail into it. So the milter asks Postfix's own tables,
+through ``postconf`` and ``postmap`` with Postfix's configuration directory, where each address really goes, and
+refuses what would break "nothing in clear leaves, nothing untrusted is delivered".
+
+Postfix's lookup order is followed for the forms that matter here (virtual(5)): ``user+ext@domain``, then
+``user@domain`` (the extension carried over to the result, as propagate_unmatched_extensions does by default), then
+``@domain``; results are expanded again, an address that maps to itself is kept, and the depth and breadth are
+bounded. A table that cannot be read fails closed (a temporary failure), never open.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from directmilter.addresses import base_mailbox
+from directmilter.errors import ConfigError, TemporaryFailure
+
+#: The main.cf parameters read (``postconf -x -h``), in this order.
+PARAMETERS = ("recipient_delimiter", "virtual_alias_maps", "recipient_bcc_maps", "sender_bcc_maps", "always_bcc",
+              "alias_maps", "mydestination", "local_login_sender_maps", "receive_override_options",
+              "internal_mail_filter_classes", "non_smtpd_milters", "milter_default_action",
+              "allow_percent_hack", "swap_bangpath")
+#: Past these, an expansion is refused rather than followed (Postfix's own limits are 1000 and 1000).
+MAX_DEPTH = 20
+MAX_ADDRESSES = 1000
+_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class PostfixSettings:
+    """The Postfix parameters directmilter depends on, as ``postconf -x`` reports them for one configuration."""
+
+    config_directory: Path
+    values: dict[str, str]
+
+    def get(self, name: str) -> str:
+        return self.values.get(name, "")
+
+    def tables(self, name: str) -> tuple[str, ...]:
+        """A table-list parameter split as Postfix splits it (blanks and commas)."""
+        return tuple(part for part in self.get(name).replace(",", " ").split() if part)
+
+    @property
+    def recipient_delimiter(self) -> str:
+        return self.get("recipient_delimiter")
+
+
+def read_settings(config_directory: Path) -> PostfixSettings:
+    """``postconf -c DIR -x -h`` for :data:`PARAMETERS`; a ConfigError naming the directory when Postfix cannot."""
+    postconf = shutil.which("postconf") or "/usr/sbin/postconf"
+    try:
+        done = subprocess.run([postconf, "-c", str(config_directory), "-x", "-h", *PARAMETERS],
+                              capture_output=True, text=True, timeout=_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConfigError(f"[milter] postfix_config {config_directory}: cannot run postconf ({exc})") from exc
+    lines = done.stdout.split("\n")
+    if done.returncode != 0 or len(lines) < len(PARAMETERS):
+        error = next((line for line in done.stderr.splitlines() if "fatal" in line), done.stderr.strip())
+        raise ConfigError(f"[milter] postfix_config {config_directory}: postconf failed ({error})")
+    return PostfixSettings(config_directory, dict(zip(PARAMETERS, (line.strip() for line in lines), strict=False)))
+
+
+class PostmapError(TemporaryFailure):
+    """A Postfix lookup table could not be read: what Postfix will do with the address is unknown."""
+
+
+def _lookup(config_directory: Path, table: str, keys: Sequence[str]) -> dict[str, str]:
+    """``postmap -q -``: the keys found in one table, with their values (one process for all keys)."""
+    postmap = shutil.which("postmap") or "/usr/sbin/postmap"
+    try:
+        done = subprocess.run([postmap, "-c", str(config_directory), "-q", "-", table],
+                              input="".join(f"{key}\n" for key in keys), capture_output=True, text=True,
+                              timeout=_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PostmapError(f"Postfix table {table}: cannot be read ({type(exc).__name__})") from exc
+    problem = next((line for line in done.stderr.splitlines() if "fatal" in line or "error" in line), None)
+    if problem is not None or done.returncode not in (0, 1):
+        raise PostmapError(f"Postfix table {table}: cannot be read ({problem or f'postmap exit {done.returncode}'})")
+    found: dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        key, tab, value = line.partition("\t")
+        if tab:
+            found[key] = value
+    return found
+
+
+def _addresses(value: str) -> list[str]:
+    """A table's result: addresses separated by commas or blanks."""
+    return [part.strip().lower() for part in value.replace(",", " ").split() if part.strip()]
+
+
+class AddressMaps:
+    """Where Postfix sends an address after the milter: virtual aliases, recipient/sender bcc maps, always_bcc.
+
+    Answers are kept for ``ttl`` seconds (the tables rarely change, and a reload builds a new instance), so a busy
+    HISP pays for ``postmap`` once per address and minute.
+    """
+
+    def __init__(self, settings: PostfixSettings, *, ttl: float = 60.0, size: int = 10000) -> None:
+        self.settings = settings
+        self._virtual = settings.tables("virtual_alias_maps")
+        self._recipient_bcc = settings.tables("recipient_bcc_maps")
+        self._sender_bcc = settings.tables("sender_bcc_maps")
+        self._always_bcc = tuple(_addresses(settings.get("always_bcc")))
+        self._ttl = ttl
+        self._size = size
+        self._kept: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def always_bcc(self) -> tuple[str, ...]:
+        return self._always_bcc
+
+    def _keys(self, address: str) -> list[str]:
+        base, _ = base_mailbox(address, self.settings.recipient_delimiter)
+        domain = address.rpartition("@")[2]
+        return list(dict.fromkeys([address, base, f"@{domain}"]))
+
+    def _first_match(self, tables: Iterable[str], address: str) -> list[str] | None:
+        """The result of the first table and key that match, in Postfix's order; None when nothing matches."""
+        keys = self._keys(address)
+        _, extension = base_mailbox(address, self.settings.recipient_delimiter)
+        for table in tables:
+            found = _lookup(self.settings.config_directory, table, keys)
+            for key in keys:
+                if key in found:
+                    results = _addresses(found[key])
+                    if key != address and extension:  # propagate_unmatched_extensions (virtual, canonical)
+                        results = [self._extend(r, extension) for r in results]
+                    return results
+        return None
+
+    @staticmethod
+    def _extend(address: str, extension: str) -> str:
+        local, at, domain = address.rpartition("@")
+        return f"{local}{extension}@{domain}" if at else address
+
+    def _cached(self, kind: str, address: str, compute: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
+        now = time.monotonic()
+        with self._lock:
+            kept = self._kept.get((kind, address))
+            if kept is not None and kept[0] > now:
+                return kept[1]
+        value = compute()
+        with self._lock:
+            if len(self._kept) >= self._size:
+                self._kept.clear()
+            self._kept[(kind, address)] = (now + self._ttl, value)
+        return value
+
+    def virtual(self, address: str) -> tuple[str, ...]:
+        """The addresses virtual_alias_maps turns ``address`` into (itself when it is not aliased)."""
+        if not self._virtual:
+            return (address,)
+        return self._cached("virtual", address, lambda: self._expand(address))
+
+    def _expand(self, address: str) -> tuple[str, ...]:
+        final: list[str] = []
+        todo = [(address, 0)]
+        seen: set[str] = set()
+        while todo:
+            current, depth = todo.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            if len(seen) > MAX_ADDRESSES or depth > MAX_DEPTH:
+                raise PostmapError(f"address {address}: virtual_alias_maps expands it past {MAX_ADDRESSES} addresses "
+                                   f"or {MAX_DEPTH} levels")
+            results = self._first_match(self._virtual, current)
+            if results is None or results == [current]:
+                final.append(current)
+                continue
+            for result in results:
+                if result == current:
+                    final.append(current)  # "a -> a, b": a is delivered and b added
+                else:
+                    todo.append((result, depth + 1))
+        return tuple(dict.fromkeys(final))
+
+    def recipient_copies(self, address: str) -> tuple[str, ...]:
+        """Extra recipients cleanup adds for a recipient: recipient_bcc_maps (and always_bcc)."""
+        if not self._recipient_bcc:
+            return self._always_bcc
+        extra = self._cached("rbcc", address, lambda: tuple(self._first_match(self._recipient_bcc, address) or ()))
+        return (*extra, *self._always_bcc)
+
+    def sender_copies(self, sender: str) -> tuple[str, ...]:
+        """Extra recipients cleanup adds for a sender: sender_bcc_maps."""
+        if not self._sender_bcc or not sender:
+            return ()
+        return self._cached("sbcc", sender, lambda: tuple(self._first_match(self._sender_bcc, sender) or ()))
