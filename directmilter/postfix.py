@@ -48,8 +48,24 @@ class PostfixSettings:
         return self.values.get(name, "")
 
     def tables(self, name: str) -> tuple[str, ...]:
-        """A table-list parameter split as Postfix splits it (blanks and commas)."""
-        return tuple(part for part in self.get(name).replace(",", " ").split() if part)
+        """A table-list parameter split as Postfix splits it: at blanks and commas outside ``{...}``."""
+        parts: list[str] = []
+        current: list[str] = []
+        depth = 0
+        for char in self.get(name):
+            if char == "{":
+                depth += 1
+            elif char == "}":
+                depth = max(0, depth - 1)
+            if depth == 0 and (char.isspace() or char == ","):
+                if current:
+                    parts.append("".join(current))
+                current = []
+            else:
+                current.append(char)
+        if current:
+            parts.append("".join(current))
+        return tuple(parts)
 
     @property
     def recipient_delimiter(self) -> str:

@@ -882,7 +882,7 @@ def _text(raw: bytes | str) -> str:
 
 def submit(port: int, sender: str, recipients: Sequence[str] | str, message: bytes, *, helo: str = "client.test",
            host: str = LOOPBACK, mail_options: Sequence[str] = (), rcpt_options: Sequence[str] = (),
-           timeout: float = 30) -> SmtpResult:
+           timeout: float = 30, source: str | None = None) -> SmtpResult:
     """Send ``message`` over SMTP to ``host:port`` and report every stage's reply; never raises for SMTP outcomes.
 
     ``message`` is sent byte for byte (smtplib only dot-stuffs and adds the final CRLF if missing); use CRLF line
@@ -890,7 +890,7 @@ def submit(port: int, sender: str, recipients: Sequence[str] | str, message: byt
     if isinstance(recipients, str):
         recipients = [recipients]
     result = SmtpResult()
-    client = smtplib.SMTP(local_hostname=helo, timeout=timeout)
+    client = smtplib.SMTP(local_hostname=helo, timeout=timeout, source_address=(source, 0) if source else None)
     try:
         code, text = client.connect(host, port)
         result.banner = (code, _text(text))

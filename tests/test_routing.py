@@ -51,19 +51,23 @@ def test_sender_changed_in_transit_is_refused(world: World) -> None:
     wire = secured(world, plain_message(to=BOB), "clinic@direct.a.test", BOB)
     agent = receiver(world, "routing-sender")
     try:
-        with pytest.raises(NoTrustedRecipients, match="neither the signed message's From nor its Sender"):
+        with pytest.raises(NoTrustedRecipients, match="is not the signed message's From"):
             agent.incoming(envelope(wire, "mallory@direct.a.test", BOB))
     finally:
         agent.close()
 
 
-def test_cc_and_sender_header_pass(world: World) -> None:
-    message = plain_message(to=BOB, extra=f"Cc: {BOB2}\r\nSender: {ALICE}\r\n".encode()).replace(
-        f"From: {ALICE}".encode(), b"From: Clinic <front-desk@direct.a.test>")
-    wire = secured(world, message, ALICE, BOB, BOB2)
+def test_cc_passes_and_a_sender_header_does_not_stand_for_from(world: World) -> None:
+    """Cc recipients are named; a Sender field naming MAIL FROM does not let the delivered From show someone else
+    (alice could otherwise sign mail that shows any author)."""
+    message = plain_message(to=BOB, extra=f"Cc: {BOB2}\r\nSender: {ALICE}\r\n".encode())
     agent = receiver(world, "routing-cc")
     try:
-        assert agent.incoming(envelope(wire, ALICE, BOB, BOB2)).recipients == (BOB, BOB2)
+        assert agent.incoming(envelope(secured(world, message, ALICE, BOB, BOB2), ALICE, BOB, BOB2)).recipients == (
+            BOB, BOB2)
+        forged = message.replace(f"From: {ALICE}".encode(), b"From: Dr Who <chief@direct.a.test>")
+        with pytest.raises(NoTrustedRecipients, match="is not the signed message's From"):
+            agent.incoming(envelope(secured(world, forged, ALICE, BOB, BOB2), ALICE, BOB, BOB2))
     finally:
         agent.close()
 
@@ -100,3 +104,23 @@ def test_single_use_certificates_each_do_their_own_job(world: World) -> None:
     assert signature.count("signerInfos:") == 1 and signature.count("d.issuerAndSerialNumber:") == 1
     assert f"{signing.cert.serial_number:X}"[-12:] in signature.replace(":", "").upper()
     assert f"{sealing.cert.serial_number:X}"[-12:] not in signature.replace(":", "").upper().split("SIGNERINFOS")[1]
+
+
+def test_null_mail_from_cannot_show_another_author(world: World) -> None:
+    """A null MAIL FROM (legacy notifications): the signer is bound to the outer From, alice. The wrapped message
+    she signed must show her as its From too; one showing someone else is refused, whatever the routing check."""
+    import opensslpeer as peer
+
+    def wire(inner_from: str) -> bytes:
+        inner = plain_message(to=BOB).replace(f"From: {ALICE}".encode(), f"From: {inner_from}".encode())
+        signed = peer.sign(b"Content-Type: message/rfc822\r\n\r\n" + inner, world.alice)
+        return (f"From: {ALICE}\r\nTo: {BOB}\r\nMessage-ID: <null-1@direct.a.test>\r\n".encode()
+                + peer.encrypt(signed, [world.bob.cert_path]))
+
+    agent = receiver(world, "routing-null", routing_check=False)
+    try:
+        assert agent.incoming(envelope(wire(ALICE), "", BOB)).recipients == (BOB,)
+        with pytest.raises(NoTrustedRecipients, match="null MAIL FROM, and the delivered From"):
+            agent.incoming(envelope(wire("chief@direct.a.test"), "", BOB))
+    finally:
+        agent.close()

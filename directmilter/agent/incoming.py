@@ -62,6 +62,8 @@ def _decide(ctx: AgentContext, envelope: MessageEnvelope, opened: Opened, moment
             rejected[recipient] = type(exc)(f"recipient {recipient}: {exc.reason}")
             continue
         tampered = _routing_tampered(ctx, envelope.sender, recipient, content.message) if check_routing else None
+        if tampered is None and not envelope.sender:
+            tampered = _forged_author(ctx, recipient, sender, content.message)
         if tampered is not None:
             rejected[recipient] = tampered
             continue
@@ -114,16 +116,38 @@ def _routing_tampered(ctx: AgentContext, sender: str, recipient: str, message: M
     """
     if not ctx.config.checks_routing(recipient):
         return None
+    listed = _named(ctx, recipient, message, "to", "cc", "bcc")
+    if isinstance(listed, TamperedRouting):
+        return listed
+    if ctx.config.mailbox(recipient) not in listed:
+        return TamperedRouting(f"recipient {recipient}: not named in the signed message's To, Cc or Bcc "
+                               "(the envelope was changed in transit, or the recipient was Bcc'd)")
+    authors = _named(ctx, recipient, message, "from")
+    if isinstance(authors, TamperedRouting):
+        return authors
+    if sender and ctx.config.mailbox(sender) not in authors:
+        # Only From: a Sender field naming the MAIL FROM would let a message show anyone as its author.
+        return TamperedRouting(f"recipient {recipient}: MAIL FROM {sender} is not the signed message's From "
+                               "(the envelope was changed in transit)")
+    return None
+
+
+def _named(ctx: AgentContext, recipient: str, message: Message, *fields: str) -> set[str] | TamperedRouting:
+    """The mailboxes (see Config.mailbox) the delivered message's header names in ``fields``."""
     try:
         inner = parse_entity(spool.head(message), what="delivered message")
     except DirectMilterError:
         return TamperedRouting(f"recipient {recipient}: the protected headers cannot be read to check routing")
-    listed = {a.lower() for a in inner.addresses("to", "cc", "bcc")}
-    if recipient.lower() not in listed:
-        return TamperedRouting(f"recipient {recipient}: not named in the signed message's To, Cc or Bcc "
-                               "(the envelope was changed in transit, or the recipient was Bcc'd)")
-    senders = {a.lower() for a in inner.addresses("from", "sender")}
-    if sender and sender.lower() not in senders:
-        return TamperedRouting(f"recipient {recipient}: MAIL FROM {sender} is neither the signed message's From nor "
-                               "its Sender (the envelope was changed in transit)")
+    return {ctx.config.mailbox(a) for a in inner.addresses(*fields)}
+
+
+def _forged_author(ctx: AgentContext, recipient: str, bound: str, message: Message) -> TamperedRouting | None:
+    """With a null MAIL FROM the signer is bound to the outer From; the message delivered must show that From and
+    no other, or a community member could sign mail that shows anyone as its author (and gets the MDN)."""
+    authors = _named(ctx, recipient, message, "from")
+    if isinstance(authors, TamperedRouting):
+        return authors
+    if authors != {ctx.config.mailbox(bound)}:
+        return TamperedRouting(f"recipient {recipient}: null MAIL FROM, and the delivered From "
+                               f"({', '.join(sorted(authors)) or 'none'}) is not the signer's address {bound}")
     return None

@@ -176,6 +176,15 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             self.sender_copies = self.maps.sender_copies(resolved)
         self.client = replace(self.client, authenticated=self.getsymval("{auth_authen}"))
         self.kind = direction(self.config, self.sender, self.client)
+        if self.client.local and self.kind is not Direction.OUTGOING and self.config.is_hosted(self.sender):
+            # sendmail -f as any Unix user. A rejection would make Postfix bounce it, in clear, to the hosted
+            # address it forged (which refuses unsecured mail, so the bounce and the original would stay queued
+            # for good): it is dropped and logged instead, before anything is signed or delivered.
+            log.warning("discarded", stage="envfrom", sender=self.sender, condition="local_submission",
+                        reason=f"sender {self.sender}: mail submitted on this host may not use a Direct sender "
+                               "([milter] local_submission is off)")
+            self.runtime.metrics.count(self.kind.value, "discarded")
+            return int(Milter.DISCARD)
         if self.kind is Direction.OUTGOING:
             self.agent.check_sender(self.sender)
         return int(Milter.CONTINUE)

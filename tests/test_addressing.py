@@ -1,0 +1,221 @@
+"""One address identity with Postfix: no spelling, alias, bcc map or local path lets plaintext in or out.
+
+A private Postfix HISP B configured as a Debian admin would have it (recipient_delimiter = +, localhost in
+mydestination, the percent hack and bang paths on, as Postfix ships them), with virtual aliases and a recipient
+bcc map, and directmilter reading that configuration (``[milter] postfix_config``). Everything that leaves B goes
+to a wire sink W, so "nothing in clear leaves" is checked on what actually went over SMTP, and "nothing unsigned in
+a mailbox" on the Maildirs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import opensslpeer as peer
+import pytest
+from conftest import CANARY, World, envelope, plain_message
+from milterd import Milterd
+from mta import Postfix, Sink, scratch_dir, submit, wait_until
+
+from directmilter.addresses import base_mailbox, canonical, internal_form
+from directmilter.errors import AddressSyntax
+
+ALICE, BOB, BOB2, CAROL = "alice@direct.a.test", "bob@direct.b.test", "bob2@direct.b.test", "carol@direct.b.test"
+DAVE = "dave@direct.c.test"
+#: Postfix's inline tables: fwd@ forwards off the Direct domains, list@ mixes a Direct mailbox and a remote one,
+#: b@alias.test is an outside address aliased into bob's mailbox, carol is Bcc'd to a remote archive.
+ALIASES = ("inline:{ {fwd@direct.b.test = far@remote.test}, {list@direct.b.test = bob@direct.b.test, "
+           "far@remote.test}, {b@alias.test = bob@direct.b.test} }")
+BCC = "inline:{ {carol@direct.b.test = archive@remote.test} }"
+
+
+@pytest.fixture(scope="module")
+def hisp(world: World) -> Iterator[dict[str, Any]]:
+    dave = world.pki.leaf("dave", world.r2, email=DAVE)
+    with scratch_dir("directmilter-addressing-") as root, Sink(root / "wire") as wire:
+        b = Postfix(root=root / "b", name="mx.b.test", mailboxes={BOB: "bob", BOB2: "bob2", CAROL: "carol"},
+                    relay={"remote.test": f"127.0.0.1:{wire.port}", "direct.a.test": f"127.0.0.1:{wire.port}",
+                           "direct.c.test": f"127.0.0.1:{wire.port}"},
+                    main_cf={"recipient_delimiter": "+", "mydestination": "localhost",
+                             "virtual_alias_maps": ALIASES, "virtual_alias_domains": "alias.test",
+                             "recipient_bcc_maps": BCC, "internal_mail_filter_classes": "bounce"})
+        body = world.hisp_b_body()
+        # The domain trusts R1 and R2; bob trusts R1 only. dave (under R2) is trusted by bob2, never by bob.
+        body["domains"]["direct.b.test"]["anchors"] = [str(world.r1.cert_path), str(world.r2.cert_path)]
+        body["addresses"][BOB]["anchors"] = [str(world.r1.cert_path)]
+        body["certificates"]["files"].append(str(dave.cert_path))
+        conf = world.write_config("addressing-b", {
+            **body,
+            "milter": {"internal_hosts": [], "submission_daemons": [], "postfix_config": str(b.etc)},
+            "notify": {"reinject": f"127.0.0.1:{b.reinject_port}", "tracking": f"sqlite:{root}/tracking.db",
+                       "mdn_delay": 0.2},
+        })
+        milter = Milterd(conf, root / "milter.log").start()
+        b.milter = milter.postfix_spec
+        b.extra_main_cf["non_smtpd_milters"] = milter.postfix_spec
+        b.write_config()
+        b.start()
+        try:
+            yield {"b": b, "wire": wire, "milter": milter, "root": root, "dave": dave}
+        finally:
+            b.stop()
+            milter.stop()
+
+
+def sealed_by_alice(world: World, message: bytes, *recipients: str) -> bytes:
+    from directmilter.agent import Agent
+
+    sealer = Agent(world.hisp_a())
+    try:
+        return bytes(sealer.outgoing(envelope(message, ALICE, *recipients)).message)
+    finally:
+        sealer.close()
+
+
+def nothing_in_clear(hisp: dict[str, Any]) -> None:
+    """Nothing on the wire carries the canary, and every mailbox copy was verified (no canary with no trace)."""
+    time.sleep(1.0)
+    for message in hisp["wire"].messages():
+        assert CANARY.encode() not in message.data, message.rcpts
+        assert b"application/pkcs7-mime" in message.data, message.rcpts
+
+
+# --- the address forms, in process ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("spelling", "form"), [
+    ("<bob@direct.b.test.>", "bob@direct.b.test"),
+    ('"bob"@direct.b.test', "bob@direct.b.test"),
+    ("BOB@Direct.B.Test", "bob@direct.b.test"),
+    ('"b\\"ob"@direct.b.test', 'b"ob@direct.b.test'),
+])
+def test_canonical_form_is_what_postfix_resolves(spelling: str, form: str) -> None:
+    assert canonical(spelling) == form
+
+
+@pytest.mark.parametrize("spelling", ["bob%direct.b.test@localhost", "direct.b.test!bob@localhost",
+                                      "@mx.b.test:bob@direct.b.test", '"bob@direct.b.test', "bob"])
+def test_routing_syntax_is_not_guessed_when_the_mta_is_silent(spelling: str) -> None:
+    with pytest.raises(AddressSyntax):
+        canonical(spelling)
+    # What the MTA itself resolved is taken as it is: routing characters there name the next hop's mailbox.
+    assert canonical("bob%direct.b.test@remote.test", resolved_by_mta=True) == "bob%direct.b.test@remote.test"
+
+
+def test_extension_and_internal_form() -> None:
+    assert base_mailbox("bob+tag@d.test", "+") == ("bob@d.test", "+tag")
+    assert base_mailbox("bob-x+y@d.test", "+-") == ("bob@d.test", "-x+y")
+    assert base_mailbox("bob+tag@d.test", "") == ("bob+tag@d.test", "")
+    assert internal_form('<"bob"@D.test>') == "bob@D.test"
+
+
+def test_mailbox_keeps_an_extension_with_its_own_table(world: World) -> None:
+    config = world.hisp_b(milter={"recipient_delimiter": "+"},
+                          addresses={**world.hisp_b_body()["addresses"],
+                                     "bob+lab@direct.b.test": {"anchors": [str(world.r1.cert_path)]}})
+    assert config.mailbox("Bob+Anything@direct.b.test") == BOB
+    assert config.mailbox("bob+lab@direct.b.test") == "bob+lab@direct.b.test"
+
+
+# --- through Postfix ----------------------------------------------------------------------------------------------
+
+SPELLINGS = ["bob@direct.b.test.", "bob%direct.b.test@localhost", "bob%direct.b.test@[127.0.0.1]",
+             "direct.b.test!bob@localhost", "bob+tag@direct.b.test", '"bob"@direct.b.test', "b@alias.test"]
+
+
+@pytest.mark.conformance("ALG-12")
+@pytest.mark.parametrize("spelling", SPELLINGS)
+def test_no_spelling_of_a_direct_mailbox_takes_plaintext(hisp: dict[str, Any], spelling: str) -> None:
+    """Unsigned plaintext from an untrusted client (127.0.0.2) to any spelling Postfix resolves to bob: refused,
+    and bob's mailbox gets nothing."""
+    marker = f"plaintext via {spelling}".encode()
+    result = submit(hisp["b"].smtp_port, "mallory@evil.test", [spelling], plain_message(to=spelling, body=marker),
+                    source="127.0.0.2")
+    assert not result.ok, (spelling, result)
+    assert result.data is not None and result.data[0] == 554 and "5.7.5" in result.data[1], result
+    time.sleep(0.3)
+    assert not any(marker in m for m in hisp["b"].maildir(BOB))
+    assert "other_mail" not in (hisp["root"] / "milter.log").read_text()
+
+
+def test_an_extension_gets_the_mailboxs_own_anchors_not_the_domains(world: World, hisp: dict[str, Any]) -> None:
+    """dave is trusted by the domain (R2) but not by bob (R1 only): bob+tag@ must be bob, and refuse him; bob2,
+    who has no anchors of his own, takes the same message (so it is refused for trust, nothing else)."""
+    signed = peer.sign(f"Content-Type: text/plain\r\n\r\n{CANARY} from dave\r\n".encode(), hisp["dave"])
+    for rcpt, delivered in (("bob+tag@direct.b.test", False), (BOB2, True)):
+        message = (f"From: {DAVE}\r\nTo: {rcpt}\r\nMessage-ID: <dave-{rcpt[:3]}@direct.c.test>\r\n".encode()
+                   + peer.encrypt(signed, [world.bob.cert_path, world.bob2.cert_path]))
+        result = submit(hisp["b"].smtp_port, DAVE, [rcpt], message, source="127.0.0.2")
+        assert result.ok is delivered, (rcpt, result)
+        if not delivered:
+            assert result.data is not None and result.data[0] == 550 and "bob@direct.b.test" in result.data[1]
+    wait_until(lambda: any(b"from dave" in m for m in hisp["b"].maildir(BOB2)), "bob2's copy")
+    assert not any(b"from dave" in m for m in hisp["b"].maildir(BOB))
+
+
+def test_many_spellings_of_one_mailbox_give_one_copy_and_one_mdn(world: World, hisp: dict[str, Any]) -> None:
+    hisp["wire"].clear()
+    message = plain_message(to=BOB, body=b"spellings\r\n").replace(b"<test-1@", b"<spellings-1@")
+    wire = sealed_by_alice(world, message, BOB)
+    before = len(hisp["b"].maildir(BOB))
+    spellings = [BOB, "bob+one@direct.b.test", "bob+two@direct.b.test", "BOB@direct.b.test", "bob@direct.b.test."]
+    result = submit(hisp["b"].smtp_port, ALICE, spellings, wire, source="127.0.0.2")
+    assert result.ok and result.accepted == spellings, result
+    wait_until(lambda: len(hisp["b"].maildir(BOB)) > before, "bob's copy")
+    mdns = wait_until(lambda: [m for m in hisp["wire"].messages() if m.rcpts == [ALICE]], "the MDN")
+    time.sleep(2)
+    assert len(hisp["b"].maildir(BOB)) == before + 1
+    assert len([m for m in hisp["wire"].messages() if m.rcpts == [ALICE]]) == len(mdns) == 1
+    assert wait_until(lambda: hisp["b"].queue() == [], "B's queue to drain")
+
+
+@pytest.mark.conformance("AS-0-1")
+@pytest.mark.parametrize(("rcpt", "why"), [
+    ("fwd@direct.b.test", "forwards it to far@remote.test"),
+    ("list@direct.b.test", "forwards it to far@remote.test"),
+    (CAROL, "copies its mail to archive@remote.test"),
+])
+def test_aliases_and_bcc_maps_never_carry_decrypted_mail_off_the_host(world: World, hisp: dict[str, Any],
+                                                                      rcpt: str, why: str) -> None:
+    """A trusted, secured message to an address Postfix would copy or forward off the Direct domains after the
+    milter: refused at RCPT with the reason; nothing reaches the wire in clear."""
+    hisp["wire"].clear()
+    wire = sealed_by_alice(world, plain_message(to=rcpt), BOB)  # refused at RCPT, whatever the content
+    result = submit(hisp["b"].smtp_port, ALICE, [rcpt], wire, source="127.0.0.2")
+    assert not result.accepted and result.refused[rcpt][0] == 550, result
+    assert why in result.refused[rcpt][1] and "5.7.1" in result.refused[rcpt][1]
+    nothing_in_clear(hisp)
+
+
+def test_local_submission_cannot_sign_as_a_hosted_user(hisp: dict[str, Any]) -> None:
+    """``sendmail -f bob@...`` on the host (non_smtpd_milters, client 127.0.0.1 as Postfix emulates it): dropped at
+    MAIL FROM and logged, so nothing is signed as bob, nothing in clear leaves or reaches a mailbox, and no bounce
+    to the forged (hosted) sender is left stuck in the queue."""
+    hisp["wire"].clear()
+    b = hisp["b"]
+    marker = b"locally submitted as bob\r\n"
+    for rcpt in ("far@remote.test", BOB2):
+        done = subprocess.run(["/usr/sbin/sendmail", "-C", str(b.etc), "-f", BOB, rcpt],
+                              input=plain_message(sender=BOB, to=rcpt, body=marker), capture_output=True, timeout=30)
+        assert done.returncode == 0, done  # postdrop takes it; pickup then hands it to cleanup and the milter
+    wait_until(lambda: (hisp["root"] / "milter.log").read_text().count("may not use a Direct sender") >= 2,
+               "both refusals logged")
+    nothing_in_clear(hisp)
+    assert hisp["wire"].messages() == []
+    assert not any(marker in m for m in b.maildir(BOB2))
+    assert wait_until(lambda: b.queue() == [], "nothing left queued")
+
+
+def test_reports_from_smtp_clients_are_not_signed_for_them(hisp: dict[str, Any]) -> None:
+    """A null-sender message to a remote address from any SMTP client, even one allowed to relay: refused, so no
+    one can have us sign a DSN in a hosted user's name with text of their choosing."""
+    hisp["wire"].clear()
+    forged = (f"From: {BOB}\r\nTo: far@remote.test\r\nSubject: {CANARY}\r\nContent-Type: multipart/report; "
+              "report-type=delivery-status; boundary=x\r\n\r\n--x\r\n\r\nforged\r\n--x--\r\n").encode()
+    result = submit(hisp["b"].smtp_port, "", ["far@remote.test"], forged)
+    assert not result.accepted and "sent by this host's MTA only" in result.refused["far@remote.test"][1]
+    nothing_in_clear(hisp)
+    assert hisp["wire"].messages() == []
