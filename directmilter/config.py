@@ -43,6 +43,8 @@ from directmilter.keys.load import dedupe_certificates as _dedupe
 from directmilter.policy import DEFAULTS as ACTION_DEFAULTS
 from directmilter.policy import Actions, check_action
 from directmilter.postfix import PostfixSettings, read_settings
+from directmilter.postfix import describe as describe_postfix
+from directmilter.postfix import warnings as postfix_warnings
 from directmilter.trust.bundles import is_bundle_url
 from directmilter.trust.certificate_policy import DIRECTIONS as POLICY_DIRECTIONS
 from directmilter.trust.certificate_policy import CertificatePolicy
@@ -963,12 +965,21 @@ def describe(config: Config, now: datetime.datetime | None = None) -> list[str]:
         f"milter: socket {config.milter.socket} (mode {config.milter.socket_mode:04o}), internal hosts "
         f"{', '.join(str(n) for n in config.milter.internal_hosts) or 'none'}, submission daemons "
         f"{', '.join(config.milter.submission_daemons) or 'none'}, authenticated clients "
-        f"{'trusted' if config.milter.trust_authenticated else 'not trusted'}, other mail "
+        f"{'trusted' if config.milter.trust_authenticated else 'not trusted'}, local submission "
+        f"{'signed' if config.milter.local_submission else 'refused'}, other mail "
         f"{config.milter.other_mail}, timeout {config.milter.timeout}s",
     ]
     lines.append("actions: " + ", ".join(f"{condition} {config.actions.action_for(condition)}"
                                          for condition in ACTION_DEFAULTS))
     warnings: list[str] = []
+    if config.postfix is None:
+        lines.append("postfix: not read ([milter] postfix_config; /etc/postfix has no main.cf)")
+        warnings.append("warning: Postfix's configuration is not read: aliases and bcc maps that would copy "
+                        "decrypted mail off the host are not checked, and address extensions are not recognised")
+    else:
+        lines.append(describe_postfix(config.postfix))
+        warnings.extend(postfix_warnings(config.postfix, config.domains,
+                                         local_submission=config.milter.local_submission))
     for required in _REQUIRED_DIGESTS:
         if required not in crypto.accept_digests:
             warnings.append(f"warning: accept_digests lacks {required}, which receivers must support (AS 2.6)")

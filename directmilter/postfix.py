@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from directmilter.addresses import base_mailbox
@@ -43,6 +43,8 @@ class PostfixSettings:
 
     config_directory: Path
     values: dict[str, str]
+    #: master.cf service overrides, ``postconf -P``: "service/type/parameter" -> value.
+    overrides: dict[str, str] = field(default_factory=dict)
 
     def get(self, name: str) -> str:
         return self.values.get(name, "")
@@ -84,7 +86,61 @@ def read_settings(config_directory: Path) -> PostfixSettings:
     if done.returncode != 0 or len(lines) < len(PARAMETERS):
         error = next((line for line in done.stderr.splitlines() if "fatal" in line), done.stderr.strip())
         raise ConfigError(f"[milter] postfix_config {config_directory}: postconf failed ({error})")
-    return PostfixSettings(config_directory, dict(zip(PARAMETERS, (line.strip() for line in lines), strict=False)))
+    values = dict(zip(PARAMETERS, (line.strip() for line in lines), strict=False))
+    try:
+        services = subprocess.run([postconf, "-c", str(config_directory), "-P"], capture_output=True, text=True,
+                                  timeout=_TIMEOUT, stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        services = ""
+    overrides = {}
+    for line in services.splitlines():
+        name, eq, value = line.partition("=")
+        if eq:
+            overrides[name.strip()] = value.strip()
+    return PostfixSettings(config_directory, values, overrides)
+
+
+def warnings(settings: PostfixSettings, hosted: Iterable[str], *, local_submission: bool) -> list[str]:
+    """What in Postfix's configuration walks around directmilter: for ``check-config``."""
+    hosted = {d.lower() for d in hosted}
+    found: list[str] = []
+    where = f"Postfix {settings.config_directory}"
+    destinations = {d.strip().lower() for d in settings.get("mydestination").replace(",", " ").split()}
+    for domain in sorted(hosted & destinations):
+        found.append(f"warning: {where}: hosted domain {domain} is in mydestination: local(8) applies aliases(5) "
+                     "and ~/.forward after the milter; host it in virtual_mailbox_domains instead")
+    if not settings.get("non_smtpd_milters"):
+        found.append(f"warning: {where}: non_smtpd_milters is empty: local submissions and Postfix's own bounces "
+                     "bypass directmilter (set it to $smtpd_milters)")
+    if "bounce" not in settings.get("internal_mail_filter_classes"):
+        found.append(f"warning: {where}: internal_mail_filter_classes lacks bounce: a bounce about accepted "
+                     "Direct mail would carry the decrypted message to the remote sender in clear")
+    if settings.get("milter_default_action") not in ("tempfail", "reject"):
+        found.append(f"warning: {where}: milter_default_action = {settings.get('milter_default_action')}: with "
+                     "directmilter down, mail would pass unprocessed (use tempfail)")
+    if "no_milters" in settings.get("receive_override_options"):
+        found.append(f"warning: {where}: receive_override_options has no_milters: mail skips directmilter")
+    for name, value in sorted(settings.overrides.items()):
+        service, _, parameter = name.rpartition("/")
+        if (parameter == "smtpd_milters" and not value) or (parameter == "receive_override_options"
+                                                             and "no_milters" in value):
+            found.append(f"warning: {where}: master.cf service {service} sets {parameter} = {value}: mail "
+                         "received there skips directmilter (the re-injection listener too needs the milter)")
+    always = settings.get("always_bcc")
+    if always and always.rpartition("@")[2].lower() not in hosted:
+        found.append(f"warning: {where}: always_bcc = {always}: every message to a hosted recipient is refused "
+                     "(its decrypted copy would leave the Direct domains)")
+    if local_submission and settings.get("local_login_sender_maps") in ("", "static:*"):
+        found.append(f"warning: {where}: [milter] local_submission is on and local_login_sender_maps lets every "
+                     "Unix user submit as any sender: any local account could sign as any hosted user")
+    return found
+
+
+def describe(settings: PostfixSettings) -> str:
+    tables = [name for name in ("virtual_alias_maps", "recipient_bcc_maps", "sender_bcc_maps") if settings.get(name)]
+    return (f"postfix: {settings.config_directory}, recipient_delimiter {settings.recipient_delimiter or 'none'}, "
+            f"checked after-milter rewriting: {', '.join(tables) or 'none'}"
+            f"{', always_bcc' if settings.get('always_bcc') else ''}")
 
 
 class PostmapError(TemporaryFailure):

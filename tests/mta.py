@@ -14,7 +14,8 @@ own, because on SIGTERM the master signals its whole process group. Three smtpd 
 * ``smtp_port``: the MX, with ``smtpd_milters``; the milter sees ``{daemon_name}`` = myhostname.
 * ``submission_port``: the same smtpd with ``milter_macro_daemon_name=ORIGINATING`` so a milter can tell outbound
   (submission) from inbound mail by the ``{daemon_name}`` macro.
-* ``reinject_port``: no milters at all (``smtpd_milters=`` and ``receive_override_options=no_milters``).
+* ``reinject_port``: the re-injection listener; the same milter sees ``{daemon_name}`` = DIRECTMILTER-REINJECT and
+  (directmilter) takes only what it sealed itself.
 
 Typical use (trees go under :func:`scratch_dir`, not pytest's ``tmp_path``: see :func:`make_traversable`)::
 
@@ -413,8 +414,7 @@ class Postfix:
             "  -o milter_macro_daemon_name=ORIGINATING",
             f"{LOOPBACK}:{self.reinject_port} inet n - n - - smtpd",
             "  -o syslog_name=postfix/reinject",
-            "  -o smtpd_milters=",
-            "  -o receive_override_options=no_milters",
+            "  -o milter_macro_daemon_name=DIRECTMILTER-REINJECT",
         ]
         services = """\
 pickup    unix  n - n 60 1 pickup

@@ -166,6 +166,7 @@ def test_many_spellings_of_one_mailbox_give_one_copy_and_one_mdn(world: World, h
     assert result.ok and result.accepted == spellings, result
     wait_until(lambda: len(hisp["b"].maildir(BOB)) > before, "bob's copy")
     mdns = wait_until(lambda: [m for m in hisp["wire"].messages() if m.rcpts == [ALICE]], "the MDN")
+    assert b"X-Directmilter-Queued" not in mdns[0].data  # the seal is for the re-injection listener only
     time.sleep(2)
     assert len(hisp["b"].maildir(BOB)) == before + 1
     assert len([m for m in hisp["wire"].messages() if m.rcpts == [ALICE]]) == len(mdns) == 1
@@ -219,3 +220,64 @@ def test_reports_from_smtp_clients_are_not_signed_for_them(hisp: dict[str, Any])
     assert not result.accepted and "sent by this host's MTA only" in result.refused["far@remote.test"][1]
     nothing_in_clear(hisp)
     assert hisp["wire"].messages() == []
+
+
+@pytest.mark.parametrize("rcpt", [BOB, "far@remote.test"])
+def test_the_reinjection_listener_takes_only_what_directmilter_sealed(hisp: dict[str, Any], rcpt: str) -> None:
+    """Any local account can reach the loopback re-injection port. Plaintext sent there straight (no seal, or a
+    seal made up or taken from another message) never reaches a Direct mailbox nor leaves in clear; a message
+    sealed by the running milter's own delivery code is queued, without its seal."""
+    from directmilter.delivery.reinject import SEAL_FIELD, seal
+
+    hisp["wire"].clear()
+    b = hisp["b"]
+    marker = f"straight to reinject for {rcpt}".encode()
+    plain = plain_message(sender=BOB, to=rcpt, body=marker + b"\r\n")
+    made_up = f"{SEAL_FIELD}: {seal(BOB, [rcpt], marker)}\r\n".encode() + plain  # this process's key, not the milter's
+    for attempt in (plain, made_up):
+        result = submit(b.reinject_port, BOB, [rcpt], attempt, source="127.0.0.2")
+        assert not result.ok and result.data is not None and result.data[0] == 550, result
+        assert "takes only the notifications directmilter queues" in result.data[1]
+    nothing_in_clear(hisp)
+    assert hisp["wire"].messages() == []
+    assert not any(marker in m for m in b.maildir(BOB))
+    assert b.queue() == []
+
+
+# --- check-config reads Postfix ---------------------------------------------------------------------------------
+
+
+def test_check_config_reads_postfix_and_warns_about_what_walks_around_the_milter(world: World, tmp_path) -> None:
+    """postconf on a main.cf and master.cf an admin might write: each setting that lets mail skip the milter or
+    copies decrypted mail off the hosted domains is named; the recommended lines give no such warning."""
+    from directmilter.config import describe, load_config
+
+    etc = tmp_path / "postfix"
+    etc.mkdir()
+    risky = {"mydestination": "localhost, direct.b.test", "non_smtpd_milters": "",
+             "internal_mail_filter_classes": "", "milter_default_action": "accept", "always_bcc": "archive@x.test",
+             "recipient_delimiter": "+", "virtual_alias_maps": ALIASES, "local_login_sender_maps": "static:*"}
+    (etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in risky.items()))
+    (etc / "master.cf").write_text("127.0.0.1:10027 inet n - n - - smtpd\n  -o smtpd_milters=\n"
+                                   "  -o receive_override_options=no_milters\n")
+    body = {**world.hisp_b_body(), "milter": {"postfix_config": str(etc), "local_submission": True}}
+    config = load_config(world.write_config("postfix-risky", body))
+    assert config.recipient_delimiter == "+" and config.mailbox("Bob+x@direct.b.test") == BOB
+    text = "\n".join(describe(config))
+    for needle in ("direct.b.test is in mydestination", "non_smtpd_milters is empty",
+                   "internal_mail_filter_classes lacks bounce", "milter_default_action = accept",
+                   "127.0.0.1:10027/inet sets smtpd_milters", "sets receive_override_options = no_milters",
+                   "always_bcc = archive@x.test", "any local account could sign as any hosted user",
+                   "checked after-milter rewriting: virtual_alias_maps"):
+        assert needle in text, (needle, text)
+
+    good = {"mydestination": "localhost", "non_smtpd_milters": "inet:127.0.0.1:8891",
+            "smtpd_milters": "inet:127.0.0.1:8891", "internal_mail_filter_classes": "bounce",
+            "milter_default_action": "tempfail"}
+    (etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in good.items()))
+    (etc / "master.cf").write_text("127.0.0.1:10027 inet n - n - - smtpd\n"
+                                   "  -o milter_macro_daemon_name=DIRECTMILTER-REINJECT\n")
+    body["milter"] = {"postfix_config": str(etc)}
+    text = "\n".join(describe(load_config(world.write_config("postfix-good", body))))
+    assert "warning: Postfix" not in text, text
+    assert "recipient_delimiter none" in text

@@ -25,6 +25,7 @@ from directmilter.addresses import canonical, internal_form, strip_path
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.agent.envelope import Outcome
 from directmilter.config import Config
+from directmilter.delivery import reinject
 from directmilter.delivery.service import Confirmations, IncomingDecision
 from directmilter.errors import (
     ClearCopyForbidden,
@@ -115,6 +116,9 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         self._spools: list[spool.Message] = []  # files of this transaction, removed when it ends
         self.queue_id: str | None = None
         self.held: str | None = None  # quarantine reason decided before end of message
+        self.reinjected = False  # on the re-injection listener: only what we queued ourselves (sealed) passes
+        self.wire_sender = ""  # MAIL FROM and RCPT TO as spelled, for the re-injection seal
+        self.wire_recipients: list[str] = []
 
     # --- replies ---------------------------------------------------------------------------------------------
 
@@ -170,6 +174,10 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
     def envfrom(self, mailfrom: str, *params: str) -> int:
         self._moved_on()
         self._reset()
+        if self.client.daemon_name == reinject.DAEMON_NAME:
+            self.reinjected = True  # nothing is decided before the seal is checked at end of message
+            self.wire_sender = strip_path(mailfrom)
+            return int(Milter.CONTINUE)
         resolved = self._resolved(mailfrom, "{mail_addr}")
         self.sender = self.config.mailbox(resolved) if resolved else ""
         if self.maps is not None and resolved:
@@ -199,6 +207,9 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
     @_guarded
     def envrcpt(self, to: str, *params: str) -> int:
         spelled = strip_path(to)
+        if self.reinjected:
+            self.wire_recipients.append(spelled)
+            return int(Milter.CONTINUE)
         recipient = delivered_to(self.config, self.maps, self._resolved(to, "{rcpt_addr}"))
         this = group(self.config, recipient)
         if self.group is not None and this is not self.group:
@@ -289,6 +300,8 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             raise MalformedMessage(f"more than {limits.max_headers} header fields")
         if self.spool_failure is not None:
             raise self.spool_failure
+        if self.reinjected:
+            return self._reinjected()
         if not self.sender and self.group is Group.REMOTE and self.confirmations is not None:
             return self._replace_bounce(self.confirmations)
         if self.group is not Group.HOSTED and self.kind is not Direction.OUTGOING:
@@ -335,6 +348,18 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         sent = sum(confirmations.secure_bounce(bounce, recipient) for recipient in self.recipients)
         self._audit("bounce_secured", rejected={}, started=started, dsns=sent)
         return int(Milter.DISCARD)
+
+    def _reinjected(self) -> int:
+        """The re-injection listener takes a message only with our seal, which it loses on the way into the queue."""
+        seals = [(i, v) for i, (n, v) in enumerate(self.fields) if n.lower() == reinject.SEAL_FIELD.lower()]
+        head = spool.head(self._message())
+        body = spool.read(self._message())[len(head):]
+        if len(seals) != 1 or not reinject.is_sealed(seals[0][1], self.wire_sender, self.wire_recipients, body):
+            raise SubmissionForbidden("the re-injection listener takes only the notifications directmilter queues "
+                                      "itself (no valid seal)")
+        self.chgheader(reinject.SEAL_FIELD, 1, "")
+        log.info("reinjected", queue_id=self.queue_id, sender=self.wire_sender, recipients=self.wire_recipients)
+        return int(Milter.ACCEPT)
 
     def abort(self) -> int:
         self._reset()
