@@ -11,11 +11,27 @@ source routes) whose meaning depends on the MTA's tables rather than guessing it
 
 from __future__ import annotations
 
+import re
+
 from directmilter.errors import AddressSyntax
 
 #: Characters whose meaning in a local part depends on the MTA (percent hack, bang path) or that start a
 #: source route: when the MTA did not resolve such an address for us, we do not guess where it goes.
 _ROUTING = ("%", "!")
+
+
+#: RFC 5322 dot-atom: the only local parts a Direct address may have (its MDNs and DSNs must be able to name it).
+_DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+
+
+def check_plain(address: str) -> str:
+    """``address`` unchanged when its local part is a dot-atom; AddressSyntax otherwise (a hosted mailbox whose
+    name needs quoting could not be named in the notifications we send for it)."""
+    local = address.rpartition("@")[0]
+    if not _DOT_ATOM.fullmatch(local):
+        raise AddressSyntax(f"address {address!r}: a Direct address needs a plain local part (no quoting, blanks "
+                            "or special characters)")
+    return address
 
 
 def strip_path(smtp_path: str) -> str:

@@ -185,6 +185,7 @@ class AddressMaps:
         self._recipient_bcc = settings.tables("recipient_bcc_maps")
         self._sender_bcc = settings.tables("sender_bcc_maps")
         self._always_bcc = tuple(_addresses(settings.get("always_bcc")))
+        self._aliases = settings.tables("alias_maps")
         self._ttl = ttl
         self._size = size
         self._kept: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}
@@ -259,6 +260,24 @@ class AddressMaps:
                 else:
                     todo.append((result, depth + 1))
         return tuple(dict.fromkeys(final))
+
+    def local_aliases(self, address: str) -> tuple[str, ...]:
+        """What local(8)'s alias_maps make of a locally delivered address (looked up by local part, with and
+        without its extension): the targets, or () when it is not aliased. ~/.forward is not visible here."""
+        if not self._aliases:
+            return ()
+        local = address.rpartition("@")[0]
+        base = base_mailbox(address, self.settings.recipient_delimiter)[0].rpartition("@")[0]
+
+        def look() -> tuple[str, ...]:
+            for table in self._aliases:
+                found = _lookup(self.settings.config_directory, table, list(dict.fromkeys([local, base])))
+                for key in (local, base):
+                    if key in found:
+                        return tuple(part.strip() for part in found[key].split(",") if part.strip())
+            return ()
+
+        return self._cached("alias", address, look)
 
     def recipient_copies(self, address: str) -> tuple[str, ...]:
         """Extra recipients cleanup adds for a recipient: recipient_bcc_maps (and always_bcc)."""

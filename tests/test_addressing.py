@@ -281,3 +281,40 @@ def test_check_config_reads_postfix_and_warns_about_what_walks_around_the_milter
     text = "\n".join(describe(load_config(world.write_config("postfix-good", body))))
     assert "warning: Postfix" not in text, text
     assert "recipient_delimiter none" in text
+
+
+@pytest.mark.parametrize("address", ['b o b@direct.b.test', 'b"ob@direct.b.test', "bob..x@direct.b.test",
+                                     ".bob@direct.b.test"])
+def test_a_hosted_mailbox_needs_a_plain_local_part(address: str) -> None:
+    """A quoted hosted local part once made MDN building fail after acceptance (451 for good): refused up front."""
+    from directmilter.addresses import check_plain
+
+    with pytest.raises(AddressSyntax, match="plain local part"):
+        check_plain(address)
+    assert check_plain("bob+x.y@direct.b.test") == "bob+x.y@direct.b.test"
+
+
+def test_local_aliases_that_would_send_a_direct_mailbox_on_are_refused(world: World, tmp_path) -> None:
+    """A hosted domain delivered by local(8) (in mydestination): aliases(5) apply after the milter. An alias to a
+    remote address, a command or a file takes the decrypted message out of Direct's hands: refused at RCPT; an
+    alias to a local account or another hosted mailbox is not. Postfix's own postmap answers, no daemon needed."""
+    from directmilter.config import load_config
+    from directmilter.errors import ClearCopyForbidden
+    from directmilter.milter.direction import delivered_to
+    from directmilter.postfix import AddressMaps
+
+    etc = tmp_path / "postfix"
+    etc.mkdir()
+    (etc / "main.cf").write_text(
+        "recipient_delimiter = +\nmydestination = direct.b.test\n"
+        "alias_maps = inline:{ {bob = bob@gmail.test}, {bob2 = |/usr/local/bin/archive}, {carol = carol-local},"
+        " {ann = /var/mail/ann.txt} }\n")
+    config = load_config(world.write_config("postfix-local", {**world.hisp_b_body(),
+                                                              "milter": {"postfix_config": str(etc)}}))
+    maps = AddressMaps(config.postfix)  # type: ignore[arg-type]
+    for address, target in ((BOB, "bob@gmail.test"), ("bob+lab@direct.b.test", "bob@gmail.test"),
+                            (BOB2, "|/usr/local/bin/archive"), ("ann@direct.b.test", "/var/mail/ann.txt")):
+        with pytest.raises(ClearCopyForbidden, match=f"aliases send it to {target}"):
+            delivered_to(config, maps, address, "local")
+    assert delivered_to(config, maps, CAROL, "local") == CAROL
+    assert delivered_to(config, maps, BOB, "virtual") == BOB  # virtual(8) does not read aliases(5)

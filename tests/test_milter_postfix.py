@@ -81,6 +81,17 @@ def test_submitted_plaintext_leaves_a_only_encrypted(world: World, rig: dict[str
         assert CANARY not in log
 
 
+def test_a_hosted_sender_spelled_with_a_trailing_dot_is_still_secured(world: World, rig: dict[str, Any]) -> None:
+    """``MAIL FROM:<alice@direct.a.test.>``: Postfix resolves it to alice (and sends it on as alice), so it is
+    alice's mail, signed and encrypted, never "other mail" in clear."""
+    rig["sink"].clear()
+    result = submit(rig["a"].submission_port, "alice@direct.a.test.", [BOB], plain_message())
+    assert result.ok, result
+    [wire] = rig["sink"].wait(1)
+    assert wire.mail_from == ALICE and CANARY.encode() not in wire.data
+    assert CANARY.encode() in peer.verify(peer.decrypt(wire.data, world.bob), world.r1.cert_path)
+
+
 @pytest.mark.conformance("ALG-4", "ALG-8", "AS-4.3-1")
 def test_untrusted_recipient_refused_at_rcpt(rig: dict[str, Any]) -> None:
     rig["sink"].clear()

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, TypeVar
 import Milter
 
 from directmilter import spool
-from directmilter.addresses import canonical, internal_form, strip_path
+from directmilter.addresses import canonical, check_plain, internal_form, strip_path
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.agent.envelope import Outcome
 from directmilter.config import Config
@@ -180,6 +180,8 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             return int(Milter.CONTINUE)
         resolved = self._resolved(mailfrom, "{mail_addr}")
         self.sender = self.config.mailbox(resolved) if resolved else ""
+        if self.config.is_hosted(self.sender):
+            check_plain(self.sender)
         if self.maps is not None and resolved:
             self.sender_copies = self.maps.sender_copies(resolved)
         self.client = replace(self.client, authenticated=self.getsymval("{auth_authen}"))
@@ -210,7 +212,8 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         if self.reinjected:
             self.wire_recipients.append(spelled)
             return int(Milter.CONTINUE)
-        recipient = delivered_to(self.config, self.maps, self._resolved(to, "{rcpt_addr}"))
+        recipient = delivered_to(self.config, self.maps, self._resolved(to, "{rcpt_addr}"),
+                                 self.getsymval("{rcpt_mailer}"))
         this = group(self.config, recipient)
         if self.group is not None and this is not self.group:
             self.setreply("452", "4.5.3", "Direct: send this recipient in a separate transaction")

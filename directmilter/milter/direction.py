@@ -19,6 +19,7 @@ import enum
 import ipaddress
 from dataclasses import dataclass
 
+from directmilter.addresses import check_plain
 from directmilter.config import Config
 from directmilter.errors import ClearCopyForbidden
 from directmilter.postfix import AddressMaps
@@ -76,7 +77,7 @@ def group(config: Config, recipient: str) -> Group:
     return Group.HOSTED if config.is_hosted(recipient) else Group.REMOTE
 
 
-def delivered_to(config: Config, maps: AddressMaps | None, resolved: str) -> str:
+def delivered_to(config: Config, maps: AddressMaps | None, resolved: str, mailer: str | None = None) -> str:
     """The one mailbox Postfix delivers a resolved recipient to after its virtual aliases, refusing the ways
     decrypted mail could be copied off the Direct domains hosted here (ClearCopyForbidden).
 
@@ -87,7 +88,7 @@ def delivered_to(config: Config, maps: AddressMaps | None, resolved: str) -> str
     """
     mailbox = config.mailbox(resolved)
     if maps is None:
-        return mailbox
+        return check_plain(mailbox) if config.is_hosted(mailbox) else mailbox
     targets = list(dict.fromkeys(config.mailbox(t) for t in maps.virtual(resolved)))
     hosted = [t for t in targets if config.is_hosted(t)]
     if not hosted and not config.is_hosted(mailbox):
@@ -104,4 +105,21 @@ def delivered_to(config: Config, maps: AddressMaps | None, resolved: str) -> str
         raise ClearCopyForbidden(f"recipient {hosted[0]}: Postfix copies its mail to {', '.join(copies)} "
                                  "(recipient_bcc_maps or always_bcc), where the decrypted message would arrive in "
                                  "clear")
-    return hosted[0]
+    if mailer == "local":  # local(8): aliases(5) apply after the milter too
+        aliased = hosted[0] if targets != [mailbox] else resolved  # local(8) sees the address after virtual
+        leaving = [t for t in maps.local_aliases(aliased) if not _stays_local(config, t)]
+        if leaving:
+            raise ClearCopyForbidden(f"recipient {hosted[0]}: Postfix's aliases send it to {', '.join(leaving)} "
+                                     "(alias_maps), where the decrypted message would leave Direct's control")
+    return check_plain(hosted[0])
+
+
+def _stays_local(config: Config, target: str) -> bool:
+    """An alias target that keeps the message in a Direct mailbox or a local account: a hosted address or a bare
+    user name; not a remote address, a command, a file or an include list (any of which may send it on)."""
+    target = target.strip().strip('"')
+    if target.startswith(("|", "/", ":include:")):
+        return False
+    if "@" not in target:
+        return bool(target) and not any(c in target for c in "%!")
+    return config.is_hosted(config.mailbox(target))
