@@ -318,3 +318,46 @@ def test_local_aliases_that_would_send_a_direct_mailbox_on_are_refused(world: Wo
             delivered_to(config, maps, address, "local")
     assert delivered_to(config, maps, CAROL, "local") == CAROL
     assert delivered_to(config, maps, BOB, "virtual") == BOB  # virtual(8) does not read aliases(5)
+
+
+@pytest.mark.parametrize("spelling", ["bob%direct.b.test@localhost", "direct.b.test!bob@localhost",
+                                      '"bob"@direct.b.test', "bob+x@direct.b.test", "b@alias.test"])
+def test_a_removed_recipient_is_removed_in_the_spelling_the_client_used(world: World, hisp: dict[str, Any],
+                                                                         spelling: str) -> None:
+    """Secured by alice for bob2 only, sent to bob2 and to a spelling of bob: bob (no RecipientInfo for him) is
+    removed with delrcpt in the client's spelling, so Postfix delivers to bob2 alone."""
+    marker = f"for bob2 only, not {spelling}".encode()
+    message = plain_message(to=f"{BOB2}, {BOB}", body=marker + b"\r\n").replace(b"<test-1@", b"<removed-1@")
+    wire = sealed_by_alice(world, message, BOB2)
+    result = submit(hisp["b"].smtp_port, ALICE, [BOB2, spelling], wire, source="127.0.0.2")
+    assert result.ok and result.accepted == [BOB2, spelling], result
+    wait_until(lambda: any(marker in m for m in hisp["b"].maildir(BOB2)), "bob2's copy")
+    assert wait_until(lambda: hisp["b"].queue() == [], "B's queue to drain")
+    assert not any(marker in m for m in hisp["b"].maildir(BOB))
+
+
+def test_local_submission_when_allowed_is_signed_and_encrypted(world: World) -> None:
+    """``[milter] local_submission = true``: sendmail -f alice on the host is alice's outgoing mail, secured like
+    submission (Postfix's local_login_sender_maps is then what says which Unix user may use her address)."""
+    with scratch_dir("directmilter-local-") as root, Sink(root / "wire") as wire:
+        a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"},
+                    relay={"direct.b.test": f"127.0.0.1:{wire.port}"})
+        conf = world.write_config("local-submission-a", {
+            **world.hisp_a_body(),
+            "milter": {"internal_hosts": [], "submission_daemons": [], "postfix_config": str(a.etc),
+                       "local_submission": True}})
+        milter = Milterd(conf, root / "milter.log").start()
+        try:
+            a.milter = milter.postfix_spec
+            a.extra_main_cf["non_smtpd_milters"] = milter.postfix_spec
+            a.write_config()
+            with a:
+                done = subprocess.run(["/usr/sbin/sendmail", "-C", str(a.etc), "-f", ALICE, BOB],
+                                      input=plain_message(), capture_output=True, timeout=30)
+                assert done.returncode == 0, done
+                [sent] = wire.wait(1)
+        finally:
+            milter.stop()
+    assert sent.mail_from == ALICE and sent.rcpts == [BOB]
+    assert CANARY.encode() not in sent.data
+    assert CANARY.encode() in peer.verify(peer.decrypt(sent.data, world.bob), world.r1.cert_path)

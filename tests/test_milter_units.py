@@ -27,6 +27,10 @@ def config(world: World):
     (Client(address="192.0.2.1", daemon_name="ORIGINATING"), True),
     (Client(address="192.0.2.1", daemon_name="smtpd"), False),
     (Client(address=None), False),
+    # Postfix's cleanup emulates "localhost [127.0.0.1]" for sendmail and pickup: never authorised by loopback.
+    (Client(address="127.0.0.1", local=True), False),
+    (Client(address="10.0.0.1", local=True), False),
+    (Client(address="127.0.0.1", local=True, authenticated="alice"), True),
 ])
 def test_who_may_submit(config, client: Client, may: bool) -> None:
     assert client_may_submit(config, client) is may
@@ -74,3 +78,16 @@ def test_header_fields_are_milter_style() -> None:
 def test_reply_text_is_one_safe_line() -> None:
     assert _reply_text("a\r\nb 100% sure") == "a b 100%% sure"
     assert len(_reply_text("x" * 1000)) == 400
+
+
+def test_local_submission_is_authorised_only_explicitly(config) -> None:
+    local = Client(address="127.0.0.1", daemon_name="mx.a.test", local=True)
+    assert direction(config, "alice@direct.a.test", local) is Direction.INCOMING
+    allowed = replace(config, milter=replace(config.milter, local_submission=True))
+    assert direction(allowed, "alice@direct.a.test", local) is Direction.OUTGOING
+
+
+def test_loopback_is_not_an_internal_host_by_default() -> None:
+    from directmilter.config import MilterSettings
+
+    assert MilterSettings().internal_hosts == ()
