@@ -130,7 +130,7 @@ _CERTIFICATES_KEYS = ("files",)
 _LIMITS_KEYS = ("max_message_size", "max_headers", "max_mime_depth", "max_certificates")
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
                 "other_mail", "timeout", "metrics", "workers", "inline_below", "postfix_config",
-                "recipient_delimiter", "local_submission")
+                "recipient_delimiter", "local_submission", "delivery_transports")
 #: Where Postfix's main.cf is looked for when [milter] postfix_config is not set.
 DEFAULT_POSTFIX_CONFIG = Path("/etc/postfix")
 _OTHER_MAIL = ("accept", "reject")
@@ -199,6 +199,9 @@ class MilterSettings:
     #: Mail submitted on this host (sendmail, pickup) for a hosted sender is signed; off: refused. Postfix's
     #: local_login_sender_maps must then say which Unix users may use which sender (check-config looks).
     local_submission: bool = False
+    #: Postfix transports ({rcpt_mailer}) that may receive a hosted recipient's decrypted mail: they deliver on
+    #: this host (lmtp only to a unix socket or a loopback address). Any other (smtp, relay, a pipe) is refused.
+    delivery_transports: tuple[str, ...] = ("local", "virtual", "lmtp")
 
     def worker_count(self) -> int:
         return (os.cpu_count() or 1) if self.workers is None else self.workers
@@ -833,7 +836,17 @@ class _Loader:
             postfix_config=self.postfix_directory(table),
             recipient_delimiter=self.delimiter(table, key),
             local_submission=self.typed(table, "local_submission", key, bool, default.local_submission),
+            delivery_transports=self.delivery_transports(table, key, default.delivery_transports),
         )
+
+    def delivery_transports(self, table: Mapping[str, object], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        names = self.string_list(table, "delivery_transports", key)
+        if names is None:
+            return default
+        for index, name in enumerate(names):
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise self.err(f"{key}.delivery_transports[{index}]", f"{name!r} is not a Postfix transport name")
+        return tuple(names)
 
     def postfix_directory(self, table: Mapping[str, object]) -> Path | None:
         """Postfix's configuration directory: as set ("none": no Postfix), else /etc/postfix when it has a main.cf."""

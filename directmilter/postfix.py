@@ -27,10 +27,10 @@ from directmilter.addresses import base_mailbox
 from directmilter.errors import ConfigError, TemporaryFailure
 
 #: The main.cf parameters read (``postconf -x -h``), in this order.
-PARAMETERS = ("recipient_delimiter", "virtual_alias_maps", "recipient_bcc_maps", "sender_bcc_maps", "always_bcc",
-              "alias_maps", "mydestination", "local_login_sender_maps", "receive_override_options",
-              "internal_mail_filter_classes", "non_smtpd_milters", "milter_default_action",
-              "allow_percent_hack", "swap_bangpath")
+PARAMETERS = ("recipient_delimiter", "canonical_maps", "recipient_canonical_maps", "virtual_alias_maps",
+              "recipient_bcc_maps", "sender_bcc_maps", "always_bcc", "alias_maps", "mydestination",
+              "local_login_sender_maps", "receive_override_options", "internal_mail_filter_classes",
+              "non_smtpd_milters", "milter_default_action", "allow_percent_hack", "swap_bangpath")
 #: Past these, an expansion is refused rather than followed (Postfix's own limits are 1000 and 1000).
 MAX_DEPTH = 20
 MAX_ADDRESSES = 1000
@@ -137,7 +137,8 @@ def warnings(settings: PostfixSettings, hosted: Iterable[str], *, local_submissi
 
 
 def describe(settings: PostfixSettings) -> str:
-    tables = [name for name in ("virtual_alias_maps", "recipient_bcc_maps", "sender_bcc_maps") if settings.get(name)]
+    tables = [name for name in ("canonical_maps", "recipient_canonical_maps", "virtual_alias_maps",
+                                "recipient_bcc_maps", "sender_bcc_maps") if settings.get(name)]
     return (f"postfix: {settings.config_directory}, recipient_delimiter {settings.recipient_delimiter or 'none'}, "
             f"checked after-milter rewriting: {', '.join(tables) or 'none'}"
             f"{', always_bcc' if settings.get('always_bcc') else ''}")
@@ -186,6 +187,7 @@ class AddressMaps:
         self._sender_bcc = settings.tables("sender_bcc_maps")
         self._always_bcc = tuple(_addresses(settings.get("always_bcc")))
         self._aliases = settings.tables("alias_maps")
+        self._canonical = (*settings.tables("recipient_canonical_maps"), *settings.tables("canonical_maps"))
         self._ttl = ttl
         self._size = size
         self._kept: dict[tuple[str, str], tuple[float, tuple[str, ...]]] = {}
@@ -233,10 +235,19 @@ class AddressMaps:
         return value
 
     def virtual(self, address: str) -> tuple[str, ...]:
-        """The addresses virtual_alias_maps turns ``address`` into (itself when it is not aliased)."""
-        if not self._virtual:
+        """The addresses cleanup turns a recipient into: canonical maps (recipient_canonical_maps, then
+        canonical_maps, one address each), then virtual_alias_maps; itself when none applies."""
+        if not self._virtual and not self._canonical:
             return (address,)
-        return self._cached("virtual", address, lambda: self._expand(address))
+        return self._cached("virtual", address, lambda: self._expand(self._rewritten(address)))
+
+    def _rewritten(self, address: str) -> str:
+        for table in self._canonical:
+            results = self._first_match((table,), address)
+            if results:
+                result = results[0]
+                address = f"{address.rpartition('@')[0]}{result}" if result.startswith("@") else result
+        return address
 
     def _expand(self, address: str) -> tuple[str, ...]:
         final: list[str] = []
@@ -250,7 +261,7 @@ class AddressMaps:
             if len(seen) > MAX_ADDRESSES or depth > MAX_DEPTH:
                 raise PostmapError(f"address {address}: virtual_alias_maps expands it past {MAX_ADDRESSES} addresses "
                                    f"or {MAX_DEPTH} levels")
-            results = self._first_match(self._virtual, current)
+            results = self._first_match(self._virtual, current) if self._virtual else None
             if results is None or results == [current]:
                 final.append(current)
                 continue

@@ -9,6 +9,7 @@ a mailbox" on the Maildirs.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from directmilter.addresses import base_mailbox, canonical, internal_form
 from directmilter.errors import AddressSyntax
 
 ALICE, BOB, BOB2, CAROL = "alice@direct.a.test", "bob@direct.b.test", "bob2@direct.b.test", "carol@direct.b.test"
-DAVE = "dave@direct.c.test"
+DAVE, DAN = "dave@direct.c.test", "dan@direct.b.test"
 #: Postfix's inline tables: fwd@ forwards off the Direct domains, list@ mixes a Direct mailbox and a remote one,
 #: b@alias.test is an outside address aliased into bob's mailbox, carol is Bcc'd to a remote archive.
 ALIASES = ("inline:{ {fwd@direct.b.test = far@remote.test}, {list@direct.b.test = bob@direct.b.test, "
@@ -36,10 +37,13 @@ BCC = "inline:{ {carol@direct.b.test = archive@remote.test} }"
 def hisp(world: World) -> Iterator[dict[str, Any]]:
     dave = world.pki.leaf("dave", world.r2, email=DAVE)
     with scratch_dir("directmilter-addressing-") as root, Sink(root / "wire") as wire:
-        b = Postfix(root=root / "b", name="mx.b.test", mailboxes={BOB: "bob", BOB2: "bob2", CAROL: "carol"},
+        b = Postfix(root=root / "b", name="mx.b.test", mailboxes={BOB: "bob", BOB2: "bob2", CAROL: "carol", DAN: "dan"},
                     relay={"remote.test": f"127.0.0.1:{wire.port}", "direct.a.test": f"127.0.0.1:{wire.port}",
                            "direct.c.test": f"127.0.0.1:{wire.port}"},
                     main_cf={"recipient_delimiter": "+", "mydestination": "localhost",
+                             # dan's mailbox is on another host, reached over SMTP: never decrypted mail for it
+                             "transport_maps": f"inline:{{ {{{DAN} = smtp:[127.0.0.1]:{wire.port}}} }} "
+                                               f"texthash:{root / 'b' / 'etc' / 'transport'}",
                              "virtual_alias_maps": ALIASES, "virtual_alias_domains": "alias.test",
                              "recipient_bcc_maps": BCC, "internal_mail_filter_classes": "bounce"})
         body = world.hisp_b_body()
@@ -178,6 +182,7 @@ def test_many_spellings_of_one_mailbox_give_one_copy_and_one_mdn(world: World, h
     ("fwd@direct.b.test", "forwards it to far@remote.test"),
     ("list@direct.b.test", "forwards it to far@remote.test"),
     (CAROL, "copies its mail to archive@remote.test"),
+    (DAN, "delivers it with transport 'smtp'"),
 ])
 def test_aliases_and_bcc_maps_never_carry_decrypted_mail_off_the_host(world: World, hisp: dict[str, Any],
                                                                       rcpt: str, why: str) -> None:
@@ -314,7 +319,7 @@ def test_local_aliases_that_would_send_a_direct_mailbox_on_are_refused(world: Wo
     maps = AddressMaps(config.postfix)  # type: ignore[arg-type]
     for address, target in ((BOB, "bob@gmail.test"), ("bob+lab@direct.b.test", "bob@gmail.test"),
                             (BOB2, "|/usr/local/bin/archive"), ("ann@direct.b.test", "/var/mail/ann.txt")):
-        with pytest.raises(ClearCopyForbidden, match=f"aliases send it to {target}"):
+        with pytest.raises(ClearCopyForbidden, match=re.escape(f"aliases send it to {target}")):
             delivered_to(config, maps, address, "local")
     assert delivered_to(config, maps, CAROL, "local") == CAROL
     assert delivered_to(config, maps, BOB, "virtual") == BOB  # virtual(8) does not read aliases(5)
@@ -361,3 +366,42 @@ def test_local_submission_when_allowed_is_signed_and_encrypted(world: World) -> 
     assert sent.mail_from == ALICE and sent.rcpts == [BOB]
     assert CANARY.encode() not in sent.data
     assert CANARY.encode() in peer.verify(peer.decrypt(sent.data, world.bob), world.r1.cert_path)
+
+
+def test_canonical_maps_count_like_aliases(world: World, tmp_path) -> None:
+    """recipient_canonical_maps and canonical_maps rewrite recipients in cleanup too, after the milter."""
+    from directmilter.config import load_config
+    from directmilter.errors import ClearCopyForbidden
+    from directmilter.milter.direction import delivered_to
+    from directmilter.postfix import AddressMaps
+
+    etc = tmp_path / "postfix"
+    etc.mkdir()
+    (etc / "main.cf").write_text("recipient_canonical_maps = inline:{ {bob@direct.b.test = bob@gmail.test} }\n"
+                                 "canonical_maps = inline:{ {@old.b.test = @direct.b.test} }\n")
+    config = load_config(world.write_config("postfix-canonical", {**world.hisp_b_body(),
+                                                                  "milter": {"postfix_config": str(etc)}}))
+    maps = AddressMaps(config.postfix)  # type: ignore[arg-type]
+    with pytest.raises(ClearCopyForbidden, match=r"forwards it to bob@gmail\.test"):
+        delivered_to(config, maps, BOB, "virtual")
+    assert delivered_to(config, maps, "carol@old.b.test", "virtual") == CAROL  # an outside spelling of carol
+
+
+@pytest.mark.parametrize(("mailer", "nexthop", "allowed"), [
+    ("virtual", "direct.b.test", True), ("local", "mx.b.test", True),
+    ("lmtp", "unix:private/dovecot-lmtp", True), ("lmtp", "[127.0.0.1]:24", True), ("lmtp", "inet:localhost:24", True),
+    ("lmtp", "[::1]:24", True), ("lmtp", "inet:10.1.2.3:24", False), ("lmtp", "[mailstore.b.test]:24", False),
+    ("smtp", "[127.0.0.1]:25", False), ("relay", "mailstore.b.test", False), ("dovecot", "direct.b.test", False),
+])
+def test_decrypted_mail_is_only_delivered_on_this_host(world: World, mailer: str, nexthop: str,
+                                                        allowed: bool) -> None:
+    from directmilter.errors import ClearCopyForbidden
+    from directmilter.milter.direction import delivered_to
+
+    config = world.hisp_b()
+    if allowed:
+        assert delivered_to(config, None, BOB, mailer, nexthop) == BOB
+    else:
+        with pytest.raises(ClearCopyForbidden, match=r"delivery_transports|another host"):
+            delivered_to(config, None, BOB, mailer, nexthop)
+    assert delivered_to(config, None, "far@remote.test", "smtp", "remote.test") == "far@remote.test"

@@ -213,7 +213,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             self.wire_recipients.append(spelled)
             return int(Milter.CONTINUE)
         recipient = delivered_to(self.config, self.maps, self._resolved(to, "{rcpt_addr}"),
-                                 self.getsymval("{rcpt_mailer}"))
+                                 self.getsymval("{rcpt_mailer}"), self.getsymval("{rcpt_host}"))
         this = group(self.config, recipient)
         if self.group is not None and this is not self.group:
             self.setreply("452", "4.5.3", "Direct: send this recipient in a separate transaction")

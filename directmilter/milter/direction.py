@@ -77,7 +77,8 @@ def group(config: Config, recipient: str) -> Group:
     return Group.HOSTED if config.is_hosted(recipient) else Group.REMOTE
 
 
-def delivered_to(config: Config, maps: AddressMaps | None, resolved: str, mailer: str | None = None) -> str:
+def delivered_to(config: Config, maps: AddressMaps | None, resolved: str, mailer: str | None = None,
+                 nexthop: str | None = None) -> str:
     """The one mailbox Postfix delivers a resolved recipient to after its virtual aliases, refusing the ways
     decrypted mail could be copied off the Direct domains hosted here (ClearCopyForbidden).
 
@@ -87,6 +88,8 @@ def delivered_to(config: Config, maps: AddressMaps | None, resolved: str, mailer
     too: each member must be a recipient of its own, so that each one's trust is checked.
     """
     mailbox = config.mailbox(resolved)
+    if config.is_hosted(mailbox) and mailer:
+        _check_transport(config, mailbox, mailer, nexthop or "")
     if maps is None:
         return check_plain(mailbox) if config.is_hosted(mailbox) else mailbox
     targets = list(dict.fromkeys(config.mailbox(t) for t in maps.virtual(resolved)))
@@ -96,7 +99,8 @@ def delivered_to(config: Config, maps: AddressMaps | None, resolved: str, mailer
     outside = [t for t in targets if not config.is_hosted(t)]
     if outside:
         raise ClearCopyForbidden(f"recipient {mailbox}: Postfix forwards it to {', '.join(outside)} "
-                                 "(virtual_alias_maps), where the decrypted message would arrive in clear")
+                                 "(canonical or virtual alias maps), where the decrypted message would arrive in "
+                                 "clear")
     if len(hosted) > 1:
         raise ClearCopyForbidden(f"recipient {mailbox}: Postfix expands it to several Direct mailboxes "
                                  f"({', '.join(hosted)}); send to each of them, so that each one's trust is checked")
@@ -123,3 +127,35 @@ def _stays_local(config: Config, target: str) -> bool:
     if "@" not in target:
         return bool(target) and not any(c in target for c in "%!")
     return config.is_hosted(config.mailbox(target))
+
+
+def _check_transport(config: Config, mailbox: str, mailer: str, nexthop: str) -> None:
+    """A hosted recipient's decrypted mail must be delivered on this host: by one of the delivery_transports, and
+    by LMTP only to a unix socket or a loopback address (Postfix's {rcpt_mailer} and {rcpt_host} say how)."""
+    allowed = config.milter.delivery_transports
+    if mailer not in allowed:
+        raise ClearCopyForbidden(
+            f"recipient {mailbox}: Postfix delivers it with transport {mailer!r} (to {nexthop or 'its domain'}), "
+            f"which could carry the decrypted message off this host in clear ([milter] delivery_transports: "
+            f"{', '.join(allowed)})")
+    if mailer == "lmtp" and not _on_this_host(nexthop):
+        raise ClearCopyForbidden(f"recipient {mailbox}: Postfix delivers it by LMTP to {nexthop}, another host: the "
+                                 "decrypted message would cross the network in clear")
+
+
+def _on_this_host(nexthop: str) -> bool:
+    """An LMTP next hop on this host: a unix socket, or a loopback address."""
+    text = nexthop.strip()
+    if text.startswith("unix:") or text.startswith("private/") or text.startswith("/"):
+        return True
+    host = text.removeprefix("inet:")
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    else:
+        host = host.rpartition(":")[0] if host.count(":") == 1 else host
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("ipv6:")).is_loopback
+    except ValueError:
+        return False
