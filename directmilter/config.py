@@ -318,14 +318,15 @@ class Config:
         return self.postfix.recipient_delimiter if self.postfix is not None else ""
 
     def mailbox(self, address: str) -> str:
-        """The party an address names, as Postfix delivers it: ``bob+tag@d`` is bob unless it has its own table.
+        """The party an address names, as Postfix delivers it: hosted ``bob+tag@d`` is bob unless it has its own
+        table; remote addresses are kept exactly (their HISP, not our delimiter, says what an extension means).
 
         Every per-address decision (keys, anchors, policies, routing, replays, MDNs) is taken for this form, so no
         spelling of bob's address falls back to his domain's trust, and one mailbox gets one copy and one MDN.
         """
         text = normalize_address(address)
-        if text in self.addresses:
-            return text
+        if text in self.addresses or not self.is_hosted(text):
+            return text  # another HISP's extension is its own business: a remote address is bound exactly
         return base_mailbox(text, self.recipient_delimiter)[0]
 
     def domain_of(self, address: str) -> Party | None:

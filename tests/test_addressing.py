@@ -392,6 +392,7 @@ def test_canonical_maps_count_like_aliases(world: World, tmp_path) -> None:
     ("lmtp", "unix:private/dovecot-lmtp", True), ("lmtp", "[127.0.0.1]:24", True), ("lmtp", "inet:localhost:24", True),
     ("lmtp", "[::1]:24", True), ("lmtp", "inet:10.1.2.3:24", False), ("lmtp", "[mailstore.b.test]:24", False),
     ("smtp", "[127.0.0.1]:25", False), ("relay", "mailstore.b.test", False), ("dovecot", "direct.b.test", False),
+    ("error", "5.2.1 mailbox disabled", True), ("discard", "", True),
 ])
 def test_decrypted_mail_is_only_delivered_on_this_host(world: World, mailer: str, nexthop: str,
                                                         allowed: bool) -> None:
@@ -405,3 +406,11 @@ def test_decrypted_mail_is_only_delivered_on_this_host(world: World, mailer: str
         with pytest.raises(ClearCopyForbidden, match=r"delivery_transports|another host"):
             delivered_to(config, None, BOB, mailer, nexthop)
     assert delivered_to(config, None, "far@remote.test", "smtp", "remote.test") == "far@remote.test"
+
+
+def test_a_remote_address_keeps_its_extension(world: World) -> None:
+    """Our delimiter says nothing about another HISP's addresses: alice+x@direct.a.test may be someone else than
+    alice there, so a certificate bound to alice is never taken as bound to it."""
+    config = world.hisp_b(milter={"recipient_delimiter": "+"})
+    assert config.mailbox("alice+x@direct.a.test") == "alice+x@direct.a.test"
+    assert config.mailbox("bob+x@direct.b.test") == BOB

@@ -129,11 +129,15 @@ def _stays_local(config: Config, target: str) -> bool:
     return config.is_hosted(config.mailbox(target))
 
 
+#: Postfix transports that deliver nothing anywhere: they bounce, defer or drop (bounces pass the milter).
+_DELIVER_NOTHING = frozenset({"error", "retry", "discard"})
+
+
 def _check_transport(config: Config, mailbox: str, mailer: str, nexthop: str) -> None:
     """A hosted recipient's decrypted mail must be delivered on this host: by one of the delivery_transports, and
     by LMTP only to a unix socket or a loopback address (Postfix's {rcpt_mailer} and {rcpt_host} say how)."""
     allowed = config.milter.delivery_transports
-    if mailer not in allowed:
+    if mailer not in allowed and mailer not in _DELIVER_NOTHING:
         raise ClearCopyForbidden(
             f"recipient {mailbox}: Postfix delivers it with transport {mailer!r} (to {nexthop or 'its domain'}), "
             f"which could carry the decrypted message off this host in clear ([milter] delivery_transports: "
