@@ -303,6 +303,7 @@ class Postfix:
         milter_default_action: str = "tempfail",
         mynetworks: str = "127.0.0.0/8 [::1]/128",
         main_cf: Mapping[str, str] | None = None,
+        local_users: bool = False,
     ) -> None:
         """
         :param root: the instance's directory (created; ancestors get o+x, see :func:`make_traversable`).
@@ -314,6 +315,10 @@ class Postfix:
         :param milter: ``smtpd_milters`` for the MX and submission listeners (e.g. ``inet:127.0.0.1:PORT`` or
             ``unix:/path``); None for no milter.
         :param main_cf: extra main.cf settings, applied last (they override the defaults here).
+        :param local_users: let unprivileged Unix users submit with ``sendmail`` (see :meth:`sendmail`). Postfix's
+            postdrop is set-gid postdrop and refuses a private configuration directory to anyone but root; this
+            instance gets a command directory T/bin whose postdrop is a plain copy, and a maildrop (1733) and
+            public folder (0711) that copy can use, so the submission path is the one a local account takes.
         """
         self.root = Path(root).absolute()
         self.name = name
@@ -328,6 +333,8 @@ class Postfix:
         self.data = self.root / "data"
         self.mail = self.root / "mail"
         self.maillog_path = self.root / "maillog"
+        self.local_users = local_users
+        self.bin = self.root / "bin"
         self.smtp_port, self.submission_port, self.reinject_port = _free_ports(3)
         self._child: subprocess.Popen[bytes] | None = None
         self._checked = False
@@ -338,6 +345,18 @@ class Postfix:
 
     def _build_tree(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.local_users:
+            self.bin.mkdir(exist_ok=True)
+            self.bin.chmod(0o755)
+            for name in os.listdir("/usr/sbin"):
+                target = self.bin / name
+                if not (name.startswith("post") or name == "sendmail") or target.exists():
+                    continue
+                if name == "postdrop":
+                    shutil.copyfile("/usr/sbin/postdrop", target)
+                    target.chmod(0o755)
+                else:
+                    target.symlink_to(f"/usr/sbin/{name}")
         make_traversable(self.root)
         self.root.chmod(0o755)
         for directory in (self.etc, self.spool, self.data, self.mail):
@@ -402,6 +421,8 @@ class Postfix:
             "relay_domains": " ".join(relay_domains),
             "transport_maps": f"texthash:{self.etc / 'transport'}",
         }
+        if self.local_users:
+            settings["command_directory"] = str(self.bin)
         settings.update(self.extra_main_cf)
         return settings
 
@@ -503,7 +524,20 @@ postlog   unix-dgram n - n - 1 postlogd
         except BaseException:
             self.stop()
             raise
+        if self.local_users:
+            (self.spool / "maildrop").chmod(0o1733)
+            (self.spool / "public").chmod(0o711)
         return self
+
+    def sendmail(self, sender: str, recipients: Sequence[str], message: bytes, *,
+                 uid: int | None = NOBODY_UID) -> subprocess.CompletedProcess[bytes]:
+        """``sendmail -f sender recipients`` on this instance, as the Unix user ``uid`` (None: as ourselves, root);
+        an unprivileged uid needs ``local_users``."""
+        command = ["/usr/sbin/sendmail", "-f", sender, *recipients]
+        if uid is not None:
+            command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+        return subprocess.run(command, input=message, capture_output=True, timeout=30,
+                              env={**os.environ, "MAIL_CONFIG": str(self.etc)})
 
     def wait_ready(self, timeout: float = 10) -> None:
         """Poll until the milter-free listener says 220. The master binds every listener before it starts any

@@ -10,7 +10,6 @@ a mailbox" on the Maildirs.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -45,7 +44,8 @@ def hisp(world: World) -> Iterator[dict[str, Any]]:
                              "transport_maps": f"inline:{{ {{{DAN} = smtp:[127.0.0.1]:{wire.port}}} }} "
                                                f"texthash:{root / 'b' / 'etc' / 'transport'}",
                              "virtual_alias_maps": ALIASES, "virtual_alias_domains": "alias.test",
-                             "recipient_bcc_maps": BCC, "internal_mail_filter_classes": "bounce"})
+                             "recipient_bcc_maps": BCC, "internal_mail_filter_classes": "bounce"},
+                    local_users=True)
         body = world.hisp_b_body()
         # The domain trusts R1 and R2; bob trusts R1 only. dave (under R2) is trusted by bob2, never by bob.
         body["domains"]["direct.b.test"]["anchors"] = [str(world.r1.cert_path), str(world.r2.cert_path)]
@@ -197,16 +197,16 @@ def test_aliases_and_bcc_maps_never_carry_decrypted_mail_off_the_host(world: Wor
 
 
 def test_local_submission_cannot_sign_as_a_hosted_user(hisp: dict[str, Any]) -> None:
-    """``sendmail -f bob@...`` on the host (non_smtpd_milters, client 127.0.0.1 as Postfix emulates it): dropped at
-    MAIL FROM and logged, so nothing is signed as bob, nothing in clear leaves or reaches a mailbox, and no bounce
-    to the forged (hosted) sender is left stuck in the queue."""
+    """``sendmail -f bob@...`` by an unprivileged local account (uid 65534; non_smtpd_milters, client 127.0.0.1 as
+    Postfix emulates it): dropped at MAIL FROM and logged, so nothing is signed as bob, nothing in clear leaves or
+    reaches a mailbox, and no bounce to the forged (hosted) sender is left stuck in the queue."""
     hisp["wire"].clear()
     b = hisp["b"]
     marker = b"locally submitted as bob\r\n"
     for rcpt in ("far@remote.test", BOB2):
-        done = subprocess.run(["/usr/sbin/sendmail", "-C", str(b.etc), "-f", BOB, rcpt],
-                              input=plain_message(sender=BOB, to=rcpt, body=marker), capture_output=True, timeout=30)
+        done = b.sendmail(BOB, [rcpt], plain_message(sender=BOB, to=rcpt, body=marker))
         assert done.returncode == 0, done  # postdrop takes it; pickup then hands it to cleanup and the milter
+    wait_until(lambda: b.maillog().count("uid=65534 from=<bob@direct.b.test>") >= 2, "pickup of both")
     wait_until(lambda: (hisp["root"] / "milter.log").read_text().count("may not use a Direct sender") >= 2,
                "both refusals logged")
     nothing_in_clear(hisp)
@@ -313,7 +313,8 @@ def test_local_aliases_that_would_send_a_direct_mailbox_on_are_refused(world: Wo
     (etc / "main.cf").write_text(
         "recipient_delimiter = +\nmydestination = direct.b.test\n"
         "alias_maps = inline:{ {bob = bob@gmail.test}, {bob2 = |/usr/local/bin/archive}, {carol = carol-local},"
-        " {ann = /var/mail/ann.txt} }\n")
+        " {ann = /var/mail/ann.txt}, {postmaster = bob@direct.b.test},"
+        " {clinic = bob@direct.b.test, bob@gmail.test} }\n")
     config = load_config(world.write_config("postfix-local", {**world.hisp_b_body(),
                                                               "milter": {"postfix_config": str(etc)}}))
     maps = AddressMaps(config.postfix)  # type: ignore[arg-type]
@@ -323,6 +324,10 @@ def test_local_aliases_that_would_send_a_direct_mailbox_on_are_refused(world: Wo
             delivered_to(config, maps, address, "local")
     assert delivered_to(config, maps, CAROL, "local") == CAROL
     assert delivered_to(config, maps, BOB, "virtual") == BOB  # virtual(8) does not read aliases(5)
+    # A local account aliased into a Direct mailbox is that mailbox: its mail must be secured and trusted for bob.
+    assert delivered_to(config, maps, "postmaster@mx.b.test", "local") == BOB
+    with pytest.raises(ClearCopyForbidden, match=re.escape("aliases send it to bob@gmail.test")):
+        delivered_to(config, maps, "clinic@mx.b.test", "local")
 
 
 @pytest.mark.parametrize("spelling", ["bob%direct.b.test@localhost", "direct.b.test!bob@localhost",
@@ -342,11 +347,13 @@ def test_a_removed_recipient_is_removed_in_the_spelling_the_client_used(world: W
 
 
 def test_local_submission_when_allowed_is_signed_and_encrypted(world: World) -> None:
-    """``[milter] local_submission = true``: sendmail -f alice on the host is alice's outgoing mail, secured like
-    submission (Postfix's local_login_sender_maps is then what says which Unix user may use her address)."""
+    """``[milter] local_submission = true``: sendmail -f alice by a local account is alice's outgoing mail, secured
+    like submission; Postfix's local_login_sender_maps says which account may use which sender (here: the
+    unprivileged uid 65534, "nobody", may use alice's address and no other)."""
     with scratch_dir("directmilter-local-") as root, Sink(root / "wire") as wire:
         a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"},
-                    relay={"direct.b.test": f"127.0.0.1:{wire.port}"})
+                    relay={"direct.b.test": f"127.0.0.1:{wire.port}"}, local_users=True,
+                    main_cf={"local_login_sender_maps": f"inline:{{ {{nobody = {ALICE}}} }}, static:<>"})
         conf = world.write_config("local-submission-a", {
             **world.hisp_a_body(),
             "milter": {"internal_hosts": [], "submission_daemons": [], "postfix_config": str(a.etc),
@@ -357,10 +364,13 @@ def test_local_submission_when_allowed_is_signed_and_encrypted(world: World) -> 
             a.extra_main_cf["non_smtpd_milters"] = milter.postfix_spec
             a.write_config()
             with a:
-                done = subprocess.run(["/usr/sbin/sendmail", "-C", str(a.etc), "-f", ALICE, BOB],
-                                      input=plain_message(), capture_output=True, timeout=30)
+                other = a.sendmail("al2@direct.a.test", [BOB], plain_message(sender="al2@direct.a.test"))
+                assert other.returncode != 0 and b"not authorized to use sender" in other.stderr, other
+                done = a.sendmail(ALICE, [BOB], plain_message())
                 assert done.returncode == 0, done
                 [sent] = wire.wait(1)
+                time.sleep(1)
+                assert len(wire.messages()) == 1
         finally:
             milter.stop()
     assert sent.mail_from == ALICE and sent.rcpts == [BOB]

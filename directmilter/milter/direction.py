@@ -94,6 +94,15 @@ def delivered_to(config: Config, maps: AddressMaps | None, resolved: str, mailer
         return check_plain(mailbox) if config.is_hosted(mailbox) else mailbox
     targets = list(dict.fromkeys(config.mailbox(t) for t in maps.virtual(resolved)))
     hosted = [t for t in targets if config.is_hosted(t)]
+    if mailer == "local" and targets == [mailbox]:  # local(8): aliases(5) apply after the milter too
+        aliases = maps.local_aliases(resolved)
+        into = [config.mailbox(t) for t in aliases if "@" in t and config.is_hosted(config.mailbox(t))]
+        leaving = [t for t in aliases if not _stays_local(config, t)]
+        if leaving and (hosted or into):
+            raise ClearCopyForbidden(f"recipient {mailbox}: Postfix's aliases send it to {', '.join(leaving)} "
+                                     "(alias_maps), where the decrypted message would leave Direct's control")
+        if into and not hosted:  # a local account aliased into Direct mailboxes is those mailboxes
+            targets = hosted = list(dict.fromkeys(into))
     if not hosted and not config.is_hosted(mailbox):
         return mailbox
     outside = [t for t in targets if not config.is_hosted(t)]
@@ -109,12 +118,6 @@ def delivered_to(config: Config, maps: AddressMaps | None, resolved: str, mailer
         raise ClearCopyForbidden(f"recipient {hosted[0]}: Postfix copies its mail to {', '.join(copies)} "
                                  "(recipient_bcc_maps or always_bcc), where the decrypted message would arrive in "
                                  "clear")
-    if mailer == "local":  # local(8): aliases(5) apply after the milter too
-        aliased = hosted[0] if targets != [mailbox] else resolved  # local(8) sees the address after virtual
-        leaving = [t for t in maps.local_aliases(aliased) if not _stays_local(config, t)]
-        if leaving:
-            raise ClearCopyForbidden(f"recipient {hosted[0]}: Postfix's aliases send it to {', '.join(leaving)} "
-                                     "(alias_maps), where the decrypted message would leave Direct's control")
     return check_plain(hosted[0])
 
 
