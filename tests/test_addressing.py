@@ -130,7 +130,7 @@ SPELLINGS = ["bob@direct.b.test.", "bob%direct.b.test@localhost", "bob%direct.b.
              "direct.b.test!bob@localhost", "bob+tag@direct.b.test", '"bob"@direct.b.test', "b@alias.test"]
 
 
-@pytest.mark.conformance("ALG-12")
+@pytest.mark.conformance("ALG-2", "ALG-12")
 @pytest.mark.parametrize("spelling", SPELLINGS)
 def test_no_spelling_of_a_direct_mailbox_takes_plaintext(hisp: dict[str, Any], spelling: str) -> None:
     """Unsigned plaintext from an untrusted client (127.0.0.2) to any spelling Postfix resolves to bob: refused,
@@ -145,6 +145,7 @@ def test_no_spelling_of_a_direct_mailbox_takes_plaintext(hisp: dict[str, Any], s
     assert "other_mail" not in (hisp["root"] / "milter.log").read_text()
 
 
+@pytest.mark.conformance("ALG-13")
 def test_an_extension_gets_the_mailboxs_own_anchors_not_the_domains(world: World, hisp: dict[str, Any]) -> None:
     """dave is trusted by the domain (R2) but not by bob (R1 only): bob+tag@ must be bob, and refuse him; bob2,
     who has no anchors of his own, takes the same message (so it is refused for trust, nothing else)."""
@@ -177,7 +178,7 @@ def test_many_spellings_of_one_mailbox_give_one_copy_and_one_mdn(world: World, h
     assert wait_until(lambda: hisp["b"].queue() == [], "B's queue to drain")
 
 
-@pytest.mark.conformance("AS-0-1")
+@pytest.mark.conformance("AS-2.4-6")
 @pytest.mark.parametrize(("rcpt", "why"), [
     ("fwd@direct.b.test", "forwards it to far@remote.test"),
     ("list@direct.b.test", "forwards it to far@remote.test"),
@@ -215,6 +216,7 @@ def test_local_submission_cannot_sign_as_a_hosted_user(hisp: dict[str, Any]) -> 
     assert wait_until(lambda: b.queue() == [], "nothing left queued")
 
 
+@pytest.mark.conformance("AS-3.0-7")
 def test_reports_from_smtp_clients_are_not_signed_for_them(hisp: dict[str, Any]) -> None:
     """A null-sender message to a remote address from any SMTP client, even one allowed to relay: refused, so no
     one can have us sign a DSN in a hosted user's name with text of their choosing."""
@@ -227,6 +229,7 @@ def test_reports_from_smtp_clients_are_not_signed_for_them(hisp: dict[str, Any])
     assert hisp["wire"].messages() == []
 
 
+@pytest.mark.conformance("AS-2.4-6")
 @pytest.mark.parametrize("rcpt", [BOB, "far@remote.test"])
 def test_the_reinjection_listener_takes_only_what_directmilter_sealed(hisp: dict[str, Any], rcpt: str) -> None:
     """Any local account can reach the loopback re-injection port. Plaintext sent there straight (no seal, or a
