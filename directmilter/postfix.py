@@ -126,6 +126,13 @@ def warnings(settings: PostfixSettings, hosted: Iterable[str], *, local_submissi
                                                              and "no_milters" in value):
             found.append(f"warning: {where}: master.cf service {service} sets {parameter} = {value}: mail "
                          "received there skips directmilter (the re-injection listener too needs the milter)")
+    for service in ("bounce", "defer", "trace"):
+        cleanup = settings.overrides.get(f"{service}/unix/cleanup_service_name")
+        if cleanup is None or settings.overrides.get(f"{cleanup}/unix/milter_macro_daemon_name") != "POSTFIX-REPORT":
+            found.append(f"warning: {where}: master.cf service {service} does not use a cleanup with "
+                         "-o milter_macro_daemon_name=POSTFIX-REPORT: its reports are refused (they cannot be told "
+                         "from a local account's mail), and stay queued")
+            break
     always = settings.get("always_bcc")
     if always and always.rpartition("@")[2].lower() not in hosted:
         found.append(f"warning: {where}: always_bcc = {always}: every message to a hosted recipient is refused "

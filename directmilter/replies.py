@@ -50,7 +50,14 @@ _INTERNAL = Reply("451", "4.3.0", EX_SOFTWARE)
 
 
 def reply_for(error: BaseException) -> Reply:
-    """The SMTP reply and exit code for ``error``; unknown exceptions are internal errors (tempfail)."""
+    """The SMTP reply and exit code for ``error``; unknown exceptions are internal errors (tempfail).
+
+    A message refused because every recipient was removed for the same kind of reason (a bad signature, say)
+    gets that reason's reply: the operator and the sender learn what was wrong, not only that nobody is left."""
+    if isinstance(error, errors.NoTrustedRecipients) and error.rejected:
+        replies = {reply_for(cause) for cause in error.rejected.values()}
+        if len(replies) == 1:
+            return replies.pop()
     for kind, reply in _TABLE:
         if isinstance(error, kind):
             return reply

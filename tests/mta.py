@@ -14,6 +14,8 @@ own, because on SIGTERM the master signals its whole process group. Three smtpd 
 * ``smtp_port``: the MX, with ``smtpd_milters``; the milter sees ``{daemon_name}`` = myhostname.
 * ``submission_port``: the same smtpd with ``milter_macro_daemon_name=ORIGINATING`` so a milter can tell outbound
   (submission) from inbound mail by the ``{daemon_name}`` macro.
+* Postfix's own reports (bounce, defer, trace) go through ``cleanup-report``, whose milter ``{daemon_name}`` is
+  POSTFIX-REPORT: a milter tells them from local submissions (pickup's cleanup) that way.
 * ``reinject_port``: the re-injection listener; the same milter sees ``{daemon_name}`` = DIRECTMILTER-REINJECT and
   (directmilter) takes only what it sealed itself.
 
@@ -443,8 +445,13 @@ cleanup   unix  n - n -  0 cleanup
 qmgr      unix  n - n 300 1 qmgr
 rewrite   unix  - - n -  - trivial-rewrite
 bounce    unix  - - n -  0 bounce
+  -o cleanup_service_name=cleanup-report
 defer     unix  - - n -  0 bounce
+  -o cleanup_service_name=cleanup-report
 trace     unix  - - n -  0 bounce
+  -o cleanup_service_name=cleanup-report
+cleanup-report unix n - n - 0 cleanup
+  -o milter_macro_daemon_name=POSTFIX-REPORT
 verify    unix  - - n -  1 verify
 flush     unix  n - n 1000? 0 flush
 proxymap  unix  - - n -  - proxymap

@@ -276,7 +276,8 @@ def test_check_config_reads_postfix_and_warns_about_what_walks_around_the_milter
                    "internal_mail_filter_classes lacks bounce", "milter_default_action = accept",
                    "127.0.0.1:10027/inet sets smtpd_milters", "sets receive_override_options = no_milters",
                    "always_bcc = archive@x.test", "any local account could sign as any hosted user",
-                   "checked after-milter rewriting: virtual_alias_maps"):
+                   "checked after-milter rewriting: virtual_alias_maps",
+                   "service bounce does not use a cleanup with -o milter_macro_daemon_name=POSTFIX-REPORT"):
         assert needle in text, (needle, text)
 
     good = {"mydestination": "localhost", "non_smtpd_milters": "inet:127.0.0.1:8891",
@@ -284,7 +285,11 @@ def test_check_config_reads_postfix_and_warns_about_what_walks_around_the_milter
             "milter_default_action": "tempfail"}
     (etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in good.items()))
     (etc / "master.cf").write_text("127.0.0.1:10027 inet n - n - - smtpd\n"
-                                   "  -o milter_macro_daemon_name=DIRECTMILTER-REINJECT\n")
+                                   "  -o milter_macro_daemon_name=DIRECTMILTER-REINJECT\n"
+                                   + "".join(f"{name} unix - - n - 0 bounce\n  -o cleanup_service_name=cleanup-report\n"
+                                             for name in ("bounce", "defer", "trace"))
+                                   + "cleanup-report unix n - n - 0 cleanup\n"
+                                     "  -o milter_macro_daemon_name=POSTFIX-REPORT\n")
     body["milter"] = {"postfix_config": str(etc)}
     text = "\n".join(describe(load_config(world.write_config("postfix-good", body))))
     assert "warning: Postfix" not in text, text

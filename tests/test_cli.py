@@ -84,3 +84,15 @@ def test_check_config_describes_without_secrets(world: World, configs: tuple[Pat
     text = result.stdout.decode()
     assert "direct.a.test" in text and "alice@direct.a.test" in text
     assert "PRIVATE KEY" not in text
+
+
+def test_a_bad_signature_is_bad_input_65_and_5_7_5(world: World, configs: tuple[Path, Path]) -> None:
+    """A message whose signed content was changed (digest mismatch): exit 65 with 5.7.5, as the README and the
+    man page say (RFC 3463: cryptographic failure), not 77 / 5.7.1 (trust or policy)."""
+    signed = peer.sign(b"Content-Type: text/plain\r\n\r\noriginal note\r\n", world.alice)
+    tampered = signed.replace(b"original note", b"changed note!")
+    wire = b"From: alice@direct.a.test\r\nTo: bob@direct.b.test\r\n" + peer.encrypt(tampered, [world.bob.cert_path])
+    out = run("incoming", "-c", configs[1], "--sender", "alice@direct.a.test", "--rcpt", BOB, stdin=wire)
+    assert out.returncode == 65, out.stderr
+    assert b"rejected (5.7.5)" in out.stderr and b"message digest does not match" in out.stderr
+    assert out.stdout == b""

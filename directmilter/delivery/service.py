@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from directmilter import spool
 from directmilter.agent import Agent, MessageEnvelope
@@ -189,6 +189,16 @@ class Confirmations:
                      original_message_id=original)
         return sent
 
+    def postfix_report(self, report: bytes, queue_id: str | None = None) -> bool:
+        """Record what this Postfix's own report (bounce, delay or success notice) to a hosted sender says about
+        tracked outgoing mail; it is delivered, never consumed. True when it concerned a tracked message."""
+        notification = parse_notification(report)
+        if notification is not None and not notification.original_message_id:
+            # Postfix names the message it reports on in the headers it returns, not in a field of the report.
+            notification = replace(notification, original_message_id=returned_message_id(report),
+                                   correlated_by="returned-headers")
+        return self._record_report(notification, queue_id, consume=False)
+
     def screen_incoming(self, delivered: spool.Message, sender: str, recipients: Sequence[str],
                         queue_id: str | None = None) -> IncomingDecision:
         """Consume reports about tracked mail; leave out recipients who already received this very message.
@@ -266,9 +276,10 @@ class Confirmations:
 
     # --- the work ------------------------------------------------------------------------------------------------
 
-    def _record_report(self, report: Notification | None, queue_id: str | None) -> bool:
+    def _record_report(self, report: Notification | None, queue_id: str | None, *, consume: bool = True) -> bool:
         """Record what a report says about tracked mail; True when it concerned a tracked message and may be
-        consumed. A failure is never consumed: the hosted sender must learn of it (the report is delivered)."""
+        consumed (with ``consume=False``: when it concerned one). A failure is never consumed: the hosted sender
+        must learn of it (the report is delivered)."""
         if report is None or not report.original_message_id:
             return False
         matched = False
@@ -280,13 +291,13 @@ class Confirmations:
             failed |= kind == "failed"
             matched |= self.store.record_confirmation(report.original_message_id, result.final_recipient, kind,
                                                       now=time.time(), failure=result.text)
-        consumed = matched and not failed and self.settings.consume_notifications
+        consumed = matched and not failed and self.settings.consume_notifications and consume
         # AS 3.2 (RECOMMENDED): one audit record per confirmation received.
         log.info("report_received", kind=report.kind, queue_id=queue_id, original_message_id=report.original_message_id,
                  report_message_id=report.message_id,
                  results={r.final_recipient: r.result for r in report.recipients if r.final_recipient},
                  matched=matched, consumed=consumed)
-        return consumed
+        return consumed if consume else matched
 
     def _queue_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition,
                    queue_id: str | None) -> None:

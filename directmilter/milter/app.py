@@ -117,6 +117,7 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         self.queue_id: str | None = None
         self.held: str | None = None  # quarantine reason decided before end of message
         self.reinjected = False  # on the re-injection listener: only what we queued ourselves (sealed) passes
+        self.refusal: DirectMilterError | None = None  # decided at RCPT, answered at end of message
         self.wire_sender = ""  # MAIL FROM and RCPT TO as spelled, for the re-injection seal
         self.wire_recipients: list[str] = []
 
@@ -234,9 +235,14 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             # = bounce, through cleanup: a local client) about mail accepted for a hosted recipient carry its
             # content: at end of message they are replaced by a secured DSN, or refused when that cannot be done.
             # Nobody else may have us sign a report (AS 3.0: never in clear, never in another user's name).
-            if not self.client.local:
-                raise SubmissionForbidden(f"recipient {recipient}: delivery reports to remote addresses are sent "
-                                          "by this host's MTA only, not relayed for SMTP clients")
+            if not self.client.postfix_report:
+                refusal = SubmissionForbidden(f"recipient {recipient}: delivery reports to remote addresses are "
+                                              "sent by this host's MTA only (its bounce service), not for clients or "
+                                              "local accounts")
+                if not self.client.local:
+                    raise refusal
+                self.refusal = refusal  # cleanup takes a refused emulated RCPT for its own misconfiguration
+
             if self.confirmations is None or self.config.notify.reinject is None:
                 raise PermanentFailure(
                     f"recipient {recipient}: a delivery report to a remote address would leave unencrypted"
@@ -305,6 +311,10 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             raise self.spool_failure
         if self.reinjected:
             return self._reinjected()
+        if self.refusal is not None:
+            raise self.refusal
+        if not self.sender and self.group is Group.HOSTED and self.client.postfix_report:
+            return self._own_report()
         if not self.sender and self.group is Group.REMOTE and self.confirmations is not None:
             return self._replace_bounce(self.confirmations)
         if self.group is not Group.HOSTED and self.kind is not Direction.OUTGOING:
@@ -351,6 +361,16 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         sent = sum(confirmations.secure_bounce(bounce, recipient) for recipient in self.recipients)
         self._audit("bounce_secured", rejected={}, started=started, dsns=sent)
         return int(Milter.DISCARD)
+
+    def _own_report(self) -> int:
+        """Postfix's own bounce, delay or success notice to a hosted sender stays on this host: it is delivered as it
+        is, and what it says about tracked mail is recorded (a failure is then final: no timeout DSN follows)."""
+        started = time.monotonic()
+        matched = False
+        if self.confirmations is not None:
+            matched = self.confirmations.postfix_report(spool.read(self._message()), self.queue_id)
+        self._audit("postfix_report", rejected={}, started=started, tracked=matched)
+        return int(Milter.ACCEPT)
 
     def _reinjected(self) -> int:
         """The re-injection listener takes a message only with our seal, which it loses on the way into the queue."""

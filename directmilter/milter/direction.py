@@ -36,6 +36,12 @@ class Group(enum.Enum):
     REMOTE = "remote"
 
 
+#: The {daemon_name} of the cleanup service Postfix's bounce, defer and trace daemons use (master.cf.directmilter:
+#: ``-o cleanup_service_name=cleanup-report`` on them, ``-o milter_macro_daemon_name=POSTFIX-REPORT`` on it). Only
+#: mail through it is Postfix's own report: local accounts reach the ordinary cleanup through pickup.
+REPORT_DAEMON = "POSTFIX-REPORT"
+
+
 @dataclass(frozen=True)
 class Client:
     """What the MTA told us about the SMTP client."""
@@ -45,6 +51,11 @@ class Client:
     daemon_name: str | None = None  # {daemon_name}
     #: Submitted on this host, not over SMTP: Postfix's cleanup emulates a client on port 0 (no TCP peer has one).
     local: bool = False
+
+    @property
+    def postfix_report(self) -> bool:
+        """A report Postfix itself generated (bounce, delay notice, success notice), not anyone's submission."""
+        return self.local and self.daemon_name == REPORT_DAEMON
 
 
 def client_may_submit(config: Config, client: Client) -> bool:
