@@ -257,3 +257,41 @@ def test_recipient_removed_at_end_of_message_earns_the_sender_a_dsn(tmp_path: Pa
     assert (result.final_recipient, result.result, result.status) == ("carol@direct.b.test", "failed", "5.7.1")
     assert "certificate revoked" in (result.text or "")  # the cause, never the content or Subject
     assert b"Patient" not in got.data and CANARY.encode() not in got.data
+
+
+def _states(hisps: dict[str, Any], message_id: str) -> dict[str, str]:
+    store = open_store(hisps["tracking_a"])
+    try:
+        return {s.recipient: s.state for s in store.states(message_id)}
+    finally:
+        store.close()
+
+
+def _mdns_sent_by_b(hisps: dict[str, Any], message_id: str) -> list[str]:
+    return [line for line in (hisps["root"] / "milter-b.log").read_text().splitlines()
+            if "mdn_sent" in line and message_id in line]
+
+
+FINAL = b"Disposition-Notification-Options: X-DIRECT-FINAL-DESTINATION-DELIVERY=optional,true\r\n"
+
+
+@pytest.mark.conformance("AS-3.2-1", "AS-3.3-5")
+def test_final_delivery_confirmation_reaches_the_sender_once(hisps: dict[str, Any]) -> None:
+    """Final delivery asked for: B sends processed and dispatched. At A the processed MDN is consumed and the
+    first dispatched MDN is delivered to alice (Implementation Guide for Delivery Notification): she learns of the
+    final delivery, once."""
+    message_id = "<dispatch-2@direct.a.test>"
+    message = plain_message(extra=FINAL).replace(b"<test-1@direct.a.test>", message_id.encode())
+    assert submit(hisps["a"].submission_port, ALICE, [BOB], message).ok
+
+    def confirmations() -> list[bytes]:
+        return [m for m in hisps["a"].maildir(ALICE) if message_id.encode() in m and b"disposition-notification" in m]
+
+    [mdn] = wait_until(confirmations, "the dispatched MDN in alice's mailbox")
+    report = parse_notification(mdn.replace(b"\n", b"\r\n"))
+    assert report is not None and report.kind == "mdn" and report.recipients[0].result == "dispatched"
+    assert wait_until(lambda: _states(hisps, message_id).get(BOB) == "dispatched", "tracking at A")
+    time.sleep(2)
+    assert len(confirmations()) == 1  # the processed MDN was consumed, nothing came twice
+    sent = _mdns_sent_by_b(hisps, message_id)
+    assert [("dispatched" in line) for line in sent] == [False, True], sent  # processed first, then dispatched

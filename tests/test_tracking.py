@@ -148,3 +148,23 @@ def test_replay_records_skip_the_disk_flush_and_reports_wait_for_it(tmp_path: Pa
     store.record_outgoing("<m@a>", "alice@a", ["bob@b"], wants_dispatched=False, now=1)
     assert modes_before("outgoing") == ["PRAGMA synchronous=FULL"]
     store.close()
+
+
+def test_only_the_first_dispatched_mdn_before_any_failure_is_the_senders(url: str) -> None:
+    """first_dispatched: True once per recipient that asked for final delivery, and never after a failure or a
+    timeout DSN was told (a late dispatched MDN must not contradict it)."""
+    store = open_store(url)
+    try:
+        store.record_outgoing("<d@a>", "alice@a", ["bob@b", "carol@b", "dan@b"], wants_dispatched=True, now=1)
+        store.record_outgoing("<n@a>", "alice@a", ["bob@b"], wants_dispatched=False, now=1)
+        assert store.first_dispatched("<d@a>", "BOB@b", now=2)
+        assert not store.first_dispatched("<d@a>", "bob@b", now=3)  # a duplicate
+        store.record_confirmation("<d@a>", "carol@b", "failed", now=2, failure="5.2.2 mailbox full")
+        assert not store.first_dispatched("<d@a>", "carol@b", now=3)  # after a failure
+        store.mark_reported("<d@a>", "dan@b", now=2)
+        assert not store.first_dispatched("<d@a>", "dan@b", now=3)  # after the timeout DSN
+        assert not store.first_dispatched("<n@a>", "bob@b", now=3)  # final delivery was not asked for
+        assert not store.first_dispatched("<x@a>", "bob@b", now=3)  # not tracked
+        assert {s.recipient: s.state for s in store.states("<d@a>")}["bob@b"] == "dispatched"
+    finally:
+        store.close()

@@ -284,19 +284,24 @@ class Confirmations:
             return False
         matched = False
         failed = False
+        positive = False  # the first dispatched MDN of a recipient: the sender's confirmation of final delivery
         for result in report.recipients:
             kind = _KINDS.get(result.result or "")
             if kind is None or result.final_recipient is None:
                 continue
+            if kind == "dispatched" and consume and self.store.first_dispatched(
+                    report.original_message_id, result.final_recipient, now=time.time()):
+                matched = positive = True
+                continue
             failed |= kind == "failed"
             matched |= self.store.record_confirmation(report.original_message_id, result.final_recipient, kind,
                                                       now=time.time(), failure=result.text)
-        consumed = matched and not failed and self.settings.consume_notifications and consume
+        consumed = matched and not failed and not positive and self.settings.consume_notifications and consume
         # AS 3.2 (RECOMMENDED): one audit record per confirmation received.
         log.info("report_received", kind=report.kind, queue_id=queue_id, original_message_id=report.original_message_id,
                  report_message_id=report.message_id,
                  results={r.final_recipient: r.result for r in report.recipients if r.final_recipient},
-                 matched=matched, consumed=consumed)
+                 matched=matched, consumed=consumed, positive=positive)
         return consumed if consume else matched
 
     def _queue_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition,

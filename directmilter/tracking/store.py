@@ -165,6 +165,15 @@ class TrackingStore:
                          (now, failure, message_id, recipient.lower()))
             return bool(cursor.rowcount)
 
+    def first_dispatched(self, message_id: str, recipient: str, *, now: float) -> bool:
+        """Record a dispatched MDN; True when it is the first for a recipient that asked for one and of whom no
+        failure was told (then it is the sender's positive confirmation, delivered to her, Implementation Guide)."""
+        with self._cursor() as run:
+            cursor = run("UPDATE outgoing SET dispatched_at = %s WHERE message_id = %s AND recipient = %s AND "
+                         "wants_dispatched = 1 AND dispatched_at IS NULL AND failed_at IS NULL AND reported_at IS NULL",
+                         (now, message_id, recipient.lower()))
+            return bool(cursor.rowcount)
+
     def is_tracked(self, message_id: str) -> bool:
         with self._cursor() as run:
             return run("SELECT 1 FROM outgoing WHERE message_id = %s", (message_id,)).fetchone() is not None
