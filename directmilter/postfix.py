@@ -15,6 +15,7 @@ bounded. A table that cannot be read fails closed (a temporary failure), never o
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -98,6 +99,26 @@ def read_settings(config_directory: Path) -> PostfixSettings:
         if eq:
             overrides[name.strip()] = value.strip()
     return PostfixSettings(config_directory, values, overrides)
+
+
+def queued(settings: PostfixSettings) -> set[str]:
+    """The queue ids of every message still in Postfix's queue (``postqueue -j``): one that is gone was delivered
+    or bounced, and a bounce passes the milter before qmgr removes the queue file."""
+    postqueue = shutil.which("postqueue") or "/usr/sbin/postqueue"
+    try:
+        done = subprocess.run([postqueue, "-c", str(settings.config_directory), "-j"], capture_output=True,
+                              text=True, timeout=_TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TemporaryFailure(f"postqueue -j: cannot run ({type(exc).__name__})") from exc
+    if done.returncode != 0:
+        raise TemporaryFailure(f"postqueue -j failed: {done.stderr.strip()[:200]}")
+    ids: set[str] = set()
+    for line in done.stdout.splitlines():
+        try:
+            ids.add(str(json.loads(line)["queue_id"]))
+        except (ValueError, KeyError, TypeError):
+            raise TemporaryFailure("postqueue -j: an entry that is no queue record") from None
+    return ids
 
 
 def warnings(settings: PostfixSettings, hosted: Iterable[str], *, local_submission: bool) -> list[str]:

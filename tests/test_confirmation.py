@@ -50,9 +50,11 @@ def hisps(world: World) -> Iterator[dict[str, Any]]:
         world.write_config("mdn-a", {**body_a, "milter": milter, "notify": {
             "reinject": f"127.0.0.1:{a.reinject_port}", "tracking": tracking_a, "processed_timeout": 3,
             "dispatched_timeout": 3, "sweep_interval": 0.5, "mdn_delay": 0.2}})
-        world.write_config("mdn-b", {**world.hisp_b_body(), "milter": milter, "notify": {
+        # B reads its Postfix (postconf, postqueue): a dispatched MDN waits until the message left B's queue unbounced.
+        world.write_config("mdn-b", {**world.hisp_b_body(), "milter": {**milter, "postfix_config": str(b.etc)},
+                                     "notify": {
             "reinject": f"127.0.0.1:{b.reinject_port}", "tracking": f"sqlite:{root}/tracking-b.db",
-            "mdn_delay": 0.2}})
+            "mdn_delay": 0.2, "sweep_interval": 0.5}})
         with milter_a, milter_b, a, b:
             yield {"a": a, "b": b, "tracking_a": tracking_a, "root": root, "nowhere": nowhere, "milter_a": milter_a}
 
@@ -295,3 +297,18 @@ def test_final_delivery_confirmation_reaches_the_sender_once(hisps: dict[str, An
     assert len(confirmations()) == 1  # the processed MDN was consumed, nothing came twice
     sent = _mdns_sent_by_b(hisps, message_id)
     assert [("dispatched" in line) for line in sent] == [False, True], sent  # processed first, then dispatched
+
+
+@pytest.mark.conformance("AS-3.3-1", "AS-3.3-5")
+def test_no_dispatched_mdn_for_mail_that_bounced_after_acceptance(hisps: dict[str, Any]) -> None:
+    """Final delivery asked for, but bob2's mailbox fails after B accepted the message: A hears processed and then
+    failed, never "dispatched" (which would claim final delivery)."""
+    message_id = "<fails-2@direct.a.test>"
+    message = plain_message(to="bob2@direct.b.test", extra=FINAL).replace(b"<test-1@direct.a.test>",
+                                                                          message_id.encode())
+    assert submit(hisps["a"].submission_port, ALICE, ["bob2@direct.b.test"], message).ok
+    assert wait_until(lambda: _states(hisps, message_id).get("bob2@direct.b.test") == "failed", "the failure at A")
+    time.sleep(2)
+    assert _states(hisps, message_id)["bob2@direct.b.test"] == "failed"
+    sent = _mdns_sent_by_b(hisps, message_id)
+    assert sent and not any("dispatched" in line for line in sent), sent

@@ -168,3 +168,23 @@ def test_only_the_first_dispatched_mdn_before_any_failure_is_the_senders(url: st
         assert {s.recipient: s.state for s in store.states("<d@a>")}["bob@b"] == "dispatched"
     finally:
         store.close()
+
+
+def test_a_held_row_waits_for_its_evidence(url: str) -> None:
+    """A dispatched MDN held for a Postfix queue id is never claimed (by id, by message, as an orphan) until it is
+    let go; a bounce drops it instead."""
+    store = open_store(url)
+    try:
+        held = store.outbox_add("me", "<m@a>", "bob@b", "bob@b", "alice@a", b"MDN", now=1, due=1, held_for="ABC123")
+        other = store.outbox_add("me", "<m@a>", "bob@b", "bob@b", "alice@a", b"processed", now=1, due=1)
+        assert store.outbox_held() == [(held, "ABC123", 1.0)]
+        assert [q.id for q in store.outbox_claim("me", message_id="<m@a>", recipient="bob@b", now=5)] == [other]
+        assert [q.id for q in store.outbox_claim("other", orphaned_before=10**9, now=10**9)] == [other]
+        assert store.outbox_claim("me", row=held, now=5) == []
+        store.outbox_unhold(held, due=6)
+        assert [q.body for q in store.outbox_claim("me", row=held, now=7)] == [b"MDN"]
+        again = store.outbox_add("me", "<n@a>", "bob@b", "bob@b", "alice@a", b"MDN", now=1, due=1, held_for="DEF")
+        assert store.outbox_drop_held("<n@a>", "BOB@b") == 1 and store.outbox_held() == []
+        assert store.outbox_claim("me", row=again, now=8) == []
+    finally:
+        store.close()

@@ -55,6 +55,8 @@ log = get_logger("directmilter.delivery")
 
 #: An outbox row older than this (seconds) that is still there was not handed over: the sweeper sends it.
 ORPHAN_AFTER = 30.0
+#: Without a view of Postfix's queue, a held dispatched MDN goes when no bounce came for this long (seconds).
+UNSEEN_AFTER = 120.0
 
 _KINDS = {"processed": "processed", "dispatched": "dispatched", "failed": "failed", "delivered": "dispatched"}
 
@@ -108,6 +110,8 @@ class Confirmations:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._confirming: list[tuple[str, str, str]] = []  # deliveries Postfix has, to be confirmed in one go
+        #: Postfix's queue ids still queued (postqueue -j); None: the queue cannot be seen from here.
+        self.queue_ids: Callable[[], set[str]] | None = None
         self._confirm_lock = threading.Lock()
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
@@ -170,8 +174,10 @@ class Confirmations:
         sent = 0
         for result in results:
             recipient = result.final_recipient or ""
-            self._flush_mdns(original, recipient)  # AS 3.3: a failure report only after the processed MDN
             action = result.result if result.result in ACTIONS else "failed"
+            if action == "failed" and self.store.outbox_drop_held(original, recipient):
+                log.info("dispatched_withdrawn", recipient=recipient, original_message_id=original)
+            self._flush_mdns(original, recipient)  # AS 3.3: a failure report only after the processed MDN
             status = result.status or ("4.0.0" if action == "delayed" else "5.0.0")
             domain = recipient.rpartition("@")[2]
             dsn = build_dsn(reporting_mta=self.reporting, original_message_id=original, original_sender=remote,
@@ -265,14 +271,17 @@ class Confirmations:
             log.warning("mdn_not_sent", reason="no target or no reinject listener configured",
                         message_id=decision.message_id)
             return
-        # Dispatched (Delivery Notification IG): for a milter, final delivery is Postfix's local delivery into the
-        # hosted mailbox, which follows acceptance; so it goes right after the processed MDN.
+        # Dispatched (Delivery Notification IG): final delivery is Postfix's delivery into the hosted mailbox, which
+        # follows acceptance and may still fail; so the dispatched MDN is held until Postfix is done with the
+        # message without a bounce for the recipient (a bounce passes the milter first, and drops it).
         dispositions: tuple[Disposition, ...] = (
             ("processed", "dispatched") if wants_dispatched(headers) else ("processed",)
         )
         for recipient in decision.deliver_to:
             for disposition in dispositions:
-                self._queue_mdn(decision.delivered, recipient, target, disposition, decision.queue_id)
+                # The dispatched MDN waits for the evidence of final delivery (see _release_delivered).
+                held = decision.queue_id if disposition == "dispatched" else None
+                self._queue_mdn(decision.delivered, recipient, target, disposition, decision.queue_id, held_for=held)
 
     # --- the work ------------------------------------------------------------------------------------------------
 
@@ -305,7 +314,7 @@ class Confirmations:
         return consumed if consume else matched
 
     def _queue_mdn(self, delivered: bytes, recipient: str, target: str, disposition: Disposition,
-                   queue_id: str | None) -> None:
+                   queue_id: str | None, *, held_for: str | None = None) -> None:
         """Keep the MDN in the durable outbox now (a quick insert, no lookups: end of message stays fast); it is
         sealed and handed to Postfix ``mdn_delay`` later, and after a crash by whichever process sweeps the outbox
         next. A queued MDN is never lost. The report holds addresses and Message-IDs, never the message's content."""
@@ -315,10 +324,12 @@ class Confirmations:
                         to=target, disposition=disposition, extensions=extensions, message_id_domain=domain)
         now = time.time()
         row = self.store.outbox_add(self.instance, parse_entity(delivered).get("message-id"), recipient, recipient,
-                                    target, mdn, now=now, due=now + self.settings.mdn_delay, sealed=False)
+                                    target, mdn, now=now, due=now + self.settings.mdn_delay, sealed=False,
+                                    held_for=held_for)
         self._audit[row] = {"queue_id": queue_id, "disposition": disposition,
                             "mdn_message_id": parse_entity(mdn).get("message-id")}
-        self._later(functools.partial(self._hand_over, row=row))
+        if held_for is None:
+            self._later(functools.partial(self._hand_over, row=row))
 
     def _hand_over(self, *, row: str | None = None, message_id: str | None = None, recipient: str | None = None,
                    orphaned_before: float | None = None) -> int:
@@ -406,6 +417,7 @@ class Confirmations:
         about recipients whose confirmation is overdue (a failed DSN, delivered locally)."""
         now = time.time()
         if self.settings.reinject is not None:
+            self._release_delivered(now)
             recovered = self._hand_over(orphaned_before=now - ORPHAN_AFTER)
             if recovered:
                 log.info("outbox_recovered", sent=recovered)
@@ -415,6 +427,23 @@ class Confirmations:
                 f"no {late.waiting_for} confirmation (MDN) arrived in time; the recipient's system may not have "
                 "received the message - please check with the recipient")])
             self.store.mark_reported(late.message_id, late.recipient, now)
+
+    def _release_delivered(self, now: float) -> int:
+        """Send the held dispatched MDNs of messages Postfix is done with: gone from its queue, and no bounce for
+        their recipient came (it would have dropped them). Without a view of the queue, a held MDN goes once
+        UNSEEN_AFTER seconds passed without a bounce."""
+        held = self.store.outbox_held()
+        if not held:
+            return 0
+        if self.queue_ids is None:
+            ready = [row for row, _, created in held if created < now - UNSEEN_AFTER]
+        else:
+            queued = self.queue_ids()
+            ready = [row for row, queue_id, _ in held if queue_id not in queued]
+        for row in ready:
+            self.store.outbox_unhold(row, now)
+            self._hand_over(row=row)
+        return len(ready)
 
     def _tell_sender(self, sender: str, message_id: str | None, recipients: Sequence[DsnRecipient]) -> None:
         """A failed DSN to a hosted sender, from the domain's postmaster, delivered locally (ambiguity 7)."""

@@ -11,8 +11,10 @@ The milter socket and the tracking store are fixed for the life of the process (
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from directmilter.agent import Agent
@@ -22,7 +24,7 @@ from directmilter.errors import DirectMilterError
 from directmilter.log import get_logger
 from directmilter.metrics import Metrics
 from directmilter.milter import systemd
-from directmilter.postfix import AddressMaps
+from directmilter.postfix import AddressMaps, queued
 from directmilter.tracking.store import open_store
 
 log = get_logger("directmilter.runtime")
@@ -50,6 +52,7 @@ class Runtime:
         self.current = Generation.build(config)
         self.current.agent.start_refreshing()
         self.confirmations = Confirmations(self.current.agent, config.notify, open_store(config.notify.tracking))
+        self.confirmations.queue_ids = _queue_view(config)
         self.metrics = Metrics(lambda: (self.current.agent, self.confirmations.store))
         self._reloading = threading.Lock()
 
@@ -84,6 +87,7 @@ class Runtime:
             self._warm_up(agent)
             self.current = generation
             self.confirmations.agent = agent
+            self.confirmations.queue_ids = _queue_view(config)
             self.confirmations.settings = replace(config.notify, tracking=old.config.notify.tracking)
             grace = threading.Timer(old.config.milter.timeout + 5, old.agent.close)
             grace.daemon = True
@@ -122,6 +126,12 @@ class Runtime:
     def close(self) -> None:
         self.confirmations.stop()
         self.current.agent.close()
+
+
+def _queue_view(config: Config) -> Callable[[], set[str]] | None:
+    """How the confirmations see Postfix's queue (for dispatched MDNs); None when no Postfix is read."""
+    settings = config.postfix
+    return None if settings is None else functools.partial(queued, settings)
 
 
 def block_reload_signal() -> None:

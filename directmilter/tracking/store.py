@@ -50,7 +50,8 @@ SCHEMA = (
         sender TEXT NOT NULL,
         target TEXT NOT NULL,
         body TEXT NOT NULL,
-        sealed INTEGER NOT NULL DEFAULT 1)""",
+        sealed INTEGER NOT NULL DEFAULT 1,
+        held_for TEXT)""",
 )
 
 #: Columns added since the first release: (table, column, definition), added to older databases at open.
@@ -58,7 +59,11 @@ MIGRATIONS = (
     ("incoming_seen", "owner", "TEXT NOT NULL DEFAULT ''"),
     ("incoming_seen", "confirmed", "INTEGER NOT NULL DEFAULT 1"),
     ("outbox", "sealed", "INTEGER NOT NULL DEFAULT 1"),
+    ("outbox", "held_for", "TEXT"),
 )
+
+#: The due time of a held row (a dispatched MDN waiting for the evidence of final delivery): never, by itself.
+HELD = 1e300
 
 
 @dataclass(frozen=True)
@@ -262,16 +267,35 @@ class TrackingStore:
     # --- the outbox: secured MDNs, durable until Postfix has them ----------------------------------------------------
 
     def outbox_add(self, owner: str, message_id: str | None, recipient: str, sender: str, target: str, body: bytes,
-                   *, now: float, due: float, sealed: bool = True) -> str:
+                   *, now: float, due: float, sealed: bool = True, held_for: str | None = None) -> str:
         """Keep a report until Postfix has it: sealed (signed and encrypted) or, when ``sealed`` is False, the
-        report itself (addresses and Message-IDs, no content of the message reported on), to be sealed later."""
+        report itself (addresses and Message-IDs, no content of the message reported on), to be sealed later.
+        ``held_for``: a Postfix queue id; the row is held (never due, never an orphan) until :meth:`outbox_unhold`
+        (that message was delivered) or :meth:`outbox_drop_held` (it bounced)."""
         row = uuid.uuid4().hex
         with self._cursor() as run:
             run("INSERT INTO outbox (id, owner, created_at, due_at, message_id, recipient, sender, target, body, "
-                "sealed) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (row, owner, now, due, message_id, recipient.lower(), sender, target, body.decode("ascii"),
-                 int(sealed)))
+                "sealed, held_for) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (row, owner, now, HELD if held_for else due, message_id, recipient.lower(), sender, target,
+                 body.decode("ascii"), int(sealed), held_for))
         return row
+
+    def outbox_held(self) -> list[tuple[str, str, float]]:
+        """The held rows: (row, Postfix queue id, created_at)."""
+        with self._cursor() as run:
+            return [(r, q, float(c)) for r, q, c in
+                    run("SELECT id, held_for, created_at FROM outbox WHERE held_for IS NOT NULL").fetchall()]
+
+    def outbox_unhold(self, row: str, due: float) -> None:
+        with self._cursor() as run:
+            run("UPDATE outbox SET held_for = NULL, due_at = %s WHERE id = %s", (due, row))
+
+    def outbox_drop_held(self, message_id: str | None, recipient: str) -> int:
+        """Drop the held rows of (message, recipient): it failed, so no confirmation of final delivery may go."""
+        with self._cursor() as run:
+            cursor = run("DELETE FROM outbox WHERE message_id = %s AND recipient = %s AND held_for IS NOT NULL",
+                         (message_id, recipient.lower()))
+            return int(cursor.rowcount)
 
     def outbox_update(self, row: str, body: bytes) -> None:
         """Replace a kept report by its sealed form."""
@@ -291,13 +315,14 @@ class TrackingStore:
         ``hold`` seconds, so two senders never take the same row at once."""
         with self._cursor() as run:
             if row is not None:
-                rows = run("SELECT id, owner, due_at FROM outbox WHERE id = %s", (row,)).fetchall()
+                rows = run("SELECT id, owner, due_at FROM outbox WHERE id = %s AND held_for IS NULL",
+                           (row,)).fetchall()
             elif message_id is not None or recipient is not None:
-                rows = run("SELECT id, owner, due_at FROM outbox WHERE message_id = %s AND recipient = %s",
-                           (message_id, (recipient or "").lower())).fetchall()
+                rows = run("SELECT id, owner, due_at FROM outbox WHERE message_id = %s AND recipient = %s "
+                           "AND held_for IS NULL", (message_id, (recipient or "").lower())).fetchall()
             else:
-                rows = run("SELECT id, owner, due_at FROM outbox WHERE created_at < %s AND due_at <= %s",
-                           (orphaned_before, now)).fetchall()
+                rows = run("SELECT id, owner, due_at FROM outbox WHERE created_at < %s AND due_at <= %s "
+                           "AND held_for IS NULL", (orphaned_before, now)).fetchall()
             taken = []
             for row_id, old_owner, due_at in rows:
                 claim = run("UPDATE outbox SET owner = %s, due_at = %s WHERE id = %s AND owner = %s AND due_at = %s",
