@@ -280,7 +280,7 @@ class Confirmations:
         for recipient in decision.deliver_to:
             for disposition in dispositions:
                 # The dispatched MDN waits for the evidence of final delivery (see _release_delivered).
-                held = decision.queue_id if disposition == "dispatched" else None
+                held = self._held_key(decision.queue_id) if disposition == "dispatched" else None
                 self._queue_mdn(decision.delivered, recipient, target, disposition, decision.queue_id, held_for=held)
 
     # --- the work ------------------------------------------------------------------------------------------------
@@ -428,21 +428,28 @@ class Confirmations:
                 "received the message - please check with the recipient")])
             self.store.mark_reported(late.message_id, late.recipient, now)
 
+    def _held_key(self, queue_id: str | None) -> str | None:
+        """What a held row waits for: this host's Postfix queue id (several hosts may share one tracking store, and
+        each can only see its own queue)."""
+        return f"{self.reporting}/{queue_id}" if queue_id else None
+
     def _release_delivered(self, now: float) -> int:
         """Send the held dispatched MDNs of messages Postfix is done with: gone from its queue, and no bounce for
         their recipient came (it would have dropped them). Without a view of the queue, a held MDN goes once
         UNSEEN_AFTER seconds passed without a bounce."""
-        held = self.store.outbox_held()
+        mine = f"{self.reporting}/"
+        held = [h for h in self.store.outbox_held() if h.held_for.startswith(mine)]
         if not held:
             return 0
         if self.queue_ids is None:
-            ready = [row for row, _, created in held if created < now - UNSEEN_AFTER]
+            ready = [h for h in held if h.created_at < now - UNSEEN_AFTER]
         else:
             queued = self.queue_ids()
-            ready = [row for row, queue_id, _ in held if queue_id not in queued]
+            ready = [h for h in held if h.held_for[len(mine):] not in queued]
         for row in ready:
-            self.store.outbox_unhold(row, now)
-            self._hand_over(row=row)
+            self._flush_mdns(row.message_id, row.recipient)  # the processed MDN first (AS 3.3, Guide)
+            self.store.outbox_unhold(row.id, now)
+            self._hand_over(row=row.id)
         return len(ready)
 
     def _tell_sender(self, sender: str, message_id: str | None, recipients: Sequence[DsnRecipient]) -> None:

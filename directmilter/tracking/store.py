@@ -280,11 +280,12 @@ class TrackingStore:
                  body.decode("ascii"), int(sealed), held_for))
         return row
 
-    def outbox_held(self) -> list[tuple[str, str, float]]:
-        """The held rows: (row, Postfix queue id, created_at)."""
+    def outbox_held(self) -> list[Held]:
+        """The held rows, oldest first."""
         with self._cursor() as run:
-            return [(r, q, float(c)) for r, q, c in
-                    run("SELECT id, held_for, created_at FROM outbox WHERE held_for IS NOT NULL").fetchall()]
+            return [Held(r, q, m, rc, float(c)) for r, q, m, rc, c in
+                    run("SELECT id, held_for, message_id, recipient, created_at FROM outbox "
+                        "WHERE held_for IS NOT NULL ORDER BY created_at").fetchall()]
 
     def outbox_unhold(self, row: str, due: float) -> None:
         with self._cursor() as run:
@@ -349,6 +350,17 @@ class TrackingStore:
         with self._cursor() as run:
             run("DELETE FROM incoming_seen WHERE message_id = %s AND recipient = %s AND digest = %s",
                 (message_id, recipient.lower(), digest))
+
+
+@dataclass(frozen=True)
+class Held:
+    """An outbox row held until the message it confirms is delivered (see :meth:`TrackingStore.outbox_add`)."""
+
+    id: str
+    held_for: str
+    message_id: str | None
+    recipient: str
+    created_at: float
 
 
 @dataclass(frozen=True)
