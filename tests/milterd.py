@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from mta import free_port
+from mta import Postfix, free_port
 
 
 class Milterd:
@@ -70,3 +72,13 @@ class Milterd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def serving(postfix: Postfix, config: Path, log: Path) -> Iterator[Milterd]:
+    """directmilter (``config``) as ``postfix``'s milter on every path (smtpd and non-SMTP); the milter starts
+    first and Postfix after it, and both stop at the end."""
+    with Milterd(config, log) as milter:
+        postfix.use_milter(milter.postfix_spec)
+        with postfix:
+            yield milter

@@ -616,6 +616,13 @@ postlog   unix-dgram n - n - 1 postlogd
         _poll(lambda: True if not old & set(_children(pid)) else None, timeout,
               lambda: f"postfix {self.name}: daemons {sorted(old & set(_children(pid)))} outlived the reload")
 
+    def use_milter(self, spec: str) -> None:
+        """Have every listener and the non-SMTP paths (sendmail, pickup, Postfix's own reports) use the milter
+        ``spec``: smtpd_milters and non_smtpd_milters. Configures only; start (or reload) afterwards."""
+        self.milter = spec
+        self.extra_main_cf["non_smtpd_milters"] = spec
+        self.write_config()
+
     def set_milter(self, spec: str | None) -> None:
         """Change ``smtpd_milters`` (None: no milter) and reload if running."""
         self.milter = spec

@@ -17,7 +17,7 @@ from typing import Any
 import opensslpeer as peer
 import pytest
 from conftest import CANARY, World, envelope, plain_message
-from milterd import Milterd
+from milterd import serving
 from mta import Postfix, Sink, scratch_dir, submit, wait_until
 
 from directmilter.addresses import base_mailbox, canonical, internal_form
@@ -57,16 +57,8 @@ def hisp(world: World) -> Iterator[dict[str, Any]]:
             "notify": {"reinject": f"127.0.0.1:{b.reinject_port}", "tracking": f"sqlite:{root}/tracking.db",
                        "mdn_delay": 0.2},
         })
-        milter = Milterd(conf, root / "milter.log").start()
-        b.milter = milter.postfix_spec
-        b.extra_main_cf["non_smtpd_milters"] = milter.postfix_spec
-        b.write_config()
-        b.start()
-        try:
+        with serving(b, conf, root / "milter.log") as milter:
             yield {"b": b, "wire": wire, "milter": milter, "root": root, "dave": dave}
-        finally:
-            b.stop()
-            milter.stop()
 
 
 def sealed_by_alice(world: World, message: bytes, *recipients: str) -> bytes:
@@ -366,21 +358,14 @@ def test_local_submission_when_allowed_is_signed_and_encrypted(world: World) -> 
             **world.hisp_a_body(),
             "milter": {"internal_hosts": [], "submission_daemons": [], "postfix_config": str(a.etc),
                        "local_submission": True}})
-        milter = Milterd(conf, root / "milter.log").start()
-        try:
-            a.milter = milter.postfix_spec
-            a.extra_main_cf["non_smtpd_milters"] = milter.postfix_spec
-            a.write_config()
-            with a:
-                other = a.sendmail("al2@direct.a.test", [BOB], plain_message(sender="al2@direct.a.test"))
-                assert other.returncode != 0 and b"not authorized to use sender" in other.stderr, other
-                done = a.sendmail(ALICE, [BOB], plain_message())
-                assert done.returncode == 0, done
-                [sent] = wire.wait(1)
-                time.sleep(1)
-                assert len(wire.messages()) == 1
-        finally:
-            milter.stop()
+        with serving(a, conf, root / "milter.log"):
+            other = a.sendmail("al2@direct.a.test", [BOB], plain_message(sender="al2@direct.a.test"))
+            assert other.returncode != 0 and b"not authorized to use sender" in other.stderr, other
+            done = a.sendmail(ALICE, [BOB], plain_message())
+            assert done.returncode == 0, done
+            [sent] = wire.wait(1)
+            time.sleep(1)
+            assert len(wire.messages()) == 1
     assert sent.mail_from == ALICE and sent.rcpts == [BOB]
     assert CANARY.encode() not in sent.data
     assert CANARY.encode() in peer.verify(peer.decrypt(sent.data, world.bob), world.r1.cert_path)

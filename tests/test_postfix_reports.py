@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import CANARY, World, keypair, plain_message
-from milterd import Milterd
+from milterd import serving
 from mta import Postfix, scratch_dir, submit, wait_until
 
 from directmilter.tracking.store import open_store
@@ -45,17 +45,11 @@ def hisps(world: World) -> Iterator[dict[str, Any]]:
                        "processed_timeout": TIMEOUT, "dispatched_timeout": TIMEOUT, "sweep_interval": 0.5,
                        "mdn_delay": 0.2},
         })
-        milter = Milterd(conf, root / "milter-a.log").start()
-        a.milter = milter.postfix_spec
-        a.extra_main_cf["non_smtpd_milters"] = milter.postfix_spec
-        a.write_config()
-        a.start()
         try:
-            yield {"a": a, "b": b, "milter": milter, "root": root, "tracking": tracking}
+            with serving(a, conf, root / "milter-a.log") as milter:
+                yield {"a": a, "b": b, "milter": milter, "root": root, "tracking": tracking}
         finally:
-            a.stop()
             b.stop()
-            milter.stop()
 
 
 def states(hisps: dict[str, Any], message_id: str) -> dict[str, tuple[str, str | None]]:
