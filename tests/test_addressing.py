@@ -349,7 +349,8 @@ def test_a_removed_recipient_is_removed_in_the_spelling_the_client_used(world: W
 def test_local_submission_when_allowed_is_signed_and_encrypted(world: World) -> None:
     """``[milter] local_submission = true``: sendmail -f alice by a local account is alice's outgoing mail, secured
     like submission; Postfix's local_login_sender_maps says which account may use which sender (here: the
-    unprivileged uid 65534, "nobody", may use alice's address and no other)."""
+    unprivileged uid 65534, "nobody", may use alice's address and no other). Cleanup cannot refuse one recipient
+    of such mail, so an untrusted one (carol, under R2) is removed at end of message and alice told by a DSN."""
     with scratch_dir("directmilter-local-") as root, Sink(root / "wire") as wire:
         a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"},
                     relay={"direct.b.test": f"127.0.0.1:{wire.port}"}, local_users=True,
@@ -357,15 +358,20 @@ def test_local_submission_when_allowed_is_signed_and_encrypted(world: World) -> 
         conf = world.write_config("local-submission-a", {
             **world.hisp_a_body(),
             "milter": {"internal_hosts": [], "submission_daemons": [], "postfix_config": str(a.etc),
-                       "local_submission": True}})
+                       "local_submission": True},
+            "notify": {"reinject": f"127.0.0.1:{a.reinject_port}", "tracking": f"sqlite:{root}/tracking.db",
+                       "mdn_delay": 0.2}})
         with serving(a, conf, root / "milter.log"):
             other = a.sendmail("al2@direct.a.test", [BOB], plain_message(sender="al2@direct.a.test"))
             assert other.returncode != 0 and b"not authorized to use sender" in other.stderr, other
-            done = a.sendmail(ALICE, [BOB], plain_message())
+            done = a.sendmail(ALICE, [BOB, CAROL], plain_message(to=f"{BOB}, {CAROL}"))
             assert done.returncode == 0, done
             [sent] = wire.wait(1)
+            [dsn] = wait_until(lambda: [m for m in a.maildir(ALICE) if b"delivery-status" in m], "alice's DSN")
+            assert CAROL.encode() in dsn and b"trust anchor" in dsn
             time.sleep(1)
             assert len(wire.messages()) == 1
+            assert wait_until(lambda: a.queue() == [], "nothing left queued")
     assert sent.mail_from == ALICE and sent.rcpts == [BOB]
     assert CANARY.encode() not in sent.data
     assert CANARY.encode() in peer.verify(peer.decrypt(sent.data, world.bob), world.r1.cert_path)

@@ -209,6 +209,17 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
 
     @_guarded
     def envrcpt(self, to: str, *params: str) -> int:
+        try:
+            return self._recipient(to)
+        except DirectMilterError as exc:
+            if not self.client.local:
+                raise
+            # Postfix's cleanup cannot refuse one recipient of mail submitted on this host (it takes that for its
+            # own misconfiguration): the refusal is answered at end of message, for the whole message.
+            self.refusal = self.refusal or exc
+            return int(Milter.CONTINUE)
+
+    def _recipient(self, to: str) -> int:
         spelled = strip_path(to)
         if self.reinjected:
             self.wire_recipients.append(spelled)
@@ -217,6 +228,9 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
                                  self.getsymval("{rcpt_mailer}"), self.getsymval("{rcpt_host}"))
         this = group(self.config, recipient)
         if self.group is not None and this is not self.group:
+            if self.client.local:
+                raise PermanentFailure(f"recipient {recipient}: Direct mail for hosted and remote recipients must be "
+                                       "submitted separately")
             self.setreply("452", "4.5.3", "Direct: send this recipient in a separate transaction")
             return int(Milter.TEMPFAIL)
         if recipient in self.spellings:  # another spelling of a mailbox already named: one copy, one MDN
@@ -229,20 +243,17 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
                                          f"{', '.join(outside)} (sender_bcc_maps), where the decrypted message "
                                          "would arrive in clear")
         if self.kind is Direction.OUTGOING and this is Group.REMOTE:
-            self.agent.check_recipient(self.sender, recipient)
+            if not self.client.local:  # mail submitted on the host: untrusted recipients are removed at the end
+                self.agent.check_recipient(self.sender, recipient)
         elif this is Group.REMOTE and not self.sender:
             # Null-sender mail to a remote address is a report. Postfix's own bounces (internal_mail_filter_classes
             # = bounce, through cleanup: a local client) about mail accepted for a hosted recipient carry its
             # content: at end of message they are replaced by a secured DSN, or refused when that cannot be done.
             # Nobody else may have us sign a report (AS 3.0: never in clear, never in another user's name).
             if not self.client.postfix_report:
-                refusal = SubmissionForbidden(f"recipient {recipient}: delivery reports to remote addresses are "
-                                              "sent by this host's MTA only (its bounce service), not for clients or "
-                                              "local accounts")
-                if not self.client.local:
-                    raise refusal
-                self.refusal = refusal  # cleanup takes a refused emulated RCPT for its own misconfiguration
-
+                raise SubmissionForbidden(f"recipient {recipient}: delivery reports to remote addresses are sent by "
+                                          "this host's MTA only (its bounce service), not for clients or local "
+                                          "accounts")
             if self.confirmations is None or self.config.notify.reinject is None:
                 raise PermanentFailure(
                     f"recipient {recipient}: a delivery report to a remote address would leave unencrypted"
