@@ -179,6 +179,7 @@ def test_a_held_row_waits_for_its_evidence(url: str) -> None:
         other = store.outbox_add("me", "<m@a>", "bob@b", "bob@b", "alice@a", b"processed", now=1, due=1)
         assert [(h.id, h.held_for, h.message_id, h.recipient) for h in store.outbox_held()] == [
             (held, "ABC123", "<m@a>", "bob@b")]
+        assert store.outbox_waiting("<m@a>", "bob@b") == 1  # the processed one, not the held one
         assert [q.id for q in store.outbox_claim("me", message_id="<m@a>", recipient="bob@b", now=5)] == [other]
         assert [q.id for q in store.outbox_claim("other", orphaned_before=10**9, now=10**9)] == [other]
         assert store.outbox_claim("me", row=held, now=5) == []

@@ -446,11 +446,14 @@ class Confirmations:
         else:
             queued = self.queue_ids()
             ready = [h for h in held if h.held_for[len(mine):] not in queued]
+        released = 0
         for row in ready:
-            self._flush_mdns(row.message_id, row.recipient)  # the processed MDN first (AS 3.3, Guide)
+            if self.store.outbox_waiting(row.message_id, row.recipient):
+                continue  # the processed MDN goes first (AS 3.3, the Guide); it is queued or on its way: next sweep
             self.store.outbox_unhold(row.id, now)
             self._hand_over(row=row.id)
-        return len(ready)
+            released += 1
+        return released
 
     def _tell_sender(self, sender: str, message_id: str | None, recipients: Sequence[DsnRecipient]) -> None:
         """A failed DSN to a hosted sender, from the domain's postmaster, delivered locally (ambiguity 7)."""

@@ -287,6 +287,12 @@ class TrackingStore:
                     run("SELECT id, held_for, message_id, recipient, created_at FROM outbox "
                         "WHERE held_for IS NOT NULL ORDER BY created_at").fetchall()]
 
+    def outbox_waiting(self, message_id: str | None, recipient: str) -> int:
+        """How many rows of (message, recipient) that are not held are still in the outbox (queued or being sent)."""
+        with self._cursor() as run:
+            return int(run("SELECT COUNT(*) FROM outbox WHERE message_id = %s AND recipient = %s AND held_for IS NULL",
+                           (message_id, recipient.lower())).fetchone()[0])
+
     def outbox_unhold(self, row: str, due: float) -> None:
         with self._cursor() as run:
             run("UPDATE outbox SET held_for = NULL, due_at = %s WHERE id = %s", (due, row))
