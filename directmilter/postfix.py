@@ -126,7 +126,7 @@ def warnings(settings: PostfixSettings, hosted: Iterable[str], *, local_submissi
     hosted = {d.lower() for d in hosted}
     found: list[str] = []
     where = f"Postfix {settings.config_directory}"
-    destinations = {d.strip().lower() for d in settings.get("mydestination").replace(",", " ").split()}
+    destinations = {d.lower() for d in settings.tables("mydestination")}
     for domain in sorted(hosted & destinations):
         found.append(f"warning: {where}: hosted domain {domain} is in mydestination: local(8) applies aliases(5) "
                      "and ~/.forward after the milter; host it in virtual_mailbox_domains instead")

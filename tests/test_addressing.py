@@ -30,6 +30,9 @@ DAVE, DAN = "dave@direct.c.test", "dan@direct.b.test"
 ALIASES = ("inline:{ {fwd@direct.b.test = far@remote.test}, {list@direct.b.test = bob@direct.b.test, "
            "far@remote.test}, {b@alias.test = bob@direct.b.test} }")
 BCC = "inline:{ {carol@direct.b.test = archive@remote.test} }"
+#: Mail from this (remote) sender is copied by cleanup to a remote archive: decrypted, it would leave in clear.
+COPIED = "copied@direct.a.test"
+SENDER_BCC = f"inline:{{ {{{COPIED} = archive@remote.test}} }}"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,8 @@ def hisp(world: World) -> Iterator[dict[str, Any]]:
                              "transport_maps": f"inline:{{ {{{DAN} = smtp:[127.0.0.1]:{wire.port}}} }} "
                                                f"texthash:{root / 'b' / 'etc' / 'transport'}",
                              "virtual_alias_maps": ALIASES, "virtual_alias_domains": "alias.test",
-                             "recipient_bcc_maps": BCC, "internal_mail_filter_classes": "bounce"},
+                             "recipient_bcc_maps": BCC, "sender_bcc_maps": SENDER_BCC,
+                             "internal_mail_filter_classes": "bounce"},
                     local_users=True)
         body = world.hisp_b_body()
         # The domain trusts R1 and R2; bob trusts R1 only. dave (under R2) is trusted by bob2, never by bob.
@@ -187,6 +191,19 @@ def test_aliases_and_bcc_maps_never_carry_decrypted_mail_off_the_host(world: Wor
     assert not result.accepted and result.refused[rcpt][0] == 550, result
     assert why in result.refused[rcpt][1] and "5.7.1" in result.refused[rcpt][1]
     nothing_in_clear(hisp)
+
+
+@pytest.mark.conformance("AS-2.4-6")
+def test_a_sender_bcc_map_copying_decrypted_mail_off_the_host_is_refused(world: World,
+                                                                         hisp: dict[str, Any]) -> None:
+    """sender_bcc_maps copies mail from copied@direct.a.test to a remote archive after the milter: a Direct message
+    from that sender to bob is refused at RCPT (the archive would get bob's decrypted copy); nothing on the wire."""
+    hisp["wire"].clear()
+    result = submit(hisp["b"].smtp_port, COPIED, [BOB], plain_message(sender=COPIED), source="127.0.0.2")
+    assert not result.accepted and result.refused[BOB][0] == 550, result
+    assert "archive@remote.test (sender_bcc_maps)" in result.refused[BOB][1]
+    nothing_in_clear(hisp)
+    assert hisp["wire"].messages() == []
 
 
 def test_local_submission_cannot_sign_as_a_hosted_user(hisp: dict[str, Any]) -> None:

@@ -190,3 +190,51 @@ def test_a_held_row_waits_for_its_evidence(url: str) -> None:
         assert store.outbox_claim("me", row=again, now=8) == []
     finally:
         store.close()
+
+
+def test_held_dispatched_mdns_go_when_postfix_is_done_and_never_before(tmp_path: Path) -> None:
+    """The sweeper's release of held dispatched MDNs: one whose message is still in Postfix's queue waits; one
+    whose message left goes, but only once its processed MDN has; another host's row is left to that host;
+    without a view of the queue (or a queue id) only time lets one go; a failing postqueue holds them and the
+    rest of the sweep goes on."""
+    from directmilter.config import NotifySettings
+    from directmilter.delivery import service
+
+    store = open_store(f"sqlite:{tmp_path}/t.db")
+    settings = NotifySettings(reinject=("127.0.0.1", 9), tracking="", reporting_mta="mx.b.test",
+                              processed_timeout=10**9, dispatched_timeout=10**9)
+    confirmations = service.Confirmations(None, settings, store)  # type: ignore[arg-type]
+    sent: list[dict[str, object]] = []
+    confirmations._hand_over = lambda **kwargs: sent.append(kwargs) or 0  # type: ignore[method-assign]
+
+    def held(message_id: str, queue_id: str, *, host: str = "mx.b.test", created: float = 1000.0) -> str:
+        return store.outbox_add("x", message_id, "bob@b", "bob@b", "alice@a", b"MDN", now=created, due=0,
+                                held_for=f"{host}/{queue_id}")
+
+    still = held("<q@a>", "QUEUED1")
+    gone = held("<g@a>", "GONE1")
+    waiting = held("<w@a>", "GONE2")
+    store.outbox_add("x", "<w@a>", "bob@b", "bob@b", "alice@a", b"processed", now=1000, due=0)
+    other_host = held("<o@a>", "GONE3", host="mx2.b.test")
+    unknown = held("<u@a>", service.UNKNOWN_QUEUE_ID)
+    confirmations.queue_ids = lambda: {"QUEUED1"}
+    try:
+        assert confirmations._release_delivered(now=1001) == 1
+        assert sent == [{"row": gone}]
+        left = {h.id for h in store.outbox_held()}
+        assert left == {still, waiting, other_host, unknown}
+        assert confirmations._release_delivered(now=1000 + service.UNSEEN_AFTER + 1) == 1  # the unknown one, by time
+        confirmations.queue_ids = None
+        assert confirmations._release_delivered(now=1001) == 0  # no view, too early: nothing goes
+        assert confirmations._release_delivered(now=1000 + service.UNSEEN_AFTER + 1) == 1  # "still", by time now
+
+        def broken() -> set[str]:
+            raise TemporaryFailure("postqueue -j failed")
+
+        confirmations.queue_ids = broken
+        sent.clear()
+        confirmations.sweep_once()
+        assert [call for call in sent if "orphaned_before" in call]  # the sweep went on to the orphans
+        assert {h.id for h in store.outbox_held()} == {waiting, other_host}
+    finally:
+        store.close()

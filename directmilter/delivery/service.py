@@ -49,7 +49,7 @@ from directmilter.notify import (
     wants_dispatched,
 )
 from directmilter.replies import reply_for
-from directmilter.tracking.store import TrackingStore
+from directmilter.tracking.store import Held, TrackingStore
 
 log = get_logger("directmilter.delivery")
 
@@ -57,6 +57,8 @@ log = get_logger("directmilter.delivery")
 ORPHAN_AFTER = 30.0
 #: Without a view of Postfix's queue, a held dispatched MDN goes when no bounce came for this long (seconds).
 UNSEEN_AFTER = 120.0
+#: The queue id a held dispatched MDN waits for when the MTA gave none (it can never be seen in the queue).
+UNKNOWN_QUEUE_ID = "?"
 
 _KINDS = {"processed": "processed", "dispatched": "dispatched", "failed": "failed", "delivered": "dispatched"}
 
@@ -417,7 +419,10 @@ class Confirmations:
         about recipients whose confirmation is overdue (a failed DSN, delivered locally)."""
         now = time.time()
         if self.settings.reinject is not None:
-            self._release_delivered(now)
+            try:
+                self._release_delivered(now)
+            except DirectMilterError as exc:  # the held MDNs wait for the next sweep; the rest of it goes on
+                log.warning("dispatched_not_released", reason=exc.reason)
             recovered = self._hand_over(orphaned_before=now - ORPHAN_AFTER)
             if recovered:
                 log.info("outbox_recovered", sent=recovered)
@@ -428,24 +433,32 @@ class Confirmations:
                 "received the message - please check with the recipient")])
             self.store.mark_reported(late.message_id, late.recipient, now)
 
-    def _held_key(self, queue_id: str | None) -> str | None:
-        """What a held row waits for: this host's Postfix queue id (several hosts may share one tracking store, and
-        each can only see its own queue)."""
-        return f"{self.reporting}/{queue_id}" if queue_id else None
+    @property
+    def _held_prefix(self) -> str:
+        """Held rows wait for this host's Postfix queue ids (hosts sharing a tracking store each see their own)."""
+        return f"{self.reporting}/"
+
+    def _held_key(self, queue_id: str | None) -> str:
+        """What a held row waits for; UNKNOWN_QUEUE_ID when the MTA gave no queue id (then only time tells)."""
+        return self._held_prefix + (queue_id or UNKNOWN_QUEUE_ID)
 
     def _release_delivered(self, now: float) -> int:
         """Send the held dispatched MDNs of messages Postfix is done with: gone from its queue, and no bounce for
         their recipient came (it would have dropped them). Without a view of the queue, a held MDN goes once
-        UNSEEN_AFTER seconds passed without a bounce."""
-        mine = f"{self.reporting}/"
+        UNSEEN_AFTER seconds passed without a bounce (so does one whose queue id the MTA did not give)."""
+        mine = self._held_prefix
         held = [h for h in self.store.outbox_held() if h.held_for.startswith(mine)]
         if not held:
             return 0
-        if self.queue_ids is None:
-            ready = [h for h in held if h.created_at < now - UNSEEN_AFTER]
-        else:
-            queued = self.queue_ids()
-            ready = [h for h in held if h.held_for[len(mine):] not in queued]
+        queued = self.queue_ids() if self.queue_ids is not None else None
+
+        def done(row: Held) -> bool:
+            queue_id = row.held_for[len(mine):]
+            if queued is None or queue_id == UNKNOWN_QUEUE_ID:
+                return row.created_at < now - UNSEEN_AFTER
+            return queue_id not in queued
+
+        ready = [h for h in held if done(h)]
         released = 0
         for row in ready:
             if self.store.outbox_waiting(row.message_id, row.recipient):
