@@ -75,23 +75,36 @@ class PostfixSettings:
         return self.get("recipient_delimiter")
 
 
+class _CannotRun(Exception):
+    """A Postfix command could not be started or did not finish in time."""
+
+
+def _run(program: str, config_directory: Path, *args: str,
+         stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """One Postfix command (postconf, postmap, postqueue) against the configuration in ``config_directory``."""
+    command = [shutil.which(program) or f"/usr/sbin/{program}", "-c", str(config_directory), *args]
+    try:
+        if stdin is None:
+            return subprocess.run(command, capture_output=True, text=True, timeout=_TIMEOUT, stdin=subprocess.DEVNULL)
+        return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise _CannotRun(f"cannot run {program} ({type(exc).__name__})") from exc
+
+
 def read_settings(config_directory: Path) -> PostfixSettings:
     """``postconf -c DIR -x -h`` for :data:`PARAMETERS`; a ConfigError naming the directory when Postfix cannot."""
-    postconf = shutil.which("postconf") or "/usr/sbin/postconf"
     try:
-        done = subprocess.run([postconf, "-c", str(config_directory), "-x", "-h", *PARAMETERS],
-                              capture_output=True, text=True, timeout=_TIMEOUT, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ConfigError(f"[milter] postfix_config {config_directory}: cannot run postconf ({exc})") from exc
+        done = _run("postconf", config_directory, "-x", "-h", *PARAMETERS)
+    except _CannotRun as exc:
+        raise ConfigError(f"[milter] postfix_config {config_directory}: {exc}") from exc
     lines = done.stdout.split("\n")
     if done.returncode != 0 or len(lines) < len(PARAMETERS):
         error = next((line for line in done.stderr.splitlines() if "fatal" in line), done.stderr.strip())
         raise ConfigError(f"[milter] postfix_config {config_directory}: postconf failed ({error})")
     values = dict(zip(PARAMETERS, (line.strip() for line in lines), strict=False))
     try:
-        services = subprocess.run([postconf, "-c", str(config_directory), "-P"], capture_output=True, text=True,
-                                  timeout=_TIMEOUT, stdin=subprocess.DEVNULL).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        services = _run("postconf", config_directory, "-P").stdout  # master.cf overrides: for check-config only
+    except _CannotRun:
         services = ""
     overrides = {}
     for line in services.splitlines():
@@ -104,12 +117,10 @@ def read_settings(config_directory: Path) -> PostfixSettings:
 def queued(settings: PostfixSettings) -> set[str]:
     """The queue ids of every message still in Postfix's queue (``postqueue -j``): one that is gone was delivered
     or bounced, and a bounce passes the milter before qmgr removes the queue file."""
-    postqueue = shutil.which("postqueue") or "/usr/sbin/postqueue"
     try:
-        done = subprocess.run([postqueue, "-c", str(settings.config_directory), "-j"], capture_output=True,
-                              text=True, timeout=_TIMEOUT, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TemporaryFailure(f"postqueue -j: cannot run ({type(exc).__name__})") from exc
+        done = _run("postqueue", settings.config_directory, "-j")
+    except _CannotRun as exc:
+        raise TemporaryFailure(f"postqueue -j: {exc}") from exc
     if done.returncode != 0:
         raise TemporaryFailure(f"postqueue -j failed: {done.stderr.strip()[:200]}")
     ids: set[str] = set()
@@ -178,13 +189,10 @@ class PostmapError(TemporaryFailure):
 
 def _lookup(config_directory: Path, table: str, keys: Sequence[str]) -> dict[str, str]:
     """``postmap -q -``: the keys found in one table, with their values (one process for all keys)."""
-    postmap = shutil.which("postmap") or "/usr/sbin/postmap"
     try:
-        done = subprocess.run([postmap, "-c", str(config_directory), "-q", "-", table],
-                              input="".join(f"{key}\n" for key in keys), capture_output=True, text=True,
-                              timeout=_TIMEOUT)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise PostmapError(f"Postfix table {table}: cannot be read ({type(exc).__name__})") from exc
+        done = _run("postmap", config_directory, "-q", "-", table, stdin="".join(f"{key}\n" for key in keys))
+    except _CannotRun as exc:
+        raise PostmapError(f"Postfix table {table}: cannot be read ({exc})") from exc
     problem = next((line for line in done.stderr.splitlines() if "fatal" in line or "error" in line), None)
     if problem is not None or done.returncode not in (0, 1):
         raise PostmapError(f"Postfix table {table}: cannot be read ({problem or f'postmap exit {done.returncode}'})")

@@ -440,3 +440,22 @@ def test_a_remote_address_keeps_its_extension(world: World) -> None:
     config = world.hisp_b(milter={"recipient_delimiter": "+"})
     assert config.mailbox("alice+x@direct.a.test") == "alice+x@direct.a.test"
     assert config.mailbox("bob+x@direct.b.test") == BOB
+
+
+def test_a_table_postfix_cannot_read_defers_never_passes(world: World, tmp_path) -> None:
+    """virtual_alias_maps naming a table that cannot be read: what Postfix will do with the address is unknown, so
+    the recipient is deferred (a temporary failure, 451), never taken as not aliased."""
+    from directmilter.config import load_config
+    from directmilter.errors import TemporaryFailure
+    from directmilter.milter.direction import delivered_to
+    from directmilter.postfix import AddressMaps
+    from directmilter.replies import reply_for
+
+    etc = tmp_path / "postfix"
+    etc.mkdir()
+    (etc / "main.cf").write_text(f"virtual_alias_maps = texthash:{tmp_path}/no-such-table\n")
+    config = load_config(world.write_config("postfix-unreadable", {**world.hisp_b_body(),
+                                                                   "milter": {"postfix_config": str(etc)}}))
+    with pytest.raises(TemporaryFailure, match="cannot be read") as refused:
+        delivered_to(config, AddressMaps(config.postfix), BOB, "virtual")  # type: ignore[arg-type]
+    assert reply_for(refused.value).code == "451"
