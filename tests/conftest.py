@@ -101,6 +101,21 @@ class World:
                                        str(self.carol.cert_path)]},
         }
 
+    def hisp_a_on_postfix(self, name: str, postfix: Any, tracking: str, timeout: float,
+                          certificates: Iterable[Issued] = ()) -> Path:
+        """HISP A's configuration as the milter of ``postfix`` (a tests.mta.Postfix) that reads its queue and
+        tables, with tracking timeouts of ``timeout`` seconds and the remote ``certificates`` added."""
+        body = self.hisp_a_body()
+        body["certificates"]["files"] += [str(c.cert_path) for c in certificates]
+        return self.write_config(name, {
+            **body,
+            "milter": {"internal_hosts": [], "submission_daemons": ["ORIGINATING"],
+                       "postfix_config": str(postfix.etc)},
+            "notify": {"reinject": f"127.0.0.1:{postfix.reinject_port}", "tracking": tracking,
+                       "processed_timeout": timeout, "dispatched_timeout": timeout, "sweep_interval": 0.5,
+                       "mdn_delay": 0.2},
+        })
+
     def hisp_b(self, **overrides: Any) -> Config:
         return load_config(self.write_config("hisp-b", {**self.hisp_b_body(), **overrides}))
 

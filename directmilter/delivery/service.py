@@ -427,11 +427,11 @@ class Confirmations:
             if recovered:
                 log.info("outbox_recovered", sent=recovered)
         for late in self.store.overdue(now, self.settings.processed_timeout, self.settings.dispatched_timeout):
-            self._tell_sender(late.sender, late.message_id, [DsnRecipient(
-                late.recipient, "failed", "4.4.7",
-                f"no {late.waiting_for} confirmation (MDN) arrived in time; the recipient's system may not have "
-                "received the message - please check with the recipient")])
-            self.store.mark_reported(late.message_id, late.recipient, now)
+            cause = (f"no {late.waiting_for} confirmation (MDN) arrived in time; the recipient's system may not "
+                     "have received the message - please check with the recipient")
+            self._tell_sender(late.sender, late.message_id, [DsnRecipient(late.recipient, "failed", "4.4.7", cause)])
+            # What the sender was told is what tracking says from now on: a late MDN does not turn it around.
+            self.store.mark_reported(late.message_id, late.recipient, now, failure=f"4.4.7 {cause}")
 
     @property
     def _held_prefix(self) -> str:

@@ -211,15 +211,17 @@ class TrackingStore:
         with self._cursor() as run:
             return int(run(f"SELECT COUNT(*) {self._AWAITING}").fetchone()[0])
 
-    def mark_reported(self, message_id: str, recipient: str, now: float) -> None:
+    def mark_reported(self, message_id: str, recipient: str, now: float, *, failure: str) -> None:
+        """The sender was told this recipient failed (a timeout): the recipient's state is "failed" from now on,
+        with ``failure`` as the cause, whatever confirmation arrives later."""
         with self._cursor() as run:
-            run("UPDATE outgoing SET reported_at = %s WHERE message_id = %s AND recipient = %s",
-                (now, message_id, recipient.lower()))
+            run("UPDATE outgoing SET reported_at = %s, failure = COALESCE(failure, %s) "
+                "WHERE message_id = %s AND recipient = %s", (now, failure, message_id, recipient.lower()))
 
     def states(self, message_id: str) -> list[RecipientState]:
         with self._cursor() as run:
-            rows = run("SELECT recipient, processed_at, dispatched_at, failed_at, failure FROM outgoing "
-                       "WHERE message_id = %s ORDER BY recipient", (message_id,)).fetchall()
+            rows = run("SELECT recipient, processed_at, dispatched_at, COALESCE(failed_at, reported_at), failure "
+                       "FROM outgoing WHERE message_id = %s ORDER BY recipient", (message_id,)).fetchall()
         return [RecipientState(r, _state(p, d, f), failure) for r, p, d, f, failure in rows]
 
     # --- incoming ------------------------------------------------------------------------------------------------
