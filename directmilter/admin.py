@@ -34,7 +34,7 @@ from directmilter.errors import ConfigError
 from directmilter.keys.load import BUNDLE_URL_SUFFIX, load_certificates, load_identities
 from directmilter.tracking.store import open_store
 from directmilter.trust.binding import bound_to, bound_to_domain, describe_certificate
-from directmilter.trust.bundles import is_bundle_url
+from directmilter.trust.bundles import is_bundle_url, url_problem
 
 Which = Literal["incoming", "outgoing", "both"]
 _ANCHOR_KEYS = {"incoming": "incoming_anchors", "outgoing": "outgoing_anchors"}
@@ -87,6 +87,8 @@ def _anchor_folders(config: Config, owner: str, which: Which) -> list[Path]:
 
 def _write(folder: Path, name: str, data: bytes, mode: int) -> Path:
     """Write ``folder/name`` whole or not at all, with ``mode`` and the folder's owner (the service user)."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"{name!r}: not a file name to write in {folder}")
     info = folder.stat()
     descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".import-")
     try:
@@ -132,7 +134,7 @@ def import_pkcs12(config: Config, owner: str, source: Path, password_file: Path 
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             raise ConfigError(f"{source}: the certificate ({describe_certificate(cert)}) is not valid now "
                               f"({cert.not_valid_before_utc:%Y-%m-%d} to {cert.not_valid_after_utc:%Y-%m-%d})")
-    stem = f"{name}-{fingerprint(identities[0].certificate)[:16]}.p12"
+    stem = f"{name.replace('/', '%2F')}-{fingerprint(identities[0].certificate)[:16]}.p12"  # "/" is atext
     if password_file is not None:
         _write(folder, stem + ".pass", password_file.read_bytes(), 0o600)
     target = _write(folder, stem, source.read_bytes(), 0o600)
@@ -187,8 +189,9 @@ def remove_anchor(config: Config, owner: str, prefix: str, which: Which = "both"
 
 
 def add_bundle(config: Config, owner: str, url: str, which: Which = "both") -> list[str]:
-    if not is_bundle_url(url):
-        raise ConfigError(f"{url!r}: a trust bundle URL starts with http:// or https://")
+    problem = url_problem(url)
+    if problem is not None:
+        raise ConfigError(f"{url!r}: {problem}")
     name = hashlib.sha256(url.strip().encode()).hexdigest()[:16] + BUNDLE_URL_SUFFIX
     data = url.strip().encode() + b"\n"
     folders = _anchor_folders(config, owner, which)

@@ -45,7 +45,7 @@ from directmilter.policy import Actions, check_action
 from directmilter.postfix import PostfixSettings, read_settings
 from directmilter.postfix import describe as describe_postfix
 from directmilter.postfix import warnings as postfix_warnings
-from directmilter.trust.bundles import is_bundle_url
+from directmilter.trust.bundles import is_bundle_url, url_problem
 from directmilter.trust.certificate_policy import DIRECTIONS as POLICY_DIRECTIONS
 from directmilter.trust.certificate_policy import CertificatePolicy
 
@@ -142,6 +142,9 @@ _DISCOVERY_KEYS = ("dns", "ldap", "dns_servers", "timeout", "ldap_cache_ttl", "n
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DOMAIN = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})+$")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+#: A hosted address's local part (RFC 5322 3.2.3 dot-atom): names key files too, so never ``..`` or a leading dot.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_DOT_ATOM = re.compile(rf"^{_ATEXT}(?:\.{_ATEXT})*$")
 
 
 # --- the model -----------------------------------------------------------------------------------------------
@@ -570,8 +573,9 @@ class _Loader:
                 continue
             for entry in sorted(folder.glob(f"*{BUNDLE_URL_SUFFIX}")):
                 url = entry.read_text(errors="replace").strip()
-                if not is_bundle_url(url):
-                    raise self.err(f"{key}[{index}]", f"{entry}: not an http:// or https:// URL: {url[:80]!r}")
+                problem = url_problem(url)
+                if problem is not None:
+                    raise self.err(f"{key}[{index}]", f"{entry}: {problem}: {url[:80]!r}")
                 urls.append(url)
         return urls
 
@@ -591,6 +595,9 @@ class _Loader:
             files = None if entries is None else [e for e in entries if not is_bundle_url(e)]
             anchors[name_] = None if files is None else self.certificate_files(files, f"{key}.{name_}")
             urls = [e.strip() for e in entries or () if is_bundle_url(e)]
+            for url in urls:
+                if (problem := url_problem(url)) is not None:
+                    raise self.err(f"{key}.{name_}", f"{problem}: {url[:80]!r}")
             urls += self.folder_bundle_urls(files or [], f"{key}.{name_}")
             bundles[name_] = tuple(dict.fromkeys(urls))
         both = anchors["anchors"]
@@ -631,8 +638,9 @@ class _Loader:
             key = f"[addresses.{_quote(raw_name)}]"
             name = normalize_address(raw_name)
             local, at, domain = name.rpartition("@")
-            if not at or not local or any(c.isspace() for c in name):
-                raise self.err(key, "not an e-mail address (local-part@domain)")
+            if not at or not _DOT_ATOM.match(local):
+                raise self.err(key, "not an e-mail address (local-part@domain, the local part a dot-atom: "
+                                    "RFC 5322 3.2.3 characters, no leading, trailing or doubled dots)")
             if domain not in domains:
                 raise self.err(
                     key, f"the domain {domain} is not a hosted domain (add a [domains.{_quote(domain)}] table)"

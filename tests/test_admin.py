@@ -82,6 +82,11 @@ def test_bundle_urls_are_kept_in_the_anchor_folder(managed: dict[str, Any]) -> N
     assert load_config(managed["conf"]).bundles_for(ALICE, "incoming") == ()
     bad = cli("bundles", "add", "-c", managed["conf"], "direct.a.test", "ftp://x.test/b.p7b")
     assert bad.returncode == 78 and "http:// or https://" in bad.stderr
+    folder_before = sorted(p.name for p in Path(managed["conf"]).parent.rglob("*.url"))
+    for url in ("https://x.test/a.p7b\nhttps://evil.test/b.p7b", "https://x.test/a b.p7b"):  # issue 19
+        bad = cli("bundles", "add", "-c", managed["conf"], "direct.a.test", url)
+        assert bad.returncode == 78 and "no spaces or control characters" in bad.stderr, bad.stderr
+    assert sorted(p.name for p in Path(managed["conf"]).parent.rglob("*.url")) == folder_before  # nothing stored
 
 
 def test_tracked_lists_recipients_awaiting_mdns(managed: dict[str, Any]) -> None:

@@ -46,6 +46,26 @@ def test_malformed_encodings_are_specific_errors(der: str, message: str) -> None
         ber.children(data, ber.element(data, 0, len(data)), data[0], "test")
 
 
+def test_pieces_are_bounded() -> None:
+    """One-byte segments cost a worker seconds per MiB (bench/parsers.py): a constructed OCTET STRING of more than
+    MAX_PIECES segments, or an indefinite length holding more elements, is refused; exactly that many is read.
+    Nested segments come out in order."""
+    def segmented(count: int) -> bytes:
+        return b"\x24\x80" + b"\x04\x01x" * count + b"\x00\x00"
+
+    enough = segmented(ber.MAX_PIECES)
+    assert ber.octet_string(enough, ber.element(enough, 0, len(enough)), "o") == b"x" * ber.MAX_PIECES
+    too_many = segmented(ber.MAX_PIECES + 1)
+    with pytest.raises(ber.BERError, match=f"holds more than {ber.MAX_PIECES} elements"):
+        ber.element(too_many, 0, len(too_many))
+    definite = bytes.fromhex("2483") + (3 * (ber.MAX_PIECES + 1)).to_bytes(3, "big") + b"\x04\x01x" * (
+        ber.MAX_PIECES + 1)
+    with pytest.raises(ber.BERError, match=f"cut into more than {ber.MAX_PIECES} segments"):
+        ber.octet_string(definite, ber.element(definite, 0, len(definite)), "o")
+    nested = bytes.fromhex("2480" "0401" "61" "2480" "0401" "62" "2480" "0401" "63" "0000" "0000" "0401" "64" "0000")
+    assert ber.octet_string(nested, ber.element(nested, 0, len(nested)), "o") == b"abcd"
+
+
 def test_wrong_identifiers_are_named() -> None:
     data = bytes.fromhex("3103" "020105")
     with pytest.raises(ber.BERError, match="SignedData: expected identifier 0x30, found 0x31"):
@@ -128,3 +148,32 @@ def test_damaged_signatures_are_clean_rejections(signature: bytes, data: st.Data
         return
     for result in report.results:
         assert result.error is None or isinstance(result.error, CMSError)
+
+
+def test_signature_work_is_bounded_before_it_starts(world: World, signature: bytes,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19: every SignerInfo cost a digest of the content, and every carried certificate was loaded before
+    [limits] max_certificates was looked at. More SignerInfos than MAX_SIGNERS, or more certificates than the
+    limit, are refused before any is read; signers with the same digest algorithm share one digest."""
+    from directmilter.cms import signed as signed_module
+
+    info = asn1_cms.ContentInfo.load(signature)
+    one = info["content"]["signer_infos"][0]
+    hashed: list[str] = []
+    real_hash = signed_module._hash
+    monkeypatch.setattr(signed_module, "_hash", lambda d, c: hashed.append(d) or real_hash(d, c))
+
+    info["content"]["signer_infos"] = [one] * signed_module.MAX_SIGNERS
+    report = verify_detached(CONTENT, info.dump(force=True))
+    assert [r.error for r in report.results] == [None] * signed_module.MAX_SIGNERS and hashed == ["sha256"]
+
+    info["content"]["signer_infos"] = [one] * (signed_module.MAX_SIGNERS + 1)
+    with pytest.raises(CMSError, match=f"{signed_module.MAX_SIGNERS + 1} SignerInfos, more than the limit of"):
+        verify_detached(CONTENT, info.dump(force=True))
+
+    info["content"]["signer_infos"] = [one]
+    carried = list(info["content"]["certificates"])
+    info["content"]["certificates"] = carried * 3
+    with pytest.raises(CMSError, match=f"carries {len(carried) * 3} certificates, more than the limit of 2"):
+        verify_detached(CONTENT, info.dump(force=True), max_certificates=2)
+    assert verify_detached(CONTENT, info.dump(force=True), max_certificates=len(carried) * 3).valid

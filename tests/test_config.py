@@ -406,6 +406,11 @@ def test_unknown_keys(tmp_path: Path, text: str, fragments: tuple[str, ...]) -> 
         ('[domains."localhost"]\n', ('[domains.localhost]', "fully qualified")),
         ('[domains."bad_domain.test"]\n', ('[domains."bad_domain.test"]', "fully qualified")),
         (f'[domains."{A}"]\n[addresses."alice"]\n', ("[addresses.alice]", "not an e-mail address")),
+        # issue 19: the local part names key files (keys import): no path in it
+        (f'[domains."{A}"]\n[addresses."../../x@{A}"]\n', ('[addresses."../../x@', "dot-atom")),
+        (f'[domains."{A}"]\n[addresses.".x@{A}"]\n', ('[addresses.".x@', "no leading, trailing or doubled")),
+        (f'[domains."{A}"]\nanchors = ["https://b.test/x\\ny.p7b"]\n', (f'[domains."{A}"].anchors', "control")),
+        (f'[domains."{A}"]\nanchors = ["https:///nohost.p7b"]\n', (f'[domains."{A}"].anchors', "names a host")),
     ],
 )
 def test_wrong_types_and_shapes(tmp_path: Path, text: str, fragments: tuple[str, ...]) -> None:

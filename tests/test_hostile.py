@@ -85,6 +85,41 @@ def test_giant_header_blocks_are_refused(agents: tuple[Agent, Agent]) -> None:
     refused_or_fine(lambda: agents[0].outgoing(envelope(one_huge, ALICE, BOB)))
 
 
+def test_hostile_fields_read_before_the_signature_cost_little(world: World, agents: tuple[Agent, Agent]) -> None:
+    """Issue 19: the decrypted multipart/signed carries a Content-Type with 400 KB of ``;`` in quotes (the standard
+    library's parameter splitter takes the square of that: minutes of a crypto worker), and the outer From holds
+    50,000 nested comments (its address reader overflowed the stack, which reached the sender as a 451). Neither
+    is covered by the signature: the message is opened and delivered, with no error and no deferral."""
+    signed = peer.sign(b"Content-Type: text/plain\r\n\r\nstill readable\r\n", world.alice)
+    junk = b'x-junk="' + b";" * 400_000 + b'"; '
+    signed = signed.replace(b"Content-Type: multipart/signed; ", b"Content-Type: multipart/signed; " + junk, 1)
+    assert junk in signed
+    wire = (b"From: " + b"(" * 50_000 + b"x" + b")" * 50_000 + b" alice@direct.a.test\r\nTo: bob@direct.b.test\r\n"
+            + peer.encrypt(signed, [world.bob.cert_path]))
+    received = agents[1].incoming(envelope(wire, ALICE, BOB))
+    assert received.recipients == (BOB,) and b"still readable" in bytes(received.message)
+
+
+def test_recipient_infos_naming_our_key_cost_a_bounded_number_of_decryptions(
+        world: World, agents: tuple[Agent, Agent], secured: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19: 2,000 RecipientInfos that all name bob's certificate, each with a wrong key: every one cost an RSA
+    decryption. At most MAX_KEY_ATTEMPTS are tried; the message is refused (5.x), saying why."""
+    from directmilter.cms import enveloped as enveloped_module
+
+    attempts: list[int] = []
+    real_unwrap = enveloped_module._unwrap_key
+    monkeypatch.setattr(enveloped_module, "_unwrap_key", lambda *a: attempts.append(1) or real_unwrap(*a))
+    info = asn1_cms.ContentInfo.load(der_of(secured))
+    genuine = info["content"]["recipient_infos"][0]
+    forged = asn1_cms.RecipientInfo.load(genuine.dump())
+    forged.chosen["encrypted_key"] = asn1_cms.OctetString(bytes(len(genuine.chosen["encrypted_key"].native)))
+    info["content"]["recipient_infos"] = [forged] * 2000
+    error = refused_quickly(lambda: agents[1].incoming(envelope(SMIME_HEAD + fold_base64(info.dump(force=True)),
+                                                                 ALICE, BOB)))
+    assert len(attempts) == enveloped_module.MAX_KEY_ATTEMPTS, len(attempts)
+    assert "1996 more recipient infos naming the same keys not tried" in error.reason, error.reason
+
+
 def refused_or_fine(action: Callable[[], object]) -> None:
     """Either processed or refused with one of our errors, in bounded time; never another exception."""
     started = time.monotonic()

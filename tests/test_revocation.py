@@ -52,6 +52,7 @@ def rv(world: World) -> Iterator[dict[str, Any]]:
             "ocspcached": leaf("ocspcached", with_ocsp=True),
             "crlbig": leaf("crlbig", crl="/big.crl"),
             "crlunsized": leaf("crlunsized", crl="/unsized.crl"),
+            "crlpoisoned": leaf("crlpoisoned", crl="/poisoned.crl"),
         }
         ocsp.revoke(leaves["ocsprevoked"])
         http.set("/I.crl", make_crl(inter, [(leaves["crlrevoked"].cert,
@@ -101,6 +102,34 @@ def test_crl_is_fetched_once_and_kept_until_next_update(world: World, rv: dict[s
         finally:
             rv["http"].status("/I.crl", None)
         assert result.recipients == ("crlgood3@direct.b.test",)
+    finally:
+        agent.close()
+
+
+def test_a_forged_crl_is_never_kept(world: World, rv: dict[str, Any]) -> None:
+    """Issue 19: CRLs were cached by URL before they were validated. A forged CRL (the issuer's name, another
+    key, nextUpdate a month away) on the plain HTTP fetch defers the message under hard-fail, as it should; once
+    the genuine CRL is back the next message is decided on it, not on the forgery kept for a month."""
+    from dataclasses import replace
+
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rcpt = "crlpoisoned@direct.b.test"
+    impostor = replace(rv["inter"], key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    month = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+    rv["http"].set("/poisoned.crl", make_crl(impostor, [], next_update=month), "application/pkix-crl")
+    agent = agent_for(world, rv, "rv-poisoned", revocation="hard-fail")
+    try:
+        with pytest.raises(RevocationUnavailable):
+            agent.outgoing(envelope(plain_message(to=rcpt), ALICE, rcpt))
+        rv["http"].set("/poisoned.crl", make_crl(rv["inter"], []), "application/pkix-crl")
+        agent.context.validator.clear_cache()  # a real validation, not the result cache
+        before = rv["http"].count("/poisoned.crl")
+        assert agent.outgoing(envelope(plain_message(to=rcpt), ALICE, rcpt)).recipients == (rcpt,)
+        assert rv["http"].count("/poisoned.crl") == before + 1  # fetched again: the forgery was not kept
+        agent.context.validator.clear_cache()
+        assert agent.outgoing(envelope(plain_message(to=rcpt), ALICE, rcpt)).recipients == (rcpt,)
+        assert rv["http"].count("/poisoned.crl") == before + 1  # the genuine one, validated, is kept
     finally:
         agent.close()
 

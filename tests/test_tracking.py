@@ -240,3 +240,22 @@ def test_held_dispatched_mdns_go_when_postfix_is_done_and_never_before(tmp_path:
         assert {h.id for h in store.outbox_held()} == {waiting, other_host}
     finally:
         store.close()
+
+
+def test_the_sqlite_database_is_private(tmp_path: Path) -> None:
+    """Issue 19: outside systemd the umask is usually 022, and the database (who wrote to whom) came out 0644."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        store = open_store(f"sqlite:{tmp_path}/t.db")
+        store.record_outgoing("<m@a>", "alice@a", ["bob@b"], wants_dispatched=False, now=1)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        store.close()
+        assert modes["t.db"] == 0o600 and modes.get("t.db-wal", 0o600) == 0o600, modes
+        (tmp_path / "old.db").touch(mode=0o644)
+        open_store(f"sqlite:{tmp_path}/old.db").close()
+        assert stat.S_IMODE((tmp_path / "old.db").stat().st_mode) == 0o640  # others lose read, the group keeps it
+    finally:
+        os.umask(old)

@@ -159,12 +159,9 @@ def _parse_secured(message: Message, ciphers: frozenset[str]) -> cms.Secured:
 def _verify(secured: cms.Secured, plaintext: bytearray, accept_digests: frozenset[str],
             contents: list[OpenedContent], limit: int, emit: Emit) -> int | DirectMilterError:
     try:
-        entity, report = cms.read_signed(plaintext, accept_digests)
+        entity, report = cms.read_signed(plaintext, accept_digests, limit)
     except CMSError as exc:
         return exc
-    if len(report.certificates) > limit:
-        return CMSError(f"the signature carries {len(report.certificates)} certificates, more than the limit of "
-                        f"{limit} ([limits] max_certificates)")
     contents.append(OpenedContent(report, emit(cms.unwrap(secured.outer, entity))))
     return len(contents) - 1
 

@@ -101,11 +101,12 @@ def parse_secured(message: bytes, accepted_ciphers: frozenset[str] | tuple[str, 
 
 
 def read_signed(
-    plaintext: Buffer, accepted_digests: frozenset[str] | tuple[str, ...]
+    plaintext: Buffer, accepted_digests: frozenset[str] | tuple[str, ...], max_certificates: int | None = None
 ) -> tuple[SignedEntity, SignatureReport]:
-    """Check the decrypted content is multipart/signed and verify each of its signatures."""
+    """Check the decrypted content is multipart/signed and verify each of its signatures (carrying at most
+    ``max_certificates`` certificates)."""
     signed = split_signed(plaintext)
     try:
-        return signed, verify_detached(signed.content, signed.signature_der, accepted_digests)
+        return signed, verify_detached(signed.content, signed.signature_der, accepted_digests, max_certificates)
     except MALFORMED_INPUT as exc:  # the last line of defence: whatever is malformed is refused, not deferred
         raise CMSError(f"signature: malformed SignedData ({exc})") from exc

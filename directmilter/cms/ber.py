@@ -19,6 +19,10 @@ from typing import NamedTuple
 #: Constructed encodings nest a few levels in real CMS; deeper is an attack on the recursion (and, since an
 #: indefinite length is found by walking what it holds, on the time spent walking).
 MAX_NESTING = 16
+#: More pieces than this in one element (children of a constructed element, segments of an OCTET STRING) are
+#: refused. Streaming senders cut content into segments of a few KiB (64 MiB in 1 KiB segments is 65,536); a
+#: stranger's one-byte segments, or a SET of a million empty elements, would cost a worker seconds per MiB.
+MAX_PIECES = 100_000
 
 Buffer = bytes | bytearray
 
@@ -39,10 +43,8 @@ class Element(NamedTuple):
     after: int
 
 
-def element(der: Buffer, at: int, limit: int, depth: int = 0) -> Element:
-    """The element whose encoding starts at ``at`` and must end by ``limit``."""
-    if depth > MAX_NESTING:
-        raise BERError(f"BER encodings nest deeper than {MAX_NESTING} levels")
+def _head(der: Buffer, at: int, limit: int) -> tuple[int, int, int | None]:
+    """The identifier, where the contents start, and their length (None: indefinite) of the element at ``at``."""
     if at + 2 > limit:
         raise BERError("truncated: a BER element runs past its end")
     tag, size = der[at], der[at + 1]
@@ -52,14 +54,7 @@ def element(der: Buffer, at: int, limit: int, depth: int = 0) -> Element:
     if size == 0x80:  # indefinite length: constructed contents up to an end-of-contents marker
         if not tag & 0x20:
             raise BERError("a primitive element with an indefinite length")
-        position = start
-        while True:
-            if position + 2 > limit:  # the end-of-contents marker must lie within the enclosing element
-                raise BERError("truncated: an indefinite length has no end-of-contents marker")
-            if der[position] == 0 and der[position + 1] == 0:
-                break
-            position = element(der, position, limit, depth + 1).after
-        return Element(tag, start, position, at, position + 2)
+        return tag, start, None
     if size > 0x80:
         count = size & 0x7F
         if count > 8 or start + count > limit:
@@ -69,7 +64,28 @@ def element(der: Buffer, at: int, limit: int, depth: int = 0) -> Element:
         length = size
     if start + length > limit:
         raise BERError("truncated: a BER element runs past its end")
-    return Element(tag, start, start + length, at, start + length)
+    return tag, start, length
+
+
+def _end_of_contents(der: Buffer, position: int, limit: int) -> bool:
+    if position + 2 > limit:  # the end-of-contents marker must lie within the enclosing element
+        raise BERError("truncated: an indefinite length has no end-of-contents marker")
+    return der[position] == 0 and der[position + 1] == 0
+
+
+def element(der: Buffer, at: int, limit: int, depth: int = 0) -> Element:
+    """The element whose encoding starts at ``at`` and must end by ``limit``."""
+    if depth > MAX_NESTING:
+        raise BERError(f"BER encodings nest deeper than {MAX_NESTING} levels")
+    tag, start, length = _head(der, at, limit)
+    if length is not None:
+        return Element(tag, start, start + length, at, start + length)
+    position = start
+    for _ in range(MAX_PIECES + 1):
+        if _end_of_contents(der, position, limit):
+            return Element(tag, start, position, at, position + 2)
+        position = element(der, position, limit, depth + 1).after
+    raise BERError(f"an indefinite-length element holds more than {MAX_PIECES} elements")
 
 
 def top(der: Buffer, tag: int, what: str) -> Element:
@@ -82,8 +98,11 @@ def top(der: Buffer, tag: int, what: str) -> Element:
 def children(der: Buffer, parent: Element, tag: int, what: str) -> list[Element]:
     """The elements a constructed ``parent`` holds; ``parent`` must have identifier ``tag``."""
     expect(parent, tag, what)
-    found, position, end = [], parent.start, parent.end
+    found: list[Element] = []
+    position, end = parent.start, parent.end
     while position < end:
+        if len(found) == MAX_PIECES:
+            raise BERError(f"{what}: more than {MAX_PIECES} elements")
         child = element(der, position, end)
         found.append(child)
         position = child.after
@@ -95,18 +114,48 @@ def expect(found: Element, tag: int, what: str) -> None:
         raise BERError(f"{what}: expected identifier {tag:#04x}, found {found.tag:#04x}")
 
 
-def octets(der: Buffer, found: Element, depth: int = 0) -> Iterator[tuple[int, int]]:
-    """The spans of an OCTET STRING's value, primitive or cut into constructed segments (BER, X.690 8.7.3)."""
+def octets(der: Buffer, found: Element) -> Iterator[tuple[int, int]]:
+    """The spans of an OCTET STRING's value, primitive or cut into constructed segments (BER, X.690 8.7.3), at
+    most :data:`MAX_PIECES` of them.
+
+    One pass over the segments, however deep they nest: an indefinite-length level is read up to its
+    end-of-contents marker as it goes, not first walked to find its end (which costs a pass per level)."""
     if not found.tag & 0x20:
         yield found.start, found.end
         return
-    position = found.start
-    while position < found.end:
-        child = element(der, position, found.end, depth + 1)
-        if child.tag not in (OCTET_STRING, OCTET_STRING | 0x20):
-            raise BERError(f"a constructed OCTET STRING holds identifier {child.tag:#04x}")
-        yield from octets(der, child, depth + 1)
-        position = child.after
+    pieces = 0
+    # Each level being read: [next position, its end (None: up to an end-of-contents marker), the limit it is in].
+    levels: list[list[int | None]] = [[found.start, found.end, found.end]]
+    while levels:
+        level = levels[-1]
+        position, end, limit = level
+        assert position is not None and limit is not None
+        if end is None:
+            if _end_of_contents(der, position, limit):
+                levels.pop()
+                if levels:
+                    levels[-1][0] = position + 2  # the enclosing level goes on after the marker
+                continue
+        elif position >= end:
+            levels.pop()
+            continue
+        within = limit if end is None else end
+        tag, start, length = _head(der, position, within)
+        if tag not in (OCTET_STRING, OCTET_STRING | 0x20):
+            raise BERError(f"a constructed OCTET STRING holds identifier {tag:#04x}")
+        pieces += 1
+        if pieces > MAX_PIECES:
+            raise BERError(f"an OCTET STRING cut into more than {MAX_PIECES} segments")
+        if tag & 0x20 and len(levels) >= MAX_NESTING:
+            raise BERError(f"BER encodings nest deeper than {MAX_NESTING} levels")
+        if length is None:
+            levels.append([start, None, within])  # where the enclosing level goes on is known at its marker
+            continue
+        level[0] = start + length
+        if tag & 0x20:
+            levels.append([start, start + length, start + length])
+        else:
+            yield start, start + length
 
 
 def octet_string(der: Buffer, found: Element, what: str, implicit: int = OCTET_STRING) -> bytes:

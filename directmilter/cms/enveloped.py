@@ -261,7 +261,8 @@ class Envelope:
         return cls(found, recipients, der, spans, parameters, mac, auth)
 
     def decrypt(self, identities: Sequence[PrivateIdentity]) -> bytearray:
-        """The content, opened with the first of ``identities`` the envelope was made for."""
+        """The content, opened with the first of ``identities`` the envelope was made for; at most
+        :data:`MAX_KEY_ATTEMPTS` recipient infos that name them are tried."""
         try:
             matched = [(ri, ident) for ri in self.recipient_infos for ident in identities if _matches(ri, ident)]
         except MALFORMED_INPUT as exc:
@@ -269,7 +270,9 @@ class Envelope:
         if not matched:
             raise NotEncryptedForRecipient("message is not encrypted to any of the recipient's certificates")
         failures: list[str] = []
-        for ri, identity in matched:
+        if len(matched) > MAX_KEY_ATTEMPTS:  # each attempt is a private-key operation: a stranger's to multiply
+            failures.append(f"{len(matched) - MAX_KEY_ATTEMPTS} more recipient infos naming the same keys not tried")
+        for ri, identity in matched[:MAX_KEY_ATTEMPTS]:
             try:
                 return self._open(_unwrap_key(ri, identity, self.cipher.key_size))
             except DecryptionFailed as exc:
@@ -324,19 +327,15 @@ def _unpad(plain: bytearray) -> None:
 
 # --- reading the envelope's parts ----------------------------------------------------------------------------
 
-#: Streaming senders cut the encrypted content into segments of a few KiB: 64 MiB in 1 KiB segments is 65,536.
-_MAX_SEGMENTS = 100_000
+#: A message is encrypted once to each of a recipient's certificates; more recipient infos than this that name
+#: our keys are a stranger making us spend private-key operations (RSA decryptions) on one message.
+MAX_KEY_ATTEMPTS = 4
 _ENVELOPED_DATA = cms.ContentType("enveloped_data").dump()
 _AUTH_ENVELOPED_DATA = cms.ContentType("authenticated_enveloped_data").dump()
 
 
 def _segments(der: bytes | bytearray, element: ber.Element) -> tuple[tuple[int, int], ...]:
-    spans = []
-    for span in ber.octets(der, element):
-        spans.append(span)
-        if len(spans) > _MAX_SEGMENTS:
-            raise ber.BERError(f"the encrypted content is cut into more than {_MAX_SEGMENTS} segments")
-    return tuple(spans)
+    return tuple(ber.octets(der, element))  # at most ber.MAX_PIECES of them
 
 
 @kept(64)

@@ -2,7 +2,8 @@
 
 Signatures cover exact bytes (RFC 5751 3.1.1, and the agent algorithm's "wire text fidelity"), so this module never
 round-trips through :mod:`email`'s object model: it finds header blocks, bodies and multipart delimiters in the
-bytes as they are and hands out slices. :mod:`email` is used only to parse header *parameters*, which it does well.
+bytes as they are and hands out slices. Structured fields (Content-Type parameters, addresses) are read by
+:mod:`directmilter.cms.fields`, in one pass each.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ import re
 import secrets
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from email.message import Message
-from email.utils import collapse_rfc2231_value, getaddresses
-from types import MappingProxyType
 
+from directmilter.cms.fields import address_list, content_type
 from directmilter.errors import MalformedMessage
 from directmilter.memo import kept
 
@@ -130,24 +129,13 @@ def parse_entity(data: Buffer, *, what: str = "message", max_headers: int = MAX_
 
 @kept(1024)
 def _addresses(values: tuple[str, ...]) -> tuple[str, ...]:
-    """:func:`email.utils.getaddresses`, kept: the same correspondents write again and again."""
-    return tuple(address for _, address in getaddresses(list(values)))
+    """:func:`address_list`, kept: the same correspondents write again and again."""
+    return tuple(address_list(values))
 
 
-@kept(256)
-def _content_type(value: str | None) -> tuple[str, Mapping[str, str]]:
-    """A Content-Type field's type and parameters (RFC 2045, RFC 2231), as :mod:`email` reads them.
-
-    Parsed once per entity, and kept: most Content-Type fields (not a multipart's, whose boundary is new each time)
-    repeat from message to message.
-    """
-    parsed = Message()
-    if value is not None:
-        parsed["Content-Type"] = value
-    params: dict[str, str] = {}
-    for name, raw in parsed.get_params(failobj=[])[1:]:
-        params.setdefault(name.lower(), str(collapse_rfc2231_value(raw)))
-    return parsed.get_content_type(), MappingProxyType(params)
+#: A Content-Type field's type and parameters, parsed once per entity and kept: most Content-Type fields (not a
+#: multipart's, whose boundary is new each time) repeat from message to message.
+_content_type = kept(256)(content_type)
 
 
 def _parse_header_block(block: bytes, what: str) -> tuple[Header, ...]:

@@ -174,17 +174,24 @@ class SignatureReport:
         return tuple(r for r in self.results if r.valid)
 
 
+#: More SignerInfos than this in one signature are refused before any is checked: each costs a digest of the
+#: content and a public-key operation, and real Direct mail has one (two while a certificate is being rolled).
+MAX_SIGNERS = 8
+
+
 def verify_detached(
     content: Chunk,
     signature_der: bytes,
     accepted_digests: frozenset[str] | tuple[str, ...] = algorithms.DIGESTS_ACCEPT,
+    max_certificates: int | None = None,
 ) -> SignatureReport:
     """Check each SignerInfo of a detached SignedData against the exact ``content`` bytes.
 
     Structural problems (not a SignedData, embedded content, no SignerInfo) raise; per-signer problems (unknown or
     forbidden digest, missing certificate, digest mismatch, bad signature) are reported in the result. The DER is
     read by hand (:mod:`directmilter.cms.ber`); each SignerInfo only when it is checked, so that a malformed one
-    is that signer's error.
+    is that signer's error. The work is bounded before it starts: at most ``max_certificates`` certificates are
+    loaded and :data:`MAX_SIGNERS` SignerInfos checked, and the content is hashed once per digest algorithm.
     """
     der = signature_der
     try:
@@ -209,17 +216,22 @@ def verify_detached(
                 raise CMSError("signature is not detached: SignedData carries its own content (AS 2.5.1)")
             raise ber.BERError(f"eContent has identifier {encap[1].tag:#04x}, not [0]")
         certificates = next((f for f in fields[3:-1] if f.tag == 0xA0), None)
-        crypto_certs = tuple(load_certificate(ber.encoding(der, choice))
-                             for choice in (ber.children(der, certificates, 0xA0, "certificates") if certificates
-                                            else ()) if choice.tag == ber.SEQUENCE)
+        choices = ber.children(der, certificates, 0xA0, "certificates") if certificates else []
+        if max_certificates is not None and len(choices) > max_certificates:
+            raise CMSError(f"the signature carries {len(choices)} certificates, more than the limit of "
+                           f"{max_certificates} ([limits] max_certificates)")
+        crypto_certs = tuple(load_certificate(ber.encoding(der, c)) for c in choices if c.tag == ber.SEQUENCE)
         signer_infos = ber.children(der, fields[-1], ber.SET, "SignerInfos")
+        if len(signer_infos) > MAX_SIGNERS:
+            raise CMSError(f"the signature has {len(signer_infos)} SignerInfos, more than the limit of {MAX_SIGNERS}")
     except CMSError:
         raise
     except MALFORMED_INPUT as exc:
         raise CMSError(f"signature: not a valid CMS SignedData ({exc})") from exc
     if not signer_infos:
         raise SignatureInvalid("signature: SignedData has no SignerInfo")
-    results = tuple(_verify_one(der, info, content, content_type, crypto_certs, accepted_digests)
+    digests: dict[str, bytes] = {}  # the content's digest by algorithm: several signers share one
+    results = tuple(_verify_one(der, info, content, content_type, crypto_certs, accepted_digests, digests)
                     for info in signer_infos)
     return SignatureReport(results=results, certificates=crypto_certs)
 
@@ -265,6 +277,7 @@ def _verify_one(
     content_type: bytes,
     crypto_certs: tuple[x509.Certificate, ...],
     accepted_digests: frozenset[str] | tuple[str, ...],
+    digests: dict[str, bytes],
 ) -> SignatureResult:
     cert: x509.Certificate | None = None
     digest: str | None = None
@@ -274,7 +287,7 @@ def _verify_one(
         digest = algorithms.digest_name(_oid_name(algos.DigestAlgorithmId, info.digest_algorithm), accepted_digests)
         if cert is None:
             raise NoSignerCertificate(f"signature carries no signer certificate for {_describe_sid(info)} (AS 2.5.2)")
-        signed = _signed_bytes(der, info, content, content_type, digest)
+        signed = _signed_bytes(der, info, content, content_type, digest, digests)
         _check_signature(cert, info, signed, digest)
     except CMSError as exc:
         return SignatureResult(certificate=cert, digest=digest, error=exc)
@@ -297,7 +310,8 @@ def _describe_sid(info: _SignerInfo) -> str:
     return f"subject key identifier {(key_identifier or b'').hex()}"
 
 
-def _signed_bytes(der: bytes, info: _SignerInfo, content: Chunk, content_type: bytes, digest: str) -> Chunk:
+def _signed_bytes(der: bytes, info: _SignerInfo, content: Chunk, content_type: bytes, digest: str,
+                  digests: dict[str, bytes]) -> Chunk:
     """What the signature value covers: the DER SET of the signed attributes, or the content itself."""
     attrs = info.signed_attrs
     if attrs is None:
@@ -319,7 +333,9 @@ def _signed_bytes(der: bytes, info: _SignerInfo, content: Chunk, content_type: b
         raise SignatureInvalid("signed contentType attribute does not match the content (RFC 5652 11.1)")
     value = _single_value(found[_MESSAGE_DIGEST_OID][0], "message_digest")
     ber.expect(value, ber.OCTET_STRING, "message_digest attribute")
-    if bytes(der[value.start : value.end]) != _hash(digest, content):
+    if digest not in digests:
+        digests[digest] = _hash(digest, content)
+    if bytes(der[value.start : value.end]) != digests[digest]:
         raise SignatureInvalid("message digest does not match: the signed content was changed")
     # Re-tag the received [0] IMPLICIT bytes as a SET, keeping them exactly as the signer encoded them.
     return tlv(ber.SET, bytes(der[attrs.start : attrs.end]))

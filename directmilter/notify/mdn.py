@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from email.utils import getaddresses
 from typing import Literal
 
+from directmilter.cms.fields import address_list
 from directmilter.cms.mime import Entity, canonicalize, parse_entity
 from directmilter.notify.report import assemble
 from directmilter.notify.text import (
@@ -147,7 +147,7 @@ def mdn_target(*, envelope_sender: str, headers: Entity | bytes) -> str | None:
 
 
 def _first_address(values: list[str]) -> str | None:
-    for _, address in getaddresses(values):
+    for address in address_list(values):
         if address and usable_address(address):
             return address
     return None

@@ -12,9 +12,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from email.utils import getaddresses
 from typing import Literal
 
+from directmilter.cms.fields import address_list
 from directmilter.cms.mime import (
     CRLF,
     Entity,
@@ -188,7 +188,7 @@ def parse_notification(message: bytes | Entity) -> Notification | None:
         if in_reply_to:
             match = _MSG_ID.search(in_reply_to)
             original, source = (match.group(0) if match else in_reply_to), "in-reply-to"
-    senders = [address for _, address in getaddresses(header.get_all("from")) if address]
+    senders = [address for address in address_list(header.get_all("from")) if address]
     return Notification(
         kind=kind,
         original_message_id=original,
@@ -373,7 +373,7 @@ def _address(value: str | None) -> str | None:
     typed = _TYPED.match(value)
     text = (typed.group(2) if typed else value).strip()
     if "<" in text:
-        found = [address for _, address in getaddresses([text]) if address]
+        found = [address for address in address_list([text]) if address]
         if found:
             return found[0]
     return text or None

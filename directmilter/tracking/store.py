@@ -8,11 +8,12 @@ replayed message is delivered once. Times are Unix seconds. Every method is safe
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -116,7 +117,7 @@ class TrackingStore:
                 else:
                     run(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {definition}")
 
-    @contextmanager
+    @contextlib.contextmanager
     def _cursor(self, *, durable: bool = True) -> Iterator[Any]:
         """A transaction. A durable one is on disk when it returns; a relaxed one may be lost to a power cut (never
         to a crash of the milter), and costs no disk flush: for records whose loss costs a duplicate, not a loss."""
@@ -392,6 +393,20 @@ def _state(processed: float | None, dispatched: float | None, failed: float | No
     return "processed" if processed is not None else "pending"
 
 
+def _private_file(path: Path) -> None:
+    """The database holds who wrote to whom: made 0600 (SQLite gives its -wal and -shm files the database's own
+    mode), and an existing one that others may read loses those bits. Outside systemd the umask is usually 022."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o007:
+            with contextlib.suppress(OSError):  # another owner's file: theirs to fix, and no reason to stop
+                path.chmod(mode & 0o770)
+    except OSError as exc:
+        raise ConfigError(f"tracking database {path}: cannot create it ({exc.strerror})") from None
+
+
 def open_store(url: str) -> TrackingStore:
     """``sqlite:///var/lib/directmilter/tracking.db`` (default) or ``postgresql://user@host:port/db``."""
     if url.startswith("sqlite:"):
@@ -408,6 +423,7 @@ def open_store(url: str) -> TrackingStore:
             raise ConfigError(f"tracking database {url}: unknown option(s) {', '.join(sorted(options))}")
 
         def connect_sqlite() -> sqlite3.Connection:
+            _private_file(path)
             conn = sqlite3.connect(path, timeout=busy, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.isolation_level = "DEFERRED"

@@ -15,6 +15,7 @@ import hashlib
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,23 @@ log = get_logger("directmilter.trust.bundles")
 
 
 def is_bundle_url(value: str) -> bool:
+    """An anchors entry that names a bundle URL rather than a file (whether it is a good one: :func:`url_problem`)."""
     return value.strip().lower().startswith(("http://", "https://"))
+
+
+def url_problem(value: str) -> str | None:
+    """Why ``value`` is no usable trust bundle URL, or None. Spaces and control characters are refused: a URL
+    with a newline, stored in a ``*.url`` file, would read back as something else."""
+    text = value.strip()
+    if not is_bundle_url(text):
+        return "a trust bundle URL starts with http:// or https://"
+    if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in text):
+        return "a trust bundle URL has no spaces or control characters (percent-encode them)"
+    try:
+        host = urllib.parse.urlsplit(text).hostname
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    return None if host else "a trust bundle URL names a host"
 
 
 class BundleStore:

@@ -1,4 +1,4 @@
-"""One HTTP client for AIA caIssuers, CRLs and OCSP: bounded in size, with revocation answers kept while current.
+"""One HTTP client for AIA caIssuers, CRLs and OCSP: bounded in size, with validated answers kept while current.
 
 pyhanko-certvalidator makes a fresh set of fetchers for every validation, so on its own every message would fetch
 every CRL, ask every OCSP responder and download every AIA intermediate again. :class:`CachingFetcherBackend` keeps
@@ -35,7 +35,8 @@ from pyhanko_certvalidator.fetchers.api import Fetchers
 from pyhanko_certvalidator.fetchers.common_utils import FetchKind
 from pyhanko_certvalidator.util import issuer_serial
 
-__all__ = ["DEFAULT_MAX_DOWNLOAD", "BoundedResponse", "CachingFetcherBackend", "ResponseTooLarge", "TimedCache"]
+__all__ = ["DEFAULT_MAX_DOWNLOAD", "Answers", "BoundedResponse", "CachingFetcherBackend", "ResponseTooLarge",
+           "TimedCache"]
 
 DEFAULT_MAX_DOWNLOAD = 10 << 20
 """Largest AIA certificate, CRL or OCSP answer read (bytes). Big community CRLs run to a few MiB."""
@@ -123,6 +124,35 @@ class TimedCache(Generic[K, V]):
         self._entries[key] = (time.monotonic() + lifetime, value)
 
 
+class Answers:
+    """What one validation fetched, kept in the caches only once that validation ended with a decision that
+    rests on them (:meth:`keep`). A CRL, OCSP answer or AIA certificate is checked by the validation that uses it
+    (signature, issuer, serial, freshness), not when it arrives: cached on arrival, one forged answer on a plain
+    HTTP fetch would stand for every later message until its own nextUpdate, even after the genuine one is back.
+    Until then the answer serves only the validation that fetched it."""
+
+    def __init__(self) -> None:
+        self._fetched: list[tuple[TimedCache[Any, Any], Any, Any, object, float | None]] = []
+        self._mine: dict[tuple[int, Any], Any] = {}
+
+    def add(self, cache: TimedCache[K, V], key: K, value: V, next_update: object,
+            default: float | None = None) -> None:
+        cache.downloads += 1
+        self._fetched.append((cache, key, value, next_update, default))
+        self._mine[(id(cache), key)] = value
+
+    def get(self, cache: TimedCache[K, V], key: K) -> V | None:
+        found = cache.get(key)
+        return found if found is not None else self._mine.get((id(cache), key))
+
+    def keep(self) -> int:
+        """Put what was fetched into the caches (the validation that used it trusted it); returns how many."""
+        for cache, key, value, next_update, default in self._fetched:
+            cache.put(key, value, next_update, default=default)
+        kept, self._fetched = len(self._fetched), []
+        return kept
+
+
 def _ocsp_next_update(response: asn1_ocsp.OCSPResponse) -> object:
     try:
         single = response["response_bytes"]["response"].parsed["tbs_response_data"]["responses"][0]
@@ -139,31 +169,33 @@ def _ocsp_successful(response: asn1_ocsp.OCSPResponse) -> bool:
 
 
 class _CachingCertFetcher(AIOHttpCertificateFetcher):
-    def __init__(self, cache: TimedCache[str, Any], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, cache: TimedCache[str, Any], answers: Answers, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._cache = cache
+        self._answers = answers
 
     async def fetch_certs(self, url: str, url_origin_type: str) -> Any:
-        cached = self._cache.get(url)
+        cached = self._answers.get(self._cache, url)
         if cached is not None:
             return cached
         try:
             fetched = await super().fetch_certs(url, url_origin_type)  # type: ignore[no-untyped-call]
         except TimeoutError:  # pyhanko catches aiohttp's errors, not the timeout: make it a failed fetch
             raise CertificateFetchError(f"{url} did not answer in time") from None
-        self._cache.downloads += 1
-        self._cache.put(url, fetched, None, default=AIA_MAX_AGE)
+        self._answers.add(self._cache, url, fetched, None, default=AIA_MAX_AGE)
         return fetched
 
 
 class _CachingCRLFetcher(AIOHttpCRLFetcher):
-    def __init__(self, cache: TimedCache[str, asn1_crl.CertificateList], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, cache: TimedCache[str, asn1_crl.CertificateList], answers: Answers, *args: Any,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._cache = cache
+        self._answers = answers
 
     async def _single_fetch(self, url: str) -> Any:
         async def task() -> asn1_crl.CertificateList:
-            cached = self._cache.get(url)
+            cached = self._answers.get(self._cache, url)
             if cached is not None:
                 return cached
             self._charge(FetchKind.CRL)
@@ -173,30 +205,32 @@ class _CachingCRLFetcher(AIOHttpCRLFetcher):
                 )
             except TimeoutError:
                 raise CRLFetchError(f"{url} did not answer in time") from None
-            self._cache.downloads += 1
-            self._cache.put(url, fetched, fetched["tbs_cert_list"]["next_update"].native)
+            self._answers.add(self._cache, url, fetched, fetched["tbs_cert_list"]["next_update"].native)
             return fetched
 
         return await self._post_fetch_task(url, task)  # type: ignore[no-untyped-call]
 
 
 class _CachingOCSPFetcher(AIOHttpOCSPFetcher):
-    def __init__(self, cache: TimedCache[Any, asn1_ocsp.OCSPResponse], *args: Any, **kwargs: Any) -> None:
+    def __init__(self, cache: TimedCache[Any, asn1_ocsp.OCSPResponse], answers: Answers, *args: Any,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._cache = cache
+        self._answers = answers
 
     async def _fetch(self, cert: Any, authority: Any) -> asn1_ocsp.OCSPResponse:
         key = (issuer_serial(cert), authority.hashable)
-        cached = self._cache.get(key)
+        cached = self._answers.get(self._cache, key)
         if cached is not None:
             return cached
         try:
             fetched: asn1_ocsp.OCSPResponse = await super()._fetch(cert, authority)
         except TimeoutError:
             raise OCSPFetchError("the OCSP responder did not answer in time") from None
-        self._cache.downloads += 1
         if _ocsp_successful(fetched):
-            self._cache.put(key, fetched, _ocsp_next_update(fetched), default=OCSP_WITHOUT_NEXT_UPDATE)
+            self._answers.add(self._cache, key, fetched, _ocsp_next_update(fetched), default=OCSP_WITHOUT_NEXT_UPDATE)
+        else:
+            self._cache.downloads += 1
         return fetched
 
 
@@ -210,13 +244,19 @@ class CachingFetcherBackend(AIOHttpFetcherBackend):
         self.aia_cache: TimedCache[str, Any] = TimedCache(max_age)
 
     def get_fetchers(self) -> Fetchers:
+        """pyhanko's entry point: fetchers whose answers are never cached (use :meth:`for_validation`)."""
+        return self.for_validation()[0]
+
+    def for_validation(self) -> tuple[Fetchers, Answers]:
+        """Fetchers for one validation, and what they fetch: :meth:`Answers.keep` once the validation trusted it."""
         fetchers = super().get_fetchers()
         shared: dict[str, Any] = {
             "per_request_timeout": self.per_request_timeout,
             "budget": getattr(fetchers.crl_fetcher, "_budget", None),  # share the budget of this validation
         }
+        answers = Answers()
         return Fetchers(
-            ocsp_fetcher=_CachingOCSPFetcher(self.ocsp_cache, self.session, **shared),
-            crl_fetcher=_CachingCRLFetcher(self.crl_cache, self.session, **shared),
-            cert_fetcher=_CachingCertFetcher(self.aia_cache, self.session, **shared),
-        )
+            ocsp_fetcher=_CachingOCSPFetcher(self.ocsp_cache, answers, self.session, **shared),
+            crl_fetcher=_CachingCRLFetcher(self.crl_cache, answers, self.session, **shared),
+            cert_fetcher=_CachingCertFetcher(self.aia_cache, answers, self.session, **shared),
+        ), answers

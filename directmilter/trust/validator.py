@@ -488,7 +488,8 @@ class TrustValidator:
         return ValidatedPath(certificates=(cert,), moment=request.moment)
 
     def _context(
-        self, request: _Request, roots: list[asn1_x509.Certificate], others: list[asn1_x509.Certificate]
+        self, request: _Request, roots: list[asn1_x509.Certificate], others: list[asn1_x509.Certificate],
+        fetchers: Any | None = None,
     ) -> ValidationContext:
         """The pyhanko ValidationContext for one validation (one per call: it caches validated paths)."""
         policy = DisallowWeakAlgorithmsPolicy(  # type: ignore[no-untyped-call]
@@ -503,7 +504,8 @@ class TrustValidator:
             # revocations dated after the moment do not count
             moment=request.moment if request.point_in_time else None,
             allow_fetching=fetching,
-            fetcher_backend=self._fetcher_backend if fetching else None,
+            fetcher_backend=self._fetcher_backend if fetching and fetchers is None else None,
+            fetchers=fetchers,
             revocation_mode=request.revocation_mode,
             algorithm_usage_policy=policy,
             time_tolerance=self.time_tolerance,
@@ -525,10 +527,22 @@ class TrustValidator:
         leaf = _to_asn1(cert, "certificate")
 
         async def run() -> tuple[Any, list[str]]:
-            context = self._context(request, roots, others)
+            # What this validation fetches is cached only if the validation decided on it: a path validated with
+            # no soft failure, or a revocation found (see fetching.Answers). A forged or stale answer is not kept.
+            per_validation = getattr(self._fetcher_backend, "for_validation", None)
+            fetchers, answers = per_validation() if per_validation is not None else (None, None)
+            context = self._context(request, roots, others, fetchers)
             validator = CertificateValidator(leaf, validation_context=context)
-            path = await validator.async_validate_path()
-            return path, [str(e) for e in context.soft_fail_exceptions]
+            try:
+                path = await validator.async_validate_path()
+            except RevokedError:
+                if answers is not None:
+                    answers.keep()
+                raise
+            soft = [str(e) for e in context.soft_fail_exceptions]
+            if answers is not None and not soft:
+                answers.keep()
+            return path, soft
 
         loop = self._ensure_loop()
         if threading.current_thread() is self._thread:
