@@ -123,7 +123,7 @@ _AGENT_KEYS = (
     "certificate_sha1",
 )
 _PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors", "revocation", "routing_check", "policy")
-_TRUST_KEYS = ("fetch", "revocation", "http_timeout", "max_download", "bundle_refresh", "bundle_cache",
+_TRUST_KEYS = ("fetch", "fetch_allow", "revocation", "http_timeout", "max_download", "bundle_refresh", "bundle_cache",
                "min_rsa_bits", "enforce_key_usage")
 REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
@@ -237,6 +237,9 @@ class TrustSettings:
     max_download: int = 10 << 20
     bundle_refresh: float = 3600.0
     bundle_cache: Path | None = None
+    #: Networks a certificate's AIA, CRL or OCSP URL may lead to although they are internal (loopback, private,
+    #: link-local...), which are refused otherwise: a stranger's certificate must not reach our own services.
+    fetch_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     #: Smallest RSA key accepted anywhere in a path (RFC 5751 makes verifying 1024-bit signatures a MUST).
     min_rsa_bits: int = 1024
     #: AS 4.1.3 (MAY): signers need digitalSignature, recipients keyEncipherment, and an extendedKeyUsage, when
@@ -774,7 +777,19 @@ class _Loader:
             bundle_cache=self.resolve(cache) if cache else None,
             min_rsa_bits=int(self.positive(table, "min_rsa_bits", key, default.min_rsa_bits)),
             enforce_key_usage=self.typed(table, "enforce_key_usage", key, bool, default.enforce_key_usage),
+            fetch_allow=self.networks(table, "fetch_allow", key),
         )
+
+    def networks(self, table: Mapping[str, object], name: str, key: str) -> tuple[
+            ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        found = []
+        for index, value in enumerate(self.string_list(table, name, key) or ()):
+            try:
+                found.append(ipaddress.ip_network(value.strip(), strict=False))
+            except ValueError as exc:
+                raise self.err(f"{key}.{name}[{index}]", f"not a network (e.g. 10.1.0.0/16 or ::1/128): {exc}") \
+                    from None
+        return tuple(found)
 
     def discovery(self, data: Mapping[str, object]) -> DiscoverySettings:
         key = "[discovery]"

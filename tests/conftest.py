@@ -65,6 +65,9 @@ def vectors_or_skip() -> Path:
     return VECTORS
 
 
+#: The networks the test servers listen on (see World.write_config).
+LOOPBACK_NETWORKS = ["127.0.0.0/8", "::1/128"]
+
 #: Unit-level configurations use only the certificates they are given: no DNS or LDAP (those have their own tests).
 OFFLINE = {"dns": False, "ldap": False}
 
@@ -86,6 +89,10 @@ class World:
         path = self.directory / f"{name}.conf"
         if "notify" not in body:  # each configuration gets its own tracking database in the test's folder
             body = {**body, "notify": {"tracking": f"sqlite:{self.directory / name}-tracking.db"}}
+        # Every AIA, CRL and OCSP server of the tests is on loopback, which certificates may not name by default.
+        trust = dict(body.get("trust", {}))
+        trust.setdefault("fetch_allow", LOOPBACK_NETWORKS)
+        body = {**body, "trust": trust}
         path.write_text(_toml(body))
         return path
 

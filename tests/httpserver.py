@@ -59,6 +59,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         try:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
+            location = owner._redirects.get(self.path.partition("?")[0])
+            if location is not None:
+                self.send_header("Location", location)
             if unsized:  # the body ends when the connection does, as an HTTP/1.0-style server would send it
                 self.send_header("Connection", "close")
                 self.close_connection = True
@@ -106,6 +109,7 @@ class HttpServer:
         self._delays: dict[str, float] = {}
         self._statuses: dict[str, int] = {}
         self._unsized: set[str] = set()
+        self._redirects: dict[str, str] = {}
         self.log: list[HttpRequest] = []
         self._stopping = threading.Event()
         self._conns: set[socket.socket] = set()
@@ -140,6 +144,11 @@ class HttpServer:
             else:
                 self._statuses[path] = code
 
+    def redirect(self, path: str, location: str) -> None:
+        """Answer ``path`` with 302 Found to ``location``."""
+        with self._lock:
+            self._redirects[path] = location
+
     def unsized(self, path: str) -> None:
         """Answer ``path`` without a Content-Length: the body ends when the server closes the connection."""
         with self._lock:
@@ -152,9 +161,12 @@ class HttpServer:
         """(status, body, content type, delay) for a request path."""
         with self._lock:
             candidates = [request_path, request_path.partition("?")[0]]
-            path = next((p for p in candidates if p in self._routes or p in self._statuses or p in self._delays),
+            path = next((p for p in candidates
+                         if p in self._routes or p in self._statuses or p in self._delays or p in self._redirects),
                         candidates[0])
             delay = self._delays.get(path, 0.0)
+            if path in self._redirects:
+                return 302, b"", "text/plain", delay
             if path in self._statuses:
                 return self._statuses[path], b"", "text/plain", delay
             if path in self._routes:

@@ -98,3 +98,45 @@ def test_aia_download_is_bounded(world: World, aia: dict[str, Any]) -> None:
         assert large.outgoing(envelope(plain_message(), ALICE, "erin@direct.b.test")).recipients
     finally:
         large.close()
+
+
+def test_certificate_urls_may_not_lead_to_internal_addresses_by_default(world: World, aia: dict[str, Any]) -> None:
+    """Issue 19 (SSRF): the URLs in a certificate are its maker's choice. Without [trust] fetch_allow, a URL that
+    leads to loopback (by address, or by a name that resolves to it) is not fetched: the HTTP server sees no
+    request, and the recipient is refused for want of a path, saying why."""
+    dave = aia["dave"]
+    named = world.pki.leaf("aia-named", aia["I"], email="named@direct.b.test",
+                           aia_ca_issuers=aia["http"].url("/I.cer").replace("127.0.0.1", "localhost"))
+    for who, cert in ((DAVE, dave), ("named@direct.b.test", named)):
+        agent = agent_with(world, f"aia-ssrf-{who[:4]}", certificates={"files": [str(cert.cert_path)]},
+                           trust={"fetch_allow": []})
+        before = aia["http"].count("/I.cer")
+        try:
+            with pytest.raises(NoTrustedRecipients) as caught:
+                agent.outgoing(envelope(plain_message(to=who), ALICE, who))
+        finally:
+            agent.close()
+        assert aia["http"].count("/I.cer") == before, who
+        assert "no path to a trust anchor" in caught.value.rejected[who].reason
+
+
+def test_a_redirect_to_another_host_is_not_followed(world: World, aia: dict[str, Any]) -> None:
+    """A redirect on the same host is followed; one to another host (here: another port) is refused."""
+    with HttpServer() as other:
+        other.set("/I.cer", aia["I"].der())
+        aia["http"].redirect("/away.cer", other.url("/I.cer"))
+        aia["http"].redirect("/here.cer", aia["http"].url("/I.cer"))
+        away = world.pki.leaf("aia-away", aia["I"], email="away@direct.b.test",
+                              aia_ca_issuers=aia["http"].url("/away.cer"))
+        here = world.pki.leaf("aia-here", aia["I"], email="here@direct.b.test",
+                              aia_ca_issuers=aia["http"].url("/here.cer"))
+        agent = agent_with(world, "aia-redirects",
+                           certificates={"files": [str(away.cert_path), str(here.cert_path)]})
+        try:
+            with pytest.raises(NoTrustedRecipients):
+                agent.outgoing(envelope(plain_message(to="away@direct.b.test"), ALICE, "away@direct.b.test"))
+            assert other.count("/I.cer") == 0
+            assert agent.outgoing(envelope(plain_message(to="here@direct.b.test"), ALICE,
+                                           "here@direct.b.test")).recipients == ("here@direct.b.test",)
+        finally:
+            agent.close()

@@ -59,7 +59,8 @@ def check_size(config: Config, size: int) -> None:
 def make_validator(config: Config) -> TrustValidator:
     """One validator for the process: one event loop and, when fetching, one HTTP client for AIA, CRL and OCSP."""
     backend = (CachingFetcherBackend(per_request_timeout=config.trust.http_timeout,
-                                     max_bytes=config.trust.max_download) if config.trust.fetch else None)
+                                     max_bytes=config.trust.max_download, allowed=config.trust.fetch_allow)
+               if config.trust.fetch else None)
     return TrustValidator(
         allow_sha1=config.crypto.certificate_sha1,
         revocation_mode=config.trust.revocation,

@@ -16,13 +16,16 @@ Everything runs on the validator's single event loop, so the caches need no lock
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import aiohttp
+import yarl
 from asn1crypto import crl as asn1_crl
 from asn1crypto import ocsp as asn1_ocsp
 from pyhanko_certvalidator.errors import CertificateFetchError, CRLFetchError, OCSPFetchError
@@ -35,8 +38,8 @@ from pyhanko_certvalidator.fetchers.api import Fetchers
 from pyhanko_certvalidator.fetchers.common_utils import FetchKind
 from pyhanko_certvalidator.util import issuer_serial
 
-__all__ = ["DEFAULT_MAX_DOWNLOAD", "Answers", "BoundedResponse", "CachingFetcherBackend", "ResponseTooLarge",
-           "TimedCache"]
+__all__ = ["DEFAULT_MAX_DOWNLOAD", "Answers", "BoundedResponse", "CachingFetcherBackend", "DestinationRefused",
+           "Network", "ResponseTooLarge", "TimedCache", "address_problem"]
 
 DEFAULT_MAX_DOWNLOAD = 10 << 20
 """Largest AIA certificate, CRL or OCSP answer read (bytes). Big community CRLs run to a few MiB."""
@@ -78,18 +81,74 @@ class BoundedResponse(aiohttp.ClientResponse):
         return self._body
 
 
-class _BoundedSession(LazySession):
-    """pyhanko's lazily made session (bound to the loop that first uses it), reading through BoundedResponse."""
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-    def __init__(self, max_bytes: int) -> None:
+
+class DestinationRefused(aiohttp.ClientError):
+    """A fetch to where certificates may not send us. An aiohttp ClientError: pyhanko reports a failed fetch."""
+
+
+def address_problem(address: str, allowed: Sequence[Network]) -> str | None:
+    """Why a certificate's URL may not lead to ``address``, or None. The URLs in a certificate are chosen by
+    whoever made it, a stranger's self-made certificate included: left alone they would have us reach this
+    host's own services and the HISP's internal network (SSRF). Loopback, private, link-local, multicast and
+    reserved addresses are refused unless an operator lists their network in ``[trust] fetch_allow``."""
+    try:
+        ip = ipaddress.ip_address(address.partition("%")[0])
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    if any(ip in network for network in allowed if network.version == ip.version):
+        return None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    target = mapped if mapped is not None else ip
+    if (target.is_private or target.is_loopback or target.is_link_local or target.is_multicast
+            or target.is_reserved or target.is_unspecified):
+        return f"{address} is an internal address (not in [trust] fetch_allow)"
+    return None
+
+
+class _CheckedConnector(aiohttp.TCPConnector):
+    """Connects only where :func:`address_problem` allows, after resolution (so a name that resolves to an
+    internal address is caught too, and the address checked is the one connected to)."""
+
+    def __init__(self, allowed: Sequence[Network], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._allowed = tuple(allowed)
+
+    async def _resolve_host(self, host: str, port: int, traces: Any = None) -> Any:
+        found = await super()._resolve_host(host, port, traces=traces)
+        usable = [entry for entry in found if address_problem(entry["host"], self._allowed) is None]
+        if not usable:
+            reason = address_problem(found[0]["host"], self._allowed) if found else "no address"
+            raise DestinationRefused(f"{host}: {reason}")
+        return usable
+
+
+async def _same_host_redirects_only(session: Any, context: Any, params: aiohttp.TraceRequestRedirectParams) -> None:
+    """A redirect may not send a fetch to another host (each certificate URL is one host's to answer)."""
+    location = params.response.headers.get("Location", "")
+    target = params.url.join(yarl.URL(location))
+    if target.host != params.url.host or target.port != params.url.port:
+        raise DestinationRefused(f"{params.url} redirects to another host ({target.host}): refused")
+
+
+class _BoundedSession(LazySession):
+    """pyhanko's lazily made session (bound to the loop that first uses it), reading through BoundedResponse,
+    connecting only to allowed destinations and following redirects only on the same host."""
+
+    def __init__(self, max_bytes: int, allowed: Sequence[Network] = ()) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
         self._response_class = type("BoundedResponse", (BoundedResponse,), {"max_bytes": max_bytes})
+        self._allowed = tuple(allowed)
 
     def get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
+            redirects = aiohttp.TraceConfig()
+            redirects.on_request_redirect.append(_same_host_redirects_only)
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=ssl.create_default_context()),
+                connector=_CheckedConnector(self._allowed, ssl=ssl.create_default_context()),
                 response_class=self._response_class,
+                trace_configs=[redirects],
             )
         session: aiohttp.ClientSession = self._session
         return session
@@ -236,9 +295,9 @@ class _CachingOCSPFetcher(AIOHttpOCSPFetcher):
 
 class CachingFetcherBackend(AIOHttpFetcherBackend):
     def __init__(self, per_request_timeout: float = 10.0, max_age: float = 86400.0,
-                 max_bytes: int = DEFAULT_MAX_DOWNLOAD) -> None:
+                 max_bytes: int = DEFAULT_MAX_DOWNLOAD, allowed: Sequence[Network] = ()) -> None:
         super().__init__(per_request_timeout=per_request_timeout)
-        self.session = _BoundedSession(max_bytes)
+        self.session = _BoundedSession(max_bytes, allowed)
         self.crl_cache: TimedCache[str, asn1_crl.CertificateList] = TimedCache(max_age)
         self.ocsp_cache: TimedCache[Any, asn1_ocsp.OCSPResponse] = TimedCache(max_age)
         self.aia_cache: TimedCache[str, Any] = TimedCache(max_age)
