@@ -66,7 +66,8 @@ class Writer:
         self.size += len(piece)
         try:
             if self._file is None and self.size > self.over:
-                descriptor, self._path = tempfile.mkstemp(prefix=PREFIX, dir=directory())  # mode 0600
+                # mode 0600; the name says which process wrote it, so a dead writer's files go at once
+                descriptor, self._path = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", dir=directory())
                 self._file = os.fdopen(descriptor, "wb")
                 self._file.writelines(self._pieces)
                 self._pieces = []
@@ -159,14 +160,29 @@ def sha256(message: Message) -> str:
     return digest.hexdigest()
 
 
+def _writer_gone(path: Path) -> bool:
+    """The process named in the file's name (``PREFIX<pid>-...``) no longer exists."""
+    pid, sep, _ = path.name[len(PREFIX):].partition("-")
+    if not sep or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, another user's
+    return False
+
+
 def sweep(older_than: float, *, now: float | None = None) -> int:
-    """Remove spool files last written more than ``older_than`` seconds ago: what a worker killed in the middle of
-    writing leaves behind (every transaction removes its own files). Returns how many went."""
+    """Remove spool files whose writer is dead, and any last written more than ``older_than`` seconds ago: what a
+    milter or worker killed in the middle of a message leaves behind (every transaction removes its own files),
+    the decrypted message among them. Returns how many went."""
     cutoff = (time.time() if now is None else now) - older_than
     removed = 0
     for path in Path(directory()).glob(f"{PREFIX}*"):
         try:
-            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+            if path.is_file() and not path.is_symlink() and (path.stat().st_mtime < cutoff or _writer_gone(path)):
                 path.unlink()
                 removed += 1
         except OSError:

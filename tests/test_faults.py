@@ -169,3 +169,42 @@ def test_confirmations_are_written_in_the_background_and_on_stop(tmp_path: Path,
     assert confirmed() == 2  # not written by committed() itself
     service.stop()
     assert confirmed() == 3  # written by stop()
+
+
+def test_crypto_workers_do_not_outlive_a_killed_milter(world: World) -> None:
+    """Issue 19: the workers hold every private key, and outlived the milter after SIGKILL. A process with a
+    worker pool is killed with SIGKILL: its workers are gone within seconds."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    from mta import _children
+
+    config = world.write_config("workers-die", world.hisp_a_body())
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from directmilter.agent import Agent
+        from directmilter.config import load_config
+        agent = Agent(load_config(Path({str(config)!r})), workers=2)
+        agent.context.runner.warm_up()
+        print("ready", flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "ready"
+        workers = [pid for pid, name in _children(parent.pid).items() if "python" in name]
+        assert len(workers) >= 2, _children(parent.pid)
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+        except (FileNotFoundError, IndexError):
+            return False
+
+    assert wait_until(lambda: not any(alive(p) for p in workers), "the workers to exit", timeout=10)

@@ -621,3 +621,26 @@ def test_wants_dispatched_vector() -> None:
     data = vector(f"{GATEWAY_MESSAGES}/PlainUntrustedReliableOutgoingMessage.txt")
     assert wants_dispatched(data)
     assert not wants_dispatched(vector(f"{GATEWAY_MESSAGES}/PlainOutgoingMessage.txt"))
+
+
+def test_the_postmasters_copy_keeps_the_report_and_loses_the_returned_message() -> None:
+    """Issue 19: withhold_returned replaces RFC 6522's third part (message/rfc822, text/rfc822-headers) with a
+    note and keeps everything else byte for byte; a message that is no report keeps its header block only."""
+    from directmilter.notify.report import WITHHELD, withhold_returned
+
+    head = b"From: MAILER-DAEMON@mx.a.test\r\nSubject: Postmaster Copy\r\nMIME-Version: 1.0\r\n"
+    human = b"Content-Type: text/plain\r\n\r\nQueue id ABC: delivery to gone@direct.a.test failed."
+    status = b"Content-Type: message/delivery-status\r\n\r\nFinal-Recipient: rfc822; gone@direct.a.test\r\n" \
+             b"Action: failed\r\nStatus: 5.2.2"
+    for returned_type in (b"text/rfc822-headers", b"message/rfc822"):
+        returned = b"Content-Type: " + returned_type + b"\r\n\r\nSubject: secret diagnosis\r\nFrom: bob@x.test"
+        report = (head + b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n"
+                  + b"".join(b"--b\r\n" + p + b"\r\n" for p in (human, status, returned)) + b"--b--\r\n")
+        stripped = withhold_returned(report)
+        assert b"secret diagnosis" not in stripped and WITHHELD in stripped
+        assert human in stripped and status in stripped and stripped.startswith(head)
+        assert parse_notification(stripped) is not None  # still a report anyone can read
+    plain = head + b"Content-Type: text/plain\r\n\r\nSubject: secret diagnosis\r\n"
+    stripped = withhold_returned(plain)
+    assert b"secret diagnosis" not in stripped and b"Subject: Postmaster Copy" in stripped
+    assert stripped.endswith(WITHHELD) and b"text/plain\r\n\r\nSubject" not in stripped

@@ -176,3 +176,24 @@ def test_ber_that_borrows_bytes_beyond_its_parent_is_refused(world: World) -> No
     at = der.index(b"\xa0\x80", der.index(bytes.fromhex("060960864801650304012a")))
     with pytest.raises(CMSError, match=r"encryptedContent has identifier 0xa2, not \[0\]"):
         cms.Envelope.parse(der[:at] + b"\xa2" + der[at + 1:])
+
+
+def test_sweep_removes_at_once_what_a_dead_process_left(private_tmp: Path) -> None:
+    """Issue 19: a milter or worker killed mid-message left the decrypted message in its spool file until the age
+    rule took it (21 minutes on). A spool file is named after its writer: a dead writer's file goes at the next
+    sweep (the milter sweeps at start), however fresh; the files of live processes stay."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    collector = spool.Writer(over=0)
+    collector.write(b"decrypted")
+    mine = collector.finish()
+    assert isinstance(mine, spool.Spool) and f"-{os.getpid()}-" in Path(mine.path).name
+    dead = private_tmp / f"{spool.PREFIX}{gone.pid}-abc"
+    alive = private_tmp / f"{spool.PREFIX}1-abc"  # init: alive, and not ours
+    for path in (dead, alive):
+        path.write_bytes(b"decrypted")
+    assert spool.sweep(older_than=3600) == 1
+    assert not dead.exists() and alive.exists() and Path(mine.path).exists()
+    spool.remove(mine)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -57,9 +59,24 @@ def _discard_late(future: concurrent.futures.Future[Any]) -> None:
             spool.remove(item)
 
 
-def _start_worker(path: str, log_level: str, json_logs: bool) -> None:
+def _die_with(parent: int, every: float = 0.5) -> None:
+    """A worker holds every private key: it must not outlive the milter that started it (SIGKILL, a crash, a
+    SIGTERM that skipped the clean-up). When the parent is gone the worker is adopted by another process; then it
+    exits. (PR_SET_PDEATHSIG would follow the thread that happened to start the worker, not the milter.)"""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _start_worker(path: str, log_level: str, json_logs: bool, parent: int = 0) -> None:
     global _config
     from directmilter.log import configure
+
+    if parent:
+        _die_with(parent)
 
     configure(log_level, json=json_logs)
     register_pickling()
@@ -86,7 +103,7 @@ class WorkerPool:
         self.inline_below = inline_below
         self.processes = processes
         self.timeout = timeout
-        self._initargs = (str(config.path), log_level, json_logs)
+        self._initargs = (str(config.path), log_level, json_logs, os.getpid())
         register_pickling()
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None

@@ -44,6 +44,7 @@ from directmilter.milter import systemd
 from directmilter.milter.direction import Client, Direction, Group, delivered_to, direction, group
 from directmilter.milter.edits import header_edits, header_fields
 from directmilter.milter.runtime import Runtime, block_reload_signal
+from directmilter.notify.report import withhold_returned
 from directmilter.policy import condition_of
 from directmilter.replies import reason_for, reply_for
 
@@ -324,6 +325,8 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
             return self._reinjected()
         if self.refusal is not None:
             raise self.refusal
+        if self.sender and self.client.postfix_report:
+            return self._postmaster_notice()
         if not self.sender and self.group is Group.HOSTED and self.client.postfix_report:
             return self._own_report()
         if not self.sender and self.group is Group.REMOTE and self.confirmations is not None:
@@ -372,6 +375,15 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         sent = sum(confirmations.secure_bounce(bounce, recipient) for recipient in self.recipients)
         self._audit("bounce_secured", rejected={}, started=started, dsns=sent)
         return int(Milter.DISCARD)
+
+    def _postmaster_notice(self) -> int:
+        """Postfix's copies to the postmaster (notify_classes bounce, delay, 2bounce; sender double-bounce@) return
+        the message they are about, or its headers: for Direct mail received here, the decrypted message. They go
+        on without that part, wherever the postmaster's mail goes (often off this host)."""
+        started = time.monotonic()
+        self._apply(Outcome(withhold_returned(spool.read(self._message())), tuple(self.recipients), {}))
+        self._audit("postmaster_notice", rejected={}, started=started)
+        return int(Milter.ACCEPT)
 
     def _own_report(self) -> int:
         """Postfix's own bounce, delay or success notice to a hosted sender stays on this host: it is delivered as it

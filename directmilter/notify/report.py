@@ -20,6 +20,7 @@ from directmilter.cms.mime import (
     Entity,
     canonicalize,
     decode_body,
+    multipart_spans,
     new_boundary,
     parse_entity,
     split_multipart,
@@ -225,6 +226,37 @@ def returned_message_id(message: bytes | Entity) -> str | None:
     except MalformedMessage:
         return None
     return None
+
+
+WITHHELD = (b"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+            b"[The message this report is about is withheld here by directmilter: the headers of Direct mail are "
+            b"health data. Its queue id and the delivery status are above.]\r\n")
+
+
+def withhold_returned(message: bytes) -> bytes:
+    """``message`` with each part that returns a message or its headers (RFC 6522's third part) replaced by a
+    note; a message that is no multipart/report keeps only its header block and the note. For the postmaster's
+    copies of Postfix's reports: what they are about (queue id, recipients, status) stays, what it said goes."""
+    data = canonicalize(message)
+    try:
+        entity = parse_entity(data, what="report")
+    except MalformedMessage:
+        return b"MIME-Version: 1.0\r\n" + WITHHELD  # no header block worth keeping
+    if entity.content_type == "multipart/report":
+        try:
+            spans, _ = multipart_spans(entity, what="report")
+            parts = [data[a:b] for a, b in spans]
+            kept = [WITHHELD if parse_entity(part, what="report part").content_type in _RETURNED_TYPES else part
+                    for part in parts]
+        except MalformedMessage:
+            pass
+        else:
+            delimiter = b"--" + (entity.param("boundary") or "").encode("utf-8")
+            body = b"".join(delimiter + CRLF + part + CRLF for part in kept) + delimiter + b"--" + CRLF
+            return bytes(data[: entity.body_start]) + body
+    head = b"".join(h.raw for h in entity.headers
+                    if h.name not in ("content-type", "content-transfer-encoding", "mime-version"))
+    return head + b"MIME-Version: 1.0\r\n" + WITHHELD
 
 
 def _entity(message: Entity | bytes) -> Entity:
@@ -444,5 +476,5 @@ class _HeaderChain:
         return []
 
 
-__all__ = ["Kind", "Notification", "RecipientResult", "assemble", "is_notification", "may_hold_report",
-           "parse_notification"]
+__all__ = ["WITHHELD", "Kind", "Notification", "RecipientResult", "assemble", "is_notification", "may_hold_report",
+           "parse_notification", "withhold_returned"]
