@@ -36,6 +36,7 @@ from directmilter.cms.algorithms import (
     KEY_TRANSPORTS,
     RECIPIENT_IDS,
 )
+from directmilter.destinations import Network
 from directmilter.errors import ConfigError
 from directmilter.keys.identity import PrivateIdentity
 from directmilter.keys.load import BUNDLE_URL_SUFFIX, load_certificates, load_identities, toml_type
@@ -237,9 +238,9 @@ class TrustSettings:
     max_download: int = 10 << 20
     bundle_refresh: float = 3600.0
     bundle_cache: Path | None = None
-    #: Networks a certificate's AIA, CRL or OCSP URL may lead to although they are internal (loopback, private,
-    #: link-local...), which are refused otherwise: a stranger's certificate must not reach our own services.
-    fetch_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: Networks a certificate's AIA, CRL or OCSP URL, or an IPKIX URL, may lead to although they are internal
+    #: (loopback, private, link-local...), which are refused otherwise (directmilter.destinations).
+    fetch_allow: tuple[Network, ...] = ()
     #: Smallest RSA key accepted anywhere in a path (RFC 5751 makes verifying 1024-bit signatures a MUST).
     min_rsa_bits: int = 1024
     #: AS 4.1.3 (MAY): signers need digitalSignature, recipients keyEncipherment, and an extendedKeyUsage, when
@@ -780,8 +781,7 @@ class _Loader:
             fetch_allow=self.networks(table, "fetch_allow", key),
         )
 
-    def networks(self, table: Mapping[str, object], name: str, key: str) -> tuple[
-            ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    def networks(self, table: Mapping[str, object], name: str, key: str) -> tuple[Network, ...]:
         found = []
         for index, value in enumerate(self.string_list(table, name, key) or ()):
             try:

@@ -147,6 +147,20 @@ def test_ipkix_url_is_fetched(agent: Agent, net: dict[str, Any]) -> None:
     assert ("GET", "/ipkix.cer") in net["http"].requests()
 
 
+def test_an_ipkix_url_to_an_internal_address_is_not_fetched(world: World, net: dict[str, Any]) -> None:
+    """Issue 19 (SSRF): the recipient's domain chooses its IPKIX URLs. Without [trust] fetch_allow, one that leads
+    to loopback is not fetched (the HTTP server sees nothing) and the recipient has no certificate."""
+    body = {**discovering(world, net["knot"].port), "trust": {"fetch_allow": []}}
+    agent = Agent(load_config(world.write_config("discover-no-internal", body)))
+    before = net["http"].count("/ipkix.cer")
+    try:
+        with pytest.raises(NoTrustedRecipients):
+            secured_for(agent, "ipkix@direct.b.test")
+    finally:
+        agent.close()
+    assert net["http"].count("/ipkix.cer") == before
+
+
 @pytest.mark.conformance("AS-2.3-3", "ALG-6")
 def test_ldap_found_through_srv_with_first_server_down(agent: Agent, net: dict[str, Any]) -> None:
     assert secured_for(agent, "carol@ldap.c.test") == (net["certs"]["carol"].cert,)

@@ -38,7 +38,7 @@ def default_sources(config: Config) -> list[CertificateSource]:
     settings = config.discovery
     if settings.dns or settings.ldap:
         dns_settings = DnsSettings(settings.dns_servers, settings.timeout, settings.negative_ttl,
-                                   settings.http_timeout, settings.http_max_bytes)
+                                   settings.http_timeout, settings.http_max_bytes, config.trust.fetch_allow)
         resolver = make_resolver(dns_settings)
         if settings.dns:
             sources.append(DnsCertificates(dns_settings, resolver=resolver, cache=TTLCache(settings.cache_size)))

@@ -10,10 +10,13 @@ skipped and logged, never hiding a good one beside it.
 
 from __future__ import annotations
 
+import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dns.exception
 import dns.name
@@ -22,6 +25,7 @@ import dns.rdatatype
 import dns.resolver
 from cryptography import x509
 
+from directmilter.destinations import Network, address_problem
 from directmilter.discovery.cache import TTLCache
 from directmilter.errors import DependencyTimeout, TemporaryFailure
 from directmilter.log import get_logger
@@ -31,6 +35,16 @@ log = get_logger("directmilter.discovery.dns")
 PKIX, IPKIX = 1, 4
 
 
+class _RedirectRefused(urllib.request.HTTPRedirectHandler):
+    """An IPKIX URL is answered by its own host: a redirect is an HTTP error, not followed."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> None:
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RedirectRefused)
+
+
 @dataclass(frozen=True)
 class DnsSettings:
     servers: tuple[tuple[str, int], ...] = ()  # empty: the system resolver (/etc/resolv.conf)
@@ -38,6 +52,7 @@ class DnsSettings:
     negative_ttl: float = 300.0
     http_timeout: float = 5.0
     http_max_bytes: int = 65536
+    fetch_allow: tuple[Network, ...] = ()  # internal networks an IPKIX URL may lead to ([trust] fetch_allow)
 
 
 def make_resolver(settings: DnsSettings) -> dns.resolver.Resolver:
@@ -118,14 +133,35 @@ class DnsCertificates:
             log.warning("dns_bad_certificate", owner=owner.to_text(), type=kind)
             return None
 
+    def _destination_problem(self, url: str) -> str | None:
+        """Why the IPKIX URL may not be fetched (see :mod:`directmilter.destinations`), or None. Every address the
+        host name resolves to must be allowed."""
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        except ValueError as exc:
+            return f"not a URL ({exc})"
+        if not host:
+            return "the URL names no host"
+        try:
+            found = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+        except (OSError, UnicodeError) as exc:
+            return f"{host} does not resolve ({exc})"
+        problems = [p for a in sorted(found) if (p := address_problem(str(a), self.settings.fetch_allow))]
+        return problems[0] if problems else None
+
     def _fetch(self, url: str, owner: dns.name.Name) -> bytes:
         """The DER certificate behind an IPKIX URL; b"" (skipped) for a bad answer, TemporaryFailure if unreachable."""
         if not url.lower().startswith(("http://", "https://")):
             log.warning("ipkix_bad_url", owner=owner.to_text(), url=url)
             return b""
+        problem = self._destination_problem(url)
+        if problem is not None:
+            log.warning("ipkix_refused", owner=owner.to_text(), url=url, reason=problem)
+            return b""
         limit = self.settings.http_max_bytes
         try:
-            with urllib.request.urlopen(url, timeout=self.settings.http_timeout) as response:
+            with _NO_REDIRECTS.open(url, timeout=self.settings.http_timeout) as response:
                 body: bytes = response.read(limit + 1)
         except urllib.error.HTTPError as exc:
             log.warning("ipkix_http_error", owner=owner.to_text(), url=url, status=exc.code)

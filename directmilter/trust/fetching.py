@@ -16,7 +16,6 @@ Everything runs on the validator's single event loop, so the caches need no lock
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import time
 from collections import OrderedDict
@@ -38,8 +37,10 @@ from pyhanko_certvalidator.fetchers.api import Fetchers
 from pyhanko_certvalidator.fetchers.common_utils import FetchKind
 from pyhanko_certvalidator.util import issuer_serial
 
+from directmilter.destinations import Network, address_problem
+
 __all__ = ["DEFAULT_MAX_DOWNLOAD", "Answers", "BoundedResponse", "CachingFetcherBackend", "DestinationRefused",
-           "Network", "ResponseTooLarge", "TimedCache", "address_problem"]
+           "ResponseTooLarge", "TimedCache"]
 
 DEFAULT_MAX_DOWNLOAD = 10 << 20
 """Largest AIA certificate, CRL or OCSP answer read (bytes). Big community CRLs run to a few MiB."""
@@ -81,30 +82,8 @@ class BoundedResponse(aiohttp.ClientResponse):
         return self._body
 
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
 class DestinationRefused(aiohttp.ClientError):
     """A fetch to where certificates may not send us. An aiohttp ClientError: pyhanko reports a failed fetch."""
-
-
-def address_problem(address: str, allowed: Sequence[Network]) -> str | None:
-    """Why a certificate's URL may not lead to ``address``, or None. The URLs in a certificate are chosen by
-    whoever made it, a stranger's self-made certificate included: left alone they would have us reach this
-    host's own services and the HISP's internal network (SSRF). Loopback, private, link-local, multicast and
-    reserved addresses are refused unless an operator lists their network in ``[trust] fetch_allow``."""
-    try:
-        ip = ipaddress.ip_address(address.partition("%")[0])
-    except ValueError:
-        return f"{address!r} is not an IP address"
-    if any(ip in network for network in allowed if network.version == ip.version):
-        return None
-    mapped = getattr(ip, "ipv4_mapped", None)
-    target = mapped if mapped is not None else ip
-    if (target.is_private or target.is_loopback or target.is_link_local or target.is_multicast
-            or target.is_reserved or target.is_unspecified):
-        return f"{address} is an internal address (not in [trust] fetch_allow)"
-    return None
 
 
 class _CheckedConnector(aiohttp.TCPConnector):
