@@ -59,16 +59,16 @@ _QUOTABLE = st.text(alphabet="abc XYZ 019,;:=/()<>@[]?-_.\\\"", max_size=20)
 
 
 @given(kind=_TOKENS, sub=_TOKENS, params=st.lists(st.tuples(_TOKENS, _QUOTABLE), max_size=5))
-def test_generated_content_types_agree_with_the_standard_library(kind: str, sub: str,
-                                                                 params: list[tuple[str, str]]) -> None:
+def test_generated_content_types_read_as_written(kind: str, sub: str, params: list[tuple[str, str]]) -> None:
+    """Quoted values holding tspecials, quoted pairs and comment characters come back exactly; the first of a
+    repeated name counts."""
     quoted = ['"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for _, v in params]
     value = f"{kind}/{sub}" + "".join(f"; {n}={q}" for (n, _), q in zip(params, quoted, strict=True))
-    expected_params = {}
+    expected: dict[str, str] = {}
     for name, raw in params:
-        expected_params.setdefault(name.lower(), raw)
-    if any("*" in n for n, _ in params):
-        return
-    assert (content_type(value)[0], dict(content_type(value)[1])) == (f"{kind}/{sub}".lower(), expected_params)
+        expected.setdefault(name.lower(), raw)
+    found_kind, found = content_type(value)
+    assert (found_kind, dict(found)) == (f"{kind}/{sub}".lower(), expected)
 
 
 ADDRESS_FIELDS = [
