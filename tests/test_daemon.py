@@ -155,3 +155,33 @@ def test_tcp_milter_socket_gets_no_delay() -> None:
         assert disable_nagle(f"inet:{port}@127.0.0.1") == 1
         assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     assert disable_nagle("unix:/run/x.sock") == 0
+
+
+def test_sigterm_runs_the_clean_up_and_the_workers_go_with_it(world: World, tmp_path: Path) -> None:
+    """Issue 19: SIGTERM (systemctl stop) killed the milter before its own clean-up (a thread of the worker pool
+    left SIGTERM unblocked, so the default action took it). It now ends like a normal stop: exit status 0, the
+    socket closed, "stopped" logged after the clean-up, and the crypto workers, which hold every private key,
+    gone with it."""
+    body = world.hisp_a_body()
+    conf = world.write_config("daemon-term", {**body, "milter": {"internal_hosts": [], "workers": 2,
+                                                                 "inline_below": 0}})
+    log = tmp_path / "milter.log"
+    milter = Milterd(conf, log).start()
+    try:
+        assert milter.process is not None
+        wait_until(lambda: len(worker_pids(milter)) == 2, "the crypto workers")
+        workers = worker_pids(milter)
+        milter.signal(signal.SIGTERM)
+        assert milter.process.wait(timeout=20) == 0, log.read_text()
+        assert "event='stopped'" in log.read_text(), log.read_text()
+        assert not milter._listening()
+
+        def alive(pid: int) -> bool:
+            try:
+                return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+            except (FileNotFoundError, IndexError):
+                return False
+
+        assert wait_until(lambda: not any(alive(p) for p in workers), "the workers to exit", timeout=10)
+    finally:
+        milter.stop()

@@ -20,10 +20,12 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,10 +73,25 @@ def _die_with(parent: int, every: float = 0.5) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _start_resource_tracker() -> None:
+    """multiprocessing's resource tracker (which the pool's queues need) unblocks SIGINT and SIGTERM in the thread
+    that starts it, and so in the pool's own threads started after: the milter, which leaves those signals to
+    libmilter's signal thread, would then die of a SIGTERM instead of stopping cleanly. Start it here, keeping the
+    thread's signal mask."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 def _start_worker(path: str, log_level: str, json_logs: bool, parent: int = 0) -> None:
     global _config
     from directmilter.log import configure
 
+    # The milter blocks the signals it waits for, and a spawned process inherits that mask through exec: a
+    # worker must stay one that SIGTERM stops.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     if parent:
         _die_with(parent)
 
@@ -111,6 +128,7 @@ class WorkerPool:
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         with self._lock:
             if self._pool is None:
+                _start_resource_tracker()
                 self._pool = concurrent.futures.ProcessPoolExecutor(
                     self.processes, mp_context=multiprocessing.get_context("spawn"),
                     initializer=_start_worker, initargs=self._initargs)

@@ -43,7 +43,7 @@ from directmilter.log import get_logger
 from directmilter.milter import systemd
 from directmilter.milter.direction import Client, Direction, Group, delivered_to, direction, group
 from directmilter.milter.edits import header_edits, header_fields
-from directmilter.milter.runtime import Runtime, block_reload_signal
+from directmilter.milter.runtime import Runtime, block_daemon_signals
 from directmilter.notify.report import withhold_returned
 from directmilter.policy import condition_of
 from directmilter.replies import reason_for, reply_for
@@ -524,7 +524,7 @@ def _reply_text(reason: str) -> str:
 
 def run(config: Config, *, socket_override: str | None = None) -> None:
     """Serve the milter socket from the configuration until SIGTERM / SIGINT; SIGUSR1 reloads."""
-    block_reload_signal()  # before any thread exists, so SIGUSR1 reaches only the reload thread
+    block_daemon_signals()  # before any thread exists, so only libmilter's and the reload thread see them
     if socket_override:
         config = replace(config, milter=replace(config.milter, socket=socket_override))
     settings = config.milter

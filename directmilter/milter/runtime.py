@@ -1,8 +1,10 @@
 """What the running milter works with, and how a reload replaces it without dropping a message in flight.
 
 libmilter takes SIGHUP, SIGTERM and SIGINT for itself (SIGHUP stops it), so a reload has its own signal:
-SIGUSR1 (``systemctl reload`` runs ``kill -USR1 $MAINPID``). It is blocked in every thread from the start and
-waited for by one thread, so it can never kill the process or interrupt a callback. A reload builds a complete
+SIGUSR1 (``systemctl reload`` runs ``kill -USR1 $MAINPID``). All four are blocked in every thread from the start
+(:func:`block_daemon_signals`): libmilter's signal thread waits for the first three and stops the milter so that
+its clean-up runs, and one thread of ours waits for SIGUSR1, so none can kill the process or interrupt a
+callback. A reload builds a complete
 new configuration and agent (keys, anchors, trust bundles, caches) beside the old one and swaps them in one
 assignment: a transaction already under way keeps the generation it started with, and the old agent is closed
 only after the milter timeout has passed. A configuration that does not load is logged and the old one stays.
@@ -97,7 +99,7 @@ class Runtime:
             return True
 
     def watch_reload_signal(self) -> None:
-        """Reload on every SIGUSR1 (blocked everywhere by :func:`block_reload_signal`, so only this thread sees it)."""
+        """Reload on every SIGUSR1 (blocked everywhere by :func:`block_daemon_signals`, so only this thread sees it)."""
 
         def wait() -> None:
             while True:
@@ -134,6 +136,12 @@ def _queue_view(config: Config) -> Callable[[], set[str]] | None:
     return None if settings is None else functools.partial(queued, settings)
 
 
-def block_reload_signal() -> None:
-    """Block SIGUSR1 in this thread and so in every thread started after: call first thing in the daemon."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {RELOAD_SIGNAL})
+#: What the daemon is told through signals: libmilter's (stop) and ours (reload).
+DAEMON_SIGNALS = frozenset({signal.SIGHUP, signal.SIGTERM, signal.SIGINT, RELOAD_SIGNAL})
+
+
+def block_daemon_signals() -> None:
+    """Block :data:`DAEMON_SIGNALS` in this thread and so in every thread started after: call first thing in
+    the daemon. A thread started before libmilter's that left SIGTERM unblocked would take it with the default
+    action, and the process would die without closing its workers or writing its pending confirmations."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, DAEMON_SIGNALS)
