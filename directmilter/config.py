@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from directmilter.addresses import base_mailbox
+from directmilter.budget import WorkBudget
 from directmilter.cms.algorithms import (
     CIPHERS_ACCEPT,
     CIPHERS_SEND,
@@ -128,7 +129,8 @@ _TRUST_KEYS = ("fetch", "fetch_allow", "revocation", "http_timeout", "max_downlo
                "min_rsa_bits", "enforce_key_usage")
 REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
-_LIMITS_KEYS = ("max_message_size", "max_headers", "max_mime_depth", "max_certificates")
+_LIMITS_KEYS = ("max_message_size", "max_headers", "max_mime_depth", "max_certificates", "max_seconds", "max_fetches",
+                "max_fetches_per_host")
 _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons", "trust_authenticated",
                 "other_mail", "timeout", "metrics", "workers", "inline_below", "postfix_config",
                 "recipient_delimiter", "local_submission", "delivery_transports")
@@ -159,6 +161,18 @@ class Limits:
     max_headers: int = 1000  # header fields of the message (and of each MIME part)
     max_mime_depth: int = 32  # nesting of multiparts and attached messages
     max_certificates: int = 50  # certificates carried by one signature
+    #: Wall time one message may take at the end of data (deferred past it): below Postfix's milter_content_timeout
+    #: (300 s), so we give up before Postfix does and stop working on it.
+    max_seconds: int = 120
+    #: AIA, CRL and OCSP downloads one message may cause, in all and from one host (a certificate whose path needs
+    #: more is not trusted).
+    max_fetches: int = 24
+    max_fetches_per_host: int = 8
+
+    def budget(self, seconds: float | None = None) -> WorkBudget:
+        """A fresh budget for one message (or, with ``seconds``, for one shorter decision such as RCPT TO)."""
+        return WorkBudget(min(self.max_seconds, seconds or self.max_seconds), self.max_fetches,
+                          self.max_fetches_per_host)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,10 @@ class DependencyTimeout(TemporaryFailure):
     """A dependency did not answer in time."""
 
 
+class WorkTimeExceeded(DependencyTimeout):
+    """The message's time ([limits] max_seconds) ran out: mostly a slow dependency's doing, so a retry may pass."""
+
+
 class RevocationUnavailable(TemporaryFailure):
     """Under a hard-fail policy, a certificate's revocation status could not be determined (CRL/OCSP down)."""
 
@@ -111,6 +115,11 @@ class PolicyViolation(TrustError):
 
 class NoTrustPath(TrustError):
     """No path from the certificate to one of the configured trust anchors (or no anchors configured at all)."""
+
+
+class FetchBudgetSpent(TrustError):
+    """A certificate's path needs more AIA, CRL or OCSP downloads than the message has left ([limits]
+    max_fetches, max_fetches_per_host): the message is made so, retrying changes nothing."""
 
 
 class TamperedRouting(PermanentFailure):

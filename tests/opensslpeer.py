@@ -97,6 +97,7 @@ def sign(
     nodetach: bool = False,
     legacy_smime: bool = False,
     headers: Mapping[str, str] | None = None,
+    co_signers: Sequence[Issued] = (),
 ) -> bytes:
     """Sign the MIME entity ``content`` (CRLF line ends) and return the S/MIME message.
 
@@ -108,7 +109,7 @@ def sign(
     ``application/x-pkcs7-signature`` / ``x-pkcs7-mime``; it cannot do PSS.
     ``extra_certs`` go into the SignedData certificate set (``-certfile``), ``nocerts``
     leaves out even the signer's certificate.  ``headers`` (from/to/subject) are written
-    by openssl above the MIME-Version line, always in the order To, From, Subject.
+    by openssl above the MIME-Version line, always in the order To, From, Subject. ``co_signers`` sign too.
     """
     if legacy_smime and pss:
         raise ValueError("openssl smime has no -keyopt; RSASSA-PSS needs openssl cms")
@@ -126,6 +127,8 @@ def sign(
     ]
     if pss:
         args += ["-keyopt", "rsa_padding_mode:pss"]
+    for other in co_signers:  # more SignerInfos, in this order after ``signer``'s
+        args += ["-signer", other.cert_path, "-inkey", other.key_path]
     args += ["-nocerts"] * nocerts + ["-nodetach"] * nodetach + _header_args(headers)
     with tempfile.TemporaryDirectory() as tmp:
         return _crlf_base64(run([*args, *_pem_bundle(tmp, extra_certs)], content))

@@ -146,14 +146,15 @@ def _resign(cert: x509.Certificate, key: PrivateKey, hash_name: str) -> x509.Cer
 
 
 def _distribution_extensions(
-    aia_ca_issuers: str | None, ocsp_url: str | None, crl_url: str | None
+    aia_ca_issuers: str | Sequence[str] | None, ocsp_url: str | None, crl_url: str | None
 ) -> list[tuple[x509.ExtensionType, bool]]:
-    """AIA (caIssuers and/or OCSP) and CRL distribution point extensions, non-critical."""
+    """AIA (caIssuers, one URL or several, and/or OCSP) and CRL distribution point extensions, non-critical."""
     exts: list[tuple[x509.ExtensionType, bool]] = []
+    issuers = [aia_ca_issuers] if isinstance(aia_ca_issuers, str) else list(aia_ca_issuers or ())
     access = [
         x509.AccessDescription(oid, x509.UniformResourceIdentifier(url))
         for oid, url in (
-            (AuthorityInformationAccessOID.CA_ISSUERS, aia_ca_issuers),
+            *((AuthorityInformationAccessOID.CA_ISSUERS, url) for url in issuers),
             (AuthorityInformationAccessOID.OCSP, ocsp_url),
         )
         if url
@@ -210,7 +211,7 @@ class PKI:
         not_after: datetime.datetime | None = None,
         hash: HashName = "sha256",
         path_length: int | None = None,
-        aia_ca_issuers: str | None = None,
+        aia_ca_issuers: str | Sequence[str] | None = None,
         crl_url: str | None = None,
         ocsp_url: str | None = None,
     ) -> Issued:
@@ -233,7 +234,7 @@ class PKI:
         hash: HashName = "sha256",
         key_usage: Iterable[str] | None = DEFAULT_LEAF_KEY_USAGE,
         extended_key_usage: Iterable[str] | None = None,
-        aia_ca_issuers: str | None = None,
+        aia_ca_issuers: str | Sequence[str] | None = None,
         crl_url: str | None = None,
         ocsp_url: str | None = None,
         self_signed: bool = False,

@@ -25,7 +25,11 @@ from directmilter.trust.bundles import BundleStore
 from directmilter.trust.fetching import CachingFetcherBackend
 from directmilter.trust.validator import TrustValidator
 
-__all__ = ["Agent", "IncomingMessage", "MessageEnvelope", "OutgoingMessage"]
+__all__ = ["RCPT_SECONDS", "Agent", "IncomingMessage", "MessageEnvelope", "OutgoingMessage"]
+
+#: Time for one RCPT TO decision (discovery and validation): below Postfix's milter_command_timeout (30 s), so a
+#: slow publisher defers the recipient here rather than tripping Postfix's milter_default_action.
+RCPT_SECONDS = 25.0
 
 
 def default_sources(config: Config) -> list[CertificateSource]:
@@ -101,7 +105,7 @@ class Agent:
 
     def outgoing(self, envelope: MessageEnvelope, *, moment: datetime | None = None) -> OutgoingMessage:
         check_size(self.context.config, spool.size(envelope.message))
-        return process_outgoing(self.context, envelope, moment)
+        return process_outgoing(self.context, envelope, moment, self.context.config.limits.budget())
 
     def incoming(self, envelope: MessageEnvelope, *, moment: datetime | None = None,
                  own_envelope: bool = False) -> IncomingMessage:
@@ -109,15 +113,17 @@ class Agent:
         envelope cannot have been tampered with and its sealed size is ours, not the sender's."""
         if not own_envelope:
             check_size(self.context.config, spool.size(envelope.message))
-        return process_incoming(self.context, envelope, moment, check_routing=not own_envelope)
+        return process_incoming(self.context, envelope, moment, check_routing=not own_envelope,
+                                budget=self.context.config.limits.budget())
 
     def check_sender(self, sender: str, *, moment: datetime | None = None) -> None:
         """Raise unless ``sender`` may send secured mail from here (for decisions at MAIL FROM time)."""
         sender_identities(self.context, sender, moment)
 
     def check_recipient(self, sender: str, recipient: str, *, moment: datetime | None = None) -> None:
-        """Raise unless ``sender`` trusts a certificate of ``recipient`` (for decisions at RCPT TO time)."""
-        recipient_certificates(self.context, sender, recipient, moment)
+        """Raise unless ``sender`` trusts a certificate of ``recipient`` (for decisions at RCPT TO time, within
+        :data:`RCPT_SECONDS`)."""
+        recipient_certificates(self.context, sender, recipient, moment, self.context.config.limits.budget(RCPT_SECONDS))
 
     def start_refreshing(self) -> None:
         """Keep the trust bundles fresh from a background thread (the long-running milter calls this)."""

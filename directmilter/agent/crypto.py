@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from directmilter import cms, spool
+from directmilter.budget import Deadline
 from directmilter.cms.mime import CRLF, Chunk
 from directmilter.config import Config, Limits
 from directmilter.errors import CMSError, DecryptionFailed, DirectMilterError, MalformedMessage, TemporaryFailure
@@ -63,15 +64,18 @@ Emit = Callable[[Iterable[Chunk]], Message]
 
 
 def seal(config: Config, message: Message, sender: str, signers: Sequence[x509.Certificate],
-         recipients: Sequence[x509.Certificate], emit: Emit = join) -> Message:
-    """Process Outgoing steps 4 to 6 with the sender's keys whose certificates are ``signers``."""
+         recipients: Sequence[x509.Certificate], emit: Emit = join, deadline: Deadline | None = None) -> Message:
+    """Process Outgoing steps 4 to 6 with the sender's keys whose certificates are ``signers``, checking
+    ``deadline`` between the steps (so a worker stops on a message the milter gave up)."""
     wanted = {_der(c) for c in signers}
     identities = [i for i in config.identities_for(sender) if _der(i.certificate) in wanted]
     if not identities:
         # The worker loaded another generation of the configuration (a reload race): the retry will match.
         raise TemporaryFailure(f"sender {sender}: the signing keys are not loaded in this worker yet")
     crypto = config.crypto
+    _check(deadline, "reading the message to sign")
     entity = prepare(cms.canonicalize(spool.read(message)), sender, config.limits)
+    _check(deadline, "signing and encrypting")
     return emit(cms.secure_stream(entity, identities, recipients, digest=crypto.digest, cipher=crypto.cipher,
                            key_transport=crypto.key_transport, recipient_id=crypto.recipient_id))
 
@@ -111,8 +115,10 @@ class Opened:
     by_recipient: dict[str, int | DirectMilterError]
 
 
-def open_message(config: Config, message: Message, recipients: Sequence[str], emit: Emit = join) -> Opened:
-    """Decrypt per recipient, verify the signatures, unwrap (Process Incoming's crypto; trust is the caller's).
+def open_message(config: Config, message: Message, recipients: Sequence[str], emit: Emit = join,
+                 deadline: Deadline | None = None) -> Opened:
+    """Decrypt per recipient, verify the signatures, unwrap (Process Incoming's crypto; trust is the caller's),
+    checking ``deadline`` before each decryption and verification.
 
     Problems of the message as a whole (not S/MIME, malformed CMS, a forbidden cipher) raise; problems that
     concern one recipient's keys or what they open are that recipient's entry.
@@ -132,6 +138,7 @@ def open_message(config: Config, message: Message, recipients: Sequence[str], em
             continue
         keys = tuple(id(i) for i in identities)
         if keys not in by_keys:
+            _check(deadline, "decrypting")
             try:
                 plaintext = secured.envelope.decrypt(identities)
             except CMSError as exc:
@@ -139,12 +146,18 @@ def open_message(config: Config, message: Message, recipients: Sequence[str], em
             else:
                 digest = hashlib.sha256(plaintext).digest() if several else b""
                 if digest not in by_plaintext:
+                    _check(deadline, "verifying the signatures")
                     by_plaintext[digest] = _verify(secured, plaintext, crypto.accept_digests, contents,
                                                    config.limits.max_certificates, emit)
                 by_keys[keys] = by_plaintext[digest]
         by_recipient[recipient] = by_keys[keys]
     found = secured.outer.addresses("from")
     return Opened(found[0] if found else "", tuple(contents), by_recipient)
+
+
+def _check(deadline: Deadline | None, doing: str) -> None:
+    if deadline is not None:
+        deadline.check(doing)
 
 
 def _parse_secured(message: Message, ciphers: frozenset[str]) -> cms.Secured:
@@ -174,9 +187,9 @@ class CryptoRunner(Protocol):
     belong to the caller, who removes them."""
 
     def seal(self, message: Message, sender: str, signers: Sequence[x509.Certificate],
-             recipients: Sequence[x509.Certificate]) -> Message: ...
+             recipients: Sequence[x509.Certificate], deadline: Deadline | None = None) -> Message: ...
 
-    def open(self, message: Message, recipients: Sequence[str]) -> Opened: ...
+    def open(self, message: Message, recipients: Sequence[str], deadline: Deadline | None = None) -> Opened: ...
 
     def close(self) -> None: ...
 
@@ -188,11 +201,11 @@ class InProcess:
         self.config = config
 
     def seal(self, message: Message, sender: str, signers: Sequence[x509.Certificate],
-             recipients: Sequence[x509.Certificate]) -> Message:
-        return seal(self.config, message, sender, signers, recipients)
+             recipients: Sequence[x509.Certificate], deadline: Deadline | None = None) -> Message:
+        return seal(self.config, message, sender, signers, recipients, deadline=deadline)
 
-    def open(self, message: Message, recipients: Sequence[str]) -> Opened:
-        return open_message(self.config, message, recipients)
+    def open(self, message: Message, recipients: Sequence[str], deadline: Deadline | None = None) -> Opened:
+        return open_message(self.config, message, recipients, deadline=deadline)
 
     def close(self) -> None:
         pass

@@ -11,6 +11,7 @@ from directmilter.agent.context import AgentContext
 from directmilter.agent.crypto import Opened
 from directmilter.agent.envelope import IncomingMessage, MessageEnvelope
 from directmilter.agent.trust_model import trusted_certificates
+from directmilter.budget import WorkBudget
 from directmilter.cms.mime import parse_entity
 from directmilter.errors import (
     CMSError,
@@ -27,16 +28,17 @@ _SIGNING = frozenset({"digital_signature"})
 
 
 def process_incoming(ctx: AgentContext, envelope: MessageEnvelope, moment: datetime | None = None,
-                     *, check_routing: bool = True) -> IncomingMessage:
+                     *, check_routing: bool = True, budget: WorkBudget | None = None) -> IncomingMessage:
     """Decrypt per recipient, verify the signatures, enforce each recipient's anchors, unwrap (steps 1 to 6).
 
     Problems of the message as a whole (not S/MIME, malformed CMS, a forbidden cipher) raise; problems that
     concern one recipient (no key, not encrypted to it, signer not trusted by it) remove that recipient.
+    ``budget`` bounds the time and fetches spent (:mod:`directmilter.budget`).
     """
-    opened = ctx.runner.open(envelope.message, envelope.recipients)
+    opened = ctx.runner.open(envelope.message, envelope.recipients, budget.deadline if budget else None)
     result: IncomingMessage | None = None
     try:
-        result = _decide(ctx, envelope, opened, moment, check_routing)
+        result = _decide(ctx, envelope, opened, moment, check_routing, budget)
         return result
     finally:
         for content in opened.contents:  # what nobody gets (all of it, on a refusal) is not left on disk
@@ -45,7 +47,7 @@ def process_incoming(ctx: AgentContext, envelope: MessageEnvelope, moment: datet
 
 
 def _decide(ctx: AgentContext, envelope: MessageEnvelope, opened: Opened, moment: datetime | None,
-            check_routing: bool) -> IncomingMessage:
+            check_routing: bool, budget: WorkBudget | None) -> IncomingMessage:
     accepted: list[str] = []
     rejected: dict[str, DirectMilterError] = {}
     signers: list[x509.Certificate] = []
@@ -57,7 +59,7 @@ def _decide(ctx: AgentContext, envelope: MessageEnvelope, opened: Opened, moment
                 raise index
             content = opened.contents[index]
             sender = envelope.sender or opened.header_sender
-            trusted = _trusted_signers(ctx, sender, recipient, content.report, moment)
+            trusted = _trusted_signers(ctx, sender, recipient, content.report, moment, budget)
         except (CMSError, TrustError) as exc:
             rejected[recipient] = type(exc)(f"recipient {recipient}: {exc.reason}")
             continue
@@ -83,7 +85,8 @@ def _decide(ctx: AgentContext, envelope: MessageEnvelope, opened: Opened, moment
 
 
 def _trusted_signers(
-    ctx: AgentContext, sender: str, recipient: str, report: cms.SignatureReport, moment: datetime | None
+    ctx: AgentContext, sender: str, recipient: str, report: cms.SignatureReport, moment: datetime | None,
+    budget: WorkBudget | None,
 ) -> list[x509.Certificate]:
     """Signers whose signature is valid, bound to the sender and trusted by this recipient (ALG-16)."""
     valid = report.valid
@@ -98,7 +101,7 @@ def _trusted_signers(
     trusted, error = trusted_certificates(ctx.validator, sender, candidates, anchors, pool, moment=moment,
                                           revocation=ctx.config.revocation_for(recipient),
                                           key_usage=_SIGNING if enforce else frozenset(), email_protection=enforce,
-                                          policy=ctx.config.policy_for(recipient, "signers"))
+                                          policy=ctx.config.policy_for(recipient, "signers"), budget=budget)
     if trusted:
         return trusted
     if error is None:

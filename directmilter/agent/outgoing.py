@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from directmilter.agent.context import AgentContext
 from directmilter.agent.envelope import MessageEnvelope, OutgoingMessage
 from directmilter.agent.trust_model import trusted_certificates
+from directmilter.budget import WorkBudget
 from directmilter.errors import (
     DirectMilterError,
     NoCertificate,
@@ -24,15 +25,17 @@ from directmilter.trust.binding import describe_certificate, split_address
 _ENCRYPTION = frozenset({"key_encipherment"})
 
 
-def process_outgoing(ctx: AgentContext, envelope: MessageEnvelope, moment: datetime | None = None) -> OutgoingMessage:
-    """Resolve keys and certificates, enforce trust, then wrap, sign and encrypt (steps 1 to 6)."""
+def process_outgoing(ctx: AgentContext, envelope: MessageEnvelope, moment: datetime | None = None,
+                     budget: WorkBudget | None = None) -> OutgoingMessage:
+    """Resolve keys and certificates, enforce trust, then wrap, sign and encrypt (steps 1 to 6), within
+    ``budget`` (:mod:`directmilter.budget`)."""
     signers = sender_identities(ctx, envelope.sender, moment)
     accepted: list[str] = []
     certificates: list[x509.Certificate] = []
     rejected: dict[str, DirectMilterError] = {}
     for recipient in envelope.recipients:
         try:
-            found = recipient_certificates(ctx, envelope.sender, recipient, moment)
+            found = recipient_certificates(ctx, envelope.sender, recipient, moment, budget)
         except TrustError as exc:
             rejected[recipient] = exc
             continue
@@ -40,7 +43,8 @@ def process_outgoing(ctx: AgentContext, envelope: MessageEnvelope, moment: datet
         certificates.extend(c for c in found if c not in certificates)
     if not accepted:
         raise NoTrustedRecipients.of(rejected)
-    secured = ctx.runner.seal(envelope.message, envelope.sender, [i.certificate for i in signers], certificates)
+    secured = ctx.runner.seal(envelope.message, envelope.sender, [i.certificate for i in signers], certificates,
+                              budget.deadline if budget else None)
     return OutgoingMessage(
         message=secured, recipients=tuple(accepted), rejected=rejected, certificates=tuple(certificates)
     )
@@ -77,7 +81,7 @@ def sender_identities(ctx: AgentContext, sender: str, moment: datetime | None = 
 
 
 def recipient_certificates(
-    ctx: AgentContext, sender: str, recipient: str, moment: datetime | None = None
+    ctx: AgentContext, sender: str, recipient: str, moment: datetime | None = None, budget: WorkBudget | None = None
 ) -> list[x509.Certificate]:
     """The recipient's certificates the sender trusts: address certificates first, else the domain's (AS 5.2)."""
     parts = split_address(recipient)
@@ -92,6 +96,7 @@ def recipient_certificates(
             ctx.validator, recipient, lookup.certificates, anchors, (*ctx.intermediates, *lookup.certificates),
             moment=moment, key_usage=_ENCRYPTION, revocation=ctx.config.revocation_for(sender),
             email_protection=ctx.config.trust.enforce_key_usage, policy=ctx.config.policy_for(sender, "recipients"),
+            budget=budget,
         )
         found = [c for c in trusted if isinstance(c.public_key(), rsa.RSAPublicKey)]
         if found:

@@ -14,7 +14,8 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from directmilter.errors import NoCertificate, PolicyViolation, TrustError
+from directmilter.budget import WorkBudget
+from directmilter.errors import FetchBudgetSpent, NoCertificate, PolicyViolation, TrustError
 from directmilter.log import get_logger
 from directmilter.memo import kept
 from directmilter.trust.binding import binding_error, bound_to, describe_certificate
@@ -36,12 +37,13 @@ def trusted_certificates(
     revocation: str | None = None,
     email_protection: bool = False,
     policy: CertificatePolicy | None = None,
+    budget: WorkBudget | None = None,
 ) -> tuple[list[x509.Certificate], TrustError | None]:
     """The candidates bound to ``address`` that meet ``policy`` and whose path reaches ``anchors``, and why the
     first other one failed.
 
-    The error explains the refusal when the list is empty: the first unbound or untrusted certificate, or
-    :class:`NoCertificate` when there were no candidates at all.
+    The error explains the refusal when the list is empty: the first certificate the message's fetch budget left
+    unvalidated, else the first unbound or untrusted one, or :class:`NoCertificate` when there were no candidates.
     """
     trusted: list[x509.Certificate] = []
     first_error: TrustError | None = None
@@ -52,12 +54,14 @@ def trusted_certificates(
                 kind, reason = refused
                 raise kind(reason)
             path = validator.validate(cert, anchors, intermediates, moment=moment, key_usage=key_usage,
-                                      revocation_mode=revocation)
+                                      revocation_mode=revocation, budget=budget)
             not_for_email = _not_for_email(cert) if email_protection else None
             if not_for_email is not None:
                 raise TrustError(not_for_email)
         except TrustError as exc:
-            first_error = first_error or exc
+            # The message's budget running out explains more than any one certificate's fault: it is reported.
+            spent = isinstance(exc, FetchBudgetSpent) and not isinstance(first_error, FetchBudgetSpent)
+            first_error = exc if spent else first_error or exc
             continue
         if path.soft_failures:
             # Soft-fail policy: accepted, but never reported as "not revoked".

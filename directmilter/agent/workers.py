@@ -33,6 +33,7 @@ from cryptography import x509
 
 from directmilter import spool
 from directmilter.agent.crypto import Opened, open_message, register_pickling, seal
+from directmilter.budget import Deadline
 from directmilter.config import Config, load_config
 from directmilter.errors import DirectMilterError, TemporaryFailure
 from directmilter.log import get_logger
@@ -101,14 +102,14 @@ def _start_worker(path: str, log_level: str, json_logs: bool, parent: int = 0) -
 
 
 def _seal(message: Message, sender: str, signers: Sequence[x509.Certificate],
-          recipients: Sequence[x509.Certificate]) -> Message:
+          recipients: Sequence[x509.Certificate], deadline: Deadline | None) -> Message:
     assert _config is not None
-    return seal(_config, message, sender, signers, recipients, emit=spool.collect)
+    return seal(_config, message, sender, signers, recipients, emit=spool.collect, deadline=deadline)
 
 
-def _open(message: Message, recipients: Sequence[str]) -> Opened:
+def _open(message: Message, recipients: Sequence[str], deadline: Deadline | None) -> Opened:
     assert _config is not None
-    return open_message(_config, message, recipients, emit=spool.collect)
+    return open_message(_config, message, recipients, emit=spool.collect, deadline=deadline)
 
 
 class WorkerPool:
@@ -134,15 +135,20 @@ class WorkerPool:
                     initializer=_start_worker, initargs=self._initargs)
             return self._pool
 
-    def _call(self, what: str, function: Callable[..., T], *args: Any) -> T:
+    def _call(self, what: str, deadline: Deadline | None, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function`` in a worker, waiting until ``deadline`` at most; the worker looks at the same deadline
+        between its steps, so it stops soon after we stop waiting."""
         pool = self._executor()
+        timeout = self.timeout if deadline is None else max(0.0, min(self.timeout, deadline.remaining()))
         try:
-            future = pool.submit(function, *args)
-            return future.result(self.timeout)
+            future = pool.submit(function, *args, deadline)
+            return future.result(timeout)
         except DirectMilterError:
             raise
         except concurrent.futures.TimeoutError:
             future.add_done_callback(_discard_late)  # what the worker spools after we gave up is removed too
+            if deadline is not None:
+                deadline.check(what)
             raise TemporaryFailure(f"{what}: no worker answered within {self.timeout:g} s") from None
         except BrokenProcessPool:
             with self._lock:
@@ -155,22 +161,23 @@ class WorkerPool:
             raise TemporaryFailure(f"{what}: internal error in a crypto worker ({type(exc).__name__})") from exc
 
     def seal(self, message: Message, sender: str, signers: Sequence[x509.Certificate],
-             recipients: Sequence[x509.Certificate]) -> Message:
+             recipients: Sequence[x509.Certificate], deadline: Deadline | None = None) -> Message:
         if spool.size(message) < self.inline_below:
-            return seal(self.config, message, sender, signers, recipients)
+            return seal(self.config, message, sender, signers, recipients, deadline=deadline)
         item, made = _crossing(message)
         try:
-            return self._call("signing and encrypting", _seal, item, sender, tuple(signers), tuple(recipients))
+            return self._call("signing and encrypting", deadline, _seal, item, sender, tuple(signers),
+                              tuple(recipients))
         finally:
             if made:
                 spool.remove(item)
 
-    def open(self, message: Message, recipients: Sequence[str]) -> Opened:
+    def open(self, message: Message, recipients: Sequence[str], deadline: Deadline | None = None) -> Opened:
         if spool.size(message) < self.inline_below:
-            return open_message(self.config, message, recipients)
+            return open_message(self.config, message, recipients, deadline=deadline)
         item, made = _crossing(message)
         try:
-            return self._call("decrypting and verifying", _open, item, tuple(recipients))
+            return self._call("decrypting and verifying", deadline, _open, item, tuple(recipients))
         finally:
             if made:
                 spool.remove(item)

@@ -11,11 +11,16 @@ Every response body is read through :class:`BoundedResponse`, which stops at ``m
 publisher can cost us a bounded download, never our memory. An oversized answer is a fetch failure like a refused
 connection, so the revocation policy (soft-fail / hard-fail) decides what it means.
 
+Every request (redirects included) is also taken from the message's :class:`~directmilter.budget.WorkBudget`, set
+for the validation's task in :data:`message_budget`: past the message's count of fetches, in all or from one host,
+the request is refused like a refused destination (and the validator does not let that pass as a soft failure).
+
 Everything runs on the validator's single event loop, so the caches need no lock.
 """
 
 from __future__ import annotations
 
+import contextvars
 import ssl
 import time
 from collections import OrderedDict
@@ -27,6 +32,7 @@ import aiohttp
 import yarl
 from asn1crypto import crl as asn1_crl
 from asn1crypto import ocsp as asn1_ocsp
+from asn1crypto import x509 as asn1_x509
 from pyhanko_certvalidator.errors import CertificateFetchError, CRLFetchError, OCSPFetchError
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers import AIOHttpFetcherBackend
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers.cert_fetch_client import AIOHttpCertificateFetcher
@@ -34,13 +40,14 @@ from pyhanko_certvalidator.fetchers.aiohttp_fetchers.crl_client import AIOHttpCR
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers.ocsp_client import AIOHttpOCSPFetcher
 from pyhanko_certvalidator.fetchers.aiohttp_fetchers.util import LazySession
 from pyhanko_certvalidator.fetchers.api import Fetchers
-from pyhanko_certvalidator.fetchers.common_utils import FetchKind
+from pyhanko_certvalidator.fetchers.common_utils import FetchKind, complete_certificate_fetch_jobs
 from pyhanko_certvalidator.util import issuer_serial
 
+from directmilter.budget import WorkBudget
 from directmilter.destinations import Network, address_problem
 
 __all__ = ["DEFAULT_MAX_DOWNLOAD", "Answers", "BoundedResponse", "CachingFetcherBackend", "DestinationRefused",
-           "ResponseTooLarge", "TimedCache"]
+           "ResponseTooLarge", "TimedCache", "message_budget"]
 
 DEFAULT_MAX_DOWNLOAD = 10 << 20
 """Largest AIA certificate, CRL or OCSP answer read (bytes). Big community CRLs run to a few MiB."""
@@ -104,16 +111,30 @@ class _CheckedConnector(aiohttp.TCPConnector):
 
 
 async def _same_host_redirects_only(session: Any, context: Any, params: aiohttp.TraceRequestRedirectParams) -> None:
-    """A redirect may not send a fetch to another host (each certificate URL is one host's to answer)."""
+    """A redirect may not send a fetch to another host (each certificate URL is one host's to answer), and each
+    one is another download from the message's budget."""
     location = params.response.headers.get("Location", "")
     target = params.url.join(yarl.URL(location))
     if target.host != params.url.host or target.port != params.url.port:
         raise DestinationRefused(f"{params.url} redirects to another host ({target.host}): refused")
+    await _take_from_budget(session, context, aiohttp.TraceRequestStartParams("GET", target, params.headers))
+
+
+#: The budget of the message whose validation is running in this task (None: not counted, e.g. trust bundles).
+message_budget: contextvars.ContextVar[WorkBudget | None] = contextvars.ContextVar("message_budget", default=None)
+
+
+async def _take_from_budget(session: Any, context: Any, params: aiohttp.TraceRequestStartParams) -> None:
+    budget = message_budget.get()
+    refused = budget.take_fetch(params.url.host or "") if budget is not None else None
+    if refused is not None:
+        raise DestinationRefused(f"{params.url}: not fetched, {refused}")
 
 
 class _BoundedSession(LazySession):
     """pyhanko's lazily made session (bound to the loop that first uses it), reading through BoundedResponse,
-    connecting only to allowed destinations and following redirects only on the same host."""
+    connecting only to allowed destinations, following redirects only on the same host, and taking every request
+    from the message's budget."""
 
     def __init__(self, max_bytes: int, allowed: Sequence[Network] = ()) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
@@ -122,12 +143,13 @@ class _BoundedSession(LazySession):
 
     def get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            redirects = aiohttp.TraceConfig()
-            redirects.on_request_redirect.append(_same_host_redirects_only)
+            trace = aiohttp.TraceConfig()
+            trace.on_request_start.append(_take_from_budget)
+            trace.on_request_redirect.append(_same_host_redirects_only)
             self._session = aiohttp.ClientSession(
                 connector=_CheckedConnector(self._allowed, ssl=ssl.create_default_context()),
                 response_class=self._response_class,
-                trace_configs=[redirects],
+                trace_configs=[trace],
             )
         session: aiohttp.ClientSession = self._session
         return session
@@ -211,6 +233,13 @@ class _CachingCertFetcher(AIOHttpCertificateFetcher):
         super().__init__(*args, **kwargs)
         self._cache = cache
         self._answers = answers
+
+    def fetch_cert_issuers(self, cert: Any) -> Any:
+        """Nothing for a self-signed certificate: no issuer anywhere can lead from it to an anchor (it is one, or
+        it is a dead end), so a stranger's self-made certificate costs no download at all."""
+        if isinstance(cert, asn1_x509.Certificate) and cert.self_signed in ("yes", "maybe"):
+            return complete_certificate_fetch_jobs([])  # type: ignore[no-untyped-call]
+        return super().fetch_cert_issuers(cert)
 
     async def fetch_certs(self, url: str, url_origin_type: str) -> Any:
         cached = self._answers.get(self._cache, url)

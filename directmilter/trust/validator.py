@@ -76,12 +76,14 @@ from pyhanko_certvalidator.errors import (
 )
 from pyhanko_certvalidator.policy_decl import DisallowWeakAlgorithmsPolicy
 
+from directmilter.budget import WorkBudget
 from directmilter.errors import (
     CertificateExpired,
     CertificateRevoked,
     ConfigError,
     DependencyTimeout,
     DirectMilterError,
+    FetchBudgetSpent,
     NoTrustPath,
     RevocationUnavailable,
     TemporaryFailure,
@@ -89,6 +91,7 @@ from directmilter.errors import (
 )
 from directmilter.memo import fingerprint, kept
 from directmilter.trust.binding import describe_certificate
+from directmilter.trust.fetching import message_budget
 
 __all__ = ["KEY_USAGES", "REVOCATION_MODES", "TrustValidator", "ValidatedPath"]
 
@@ -239,8 +242,10 @@ class _Request:
         moment: datetime,
         point_in_time: bool,
         revocation_mode: str = "soft-fail",
+        budget: WorkBudget | None = None,
     ) -> None:
         self.cert = cert
+        self.budget = budget
         self.revocation_mode = revocation_mode
         self.point_in_time = point_in_time
         self.anchors = tuple(anchors)
@@ -387,6 +392,7 @@ class TrustValidator:
         moment: datetime | None = None,
         key_usage: set[str] | frozenset[str] | None = None,
         revocation_mode: str | None = None,
+        budget: WorkBudget | None = None,
     ) -> ValidatedPath:
         """Validate ``cert`` up to one of ``anchors``, building the path through ``intermediates`` if needed.
 
@@ -395,6 +401,11 @@ class TrustValidator:
         :class:`CertificateExpired`, :class:`CertificateRevoked` or another :class:`TrustError` when the
         certificate is not trusted, :class:`DependencyTimeout` when validation does not finish within
         ``timeout`` seconds and :class:`TemporaryFailure` on an internal error.
+
+        ``budget`` is the message's (:mod:`directmilter.budget`): the validation ends by its deadline
+        (:class:`WorkTimeExceeded`) and its downloads are taken from it; a validation that a refused download left
+        without a clean answer raises :class:`FetchBudgetSpent`, never a soft failure. Neither is kept in the
+        cache: the next message has a budget of its own.
         """
         usages = frozenset(key_usage or ())
         mode = revocation_mode or self.revocation_mode
@@ -423,9 +434,12 @@ class TrustValidator:
         if isinstance(cached, TrustError):
             raise type(cached)(cached.reason)
 
-        request = _Request(cert, anchors, intermediates, when, point_in_time=moment is not None, revocation_mode=mode)
+        request = _Request(cert, anchors, intermediates, when, point_in_time=moment is not None, revocation_mode=mode,
+                           budget=budget)
         try:
             result = self._validate(request, usages)
+        except FetchBudgetSpent:
+            raise
         except TrustError as e:
             self._cache_put(key, e)
             raise
@@ -527,6 +541,7 @@ class TrustValidator:
         leaf = _to_asn1(cert, "certificate")
 
         async def run() -> tuple[Any, list[str]]:
+            message_budget.set(request.budget)  # this task's (and its subtasks') downloads are the message's
             # What this validation fetches is cached only if the validation decided on it: a path validated with
             # no soft failure, or a revocation found (see fetching.Answers). A forged or stale answer is not kept.
             per_validation = getattr(self._fetcher_backend, "for_validation", None)
@@ -547,15 +562,23 @@ class TrustValidator:
         loop = self._ensure_loop()
         if threading.current_thread() is self._thread:
             raise TemporaryFailure("internal error: TrustValidator.validate called from its own event loop")
+        budget = request.budget
+        what = f"validating certificate ({describe_certificate(cert)})"
+        timeout = self.timeout
+        if budget is not None:
+            budget.deadline.check(what)
+            timeout = min(timeout, budget.deadline.remaining())
+        refused_before = budget.refused if budget is not None else 0
         future = asyncio.run_coroutine_threadsafe(run(), loop)
         try:
-            path, soft = future.result(self.timeout)
+            path, soft = future.result(timeout)
         except (concurrent.futures.TimeoutError, TimeoutError):
             future.cancel()
-            raise DependencyTimeout(
-                f"validating certificate ({describe_certificate(cert)}) took longer than {self.timeout:g} s"
-            ) from None
+            if budget is not None:
+                budget.deadline.check(what)
+            raise DependencyTimeout(f"{what} took longer than {self.timeout:g} s") from None
         except (PathError, ValidationError) as e:
+            _check_not_cut_short(request, refused_before)
             try:
                 translated = self._translate(request, e, usable)
             except Exception:  # never let the wording of a refusal turn it into something else
@@ -571,6 +594,8 @@ class TrustValidator:
                 f"{type(e).__name__}: {e}"
             ) from e
 
+        if soft:
+            _check_not_cut_short(request, refused_before)
         chain = tuple(request.to_crypto(c) for c in path.iter_certs(include_root=True))
         checked = self._fetcher_backend is not None and not soft and all(map(_names_revocation_source, chain[1:]))
         return ValidatedPath(
@@ -731,6 +756,15 @@ class TrustValidator:
                 return (
                     f"{head}: its chain ends at {_subject(current)}, which is not a configured trust anchor"
                 )
+
+
+def _check_not_cut_short(request: _Request, refused_before: int) -> None:
+    """A validation that ended without a clean answer after the message's budget refused one of its downloads is
+    refused for that reason: not a soft failure (which would pass), not whatever the missing answer led to."""
+    budget = request.budget
+    if budget is not None and budget.refused > refused_before:
+        raise FetchBudgetSpent(f"certificate ({describe_certificate(request.cert)}): not validated, "
+                               f"{budget.first_refusal}")
 
 
 def _subject_of_name(name: x509.Name) -> str:
