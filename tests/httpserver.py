@@ -101,9 +101,11 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class HttpServer:
-    """A threaded ``http.server`` on 127.0.0.1 (see the module docstring). The port is bound on construction."""
+    """A threaded ``http.server`` on 127.0.0.1 or another loopback ``host`` (see the module docstring). The port is
+    bound on construction."""
 
-    def __init__(self, routes: Mapping[str, tuple[bytes, str]] | None = None, port: int = 0) -> None:
+    def __init__(self, routes: Mapping[str, tuple[bytes, str]] | None = None, port: int = 0,
+                 host: str = LOOPBACK) -> None:
         self._lock = threading.Lock()
         self._routes: dict[str, tuple[bytes, str]] = dict(routes or {})
         self._delays: dict[str, float] = {}
@@ -113,7 +115,7 @@ class HttpServer:
         self.log: list[HttpRequest] = []
         self._stopping = threading.Event()
         self._conns: set[socket.socket] = set()
-        self._server = _Server((LOOPBACK, port), _Handler)
+        self._server = _Server((host, port), _Handler)
         self._server.owner = self
         self.port: int = self._server.server_address[1]
         self._thread: threading.Thread | None = None

@@ -177,3 +177,21 @@ def test_signature_work_is_bounded_before_it_starts(world: World, signature: byt
     with pytest.raises(CMSError, match=f"carries {len(carried) * 3} certificates, more than the limit of 2"):
         verify_detached(CONTENT, info.dump(force=True), max_certificates=2)
     assert verify_detached(CONTENT, info.dump(force=True), max_certificates=len(carried) * 3).valid
+
+
+def test_a_certificate_of_an_unknown_version_is_a_refusal(signature: bytes) -> None:
+    """Found by fuzz/parsers.py: a carried certificate whose version field says 18 raised cryptography's
+    InvalidVersion, which is not a ValueError: it passed every handler of malformed input and the message was
+    deferred as an internal error (451, retried for days) instead of refused. The same reading serves the DNS and
+    LDAP answers (directmilter.cms.der.load_certificate)."""
+    from directmilter import cms
+    from directmilter.cms.der import load_certificate
+
+    info = asn1_cms.ContentInfo.load(signature)
+    certificate = info["content"]["certificates"][0].chosen
+    certificate["tbs_certificate"]["version"] = 18
+    with pytest.raises(ValueError, match="not a certificate"):
+        load_certificate(certificate.dump(force=True))
+    info["content"]["certificates"] = [certificate]
+    with pytest.raises(CMSError, match="18 is not a valid X509 version"):
+        cms.verify_signature(CONTENT, info.dump(force=True), ("sha256",))

@@ -27,6 +27,7 @@ from revocation import make_crl
 from directmilter.agent import Agent
 from directmilter.agent.crypto import open_message, seal
 from directmilter.budget import Deadline, WorkBudget
+from directmilter.cms import der
 from directmilter.config import load_config
 from directmilter.errors import (
     CertificateRevoked,
@@ -76,13 +77,6 @@ def from_carol(world: World, bg: dict[str, Any], *signers: Any, last: Any = None
     return b"From: carol@direct.b.test\r\nTo: alice@direct.a.test\r\n" + peer.encrypt(signed, [world.alice.cert_path])
 
 
-def _tlv(tag: int, body: bytes) -> bytes:
-    size = len(body)
-    length = bytes([size]) if size < 128 else bytes([0x80 | ((size.bit_length() + 7) // 8)]) + size.to_bytes(
-        (size.bit_length() + 7) // 8, "big")
-    return bytes([tag]) + length + body
-
-
 def _signer_last(signed: bytes, serial: int) -> bytes:
     """The SignedData re-encoded by hand with the SignerInfo of ``serial`` last (asn1crypto would sort the SET)."""
     marker = b'filename="smime.p7s"\r\n\r\n'
@@ -92,9 +86,9 @@ def _signer_last(signed: bytes, serial: int) -> bytes:
     infos = sorted(data["signer_infos"], key=lambda i: i["sid"].chosen["serial_number"].native == serial)
     assert infos[-1]["sid"].chosen["serial_number"].native == serial
     fields = [data[name].dump() for name in ("version", "digest_algorithms", "encap_content_info", "certificates")]
-    signed_data = _tlv(0x30, b"".join(fields) + _tlv(0x31, b"".join(i.dump() for i in infos)))
-    der = _tlv(0x30, asn1_cms.ContentType("signed_data").dump() + _tlv(0xA0, signed_data))
-    return head + marker + base64.encodebytes(der).replace(b"\n", b"\r\n") + boundary + tail
+    signed_data = der.tlv(0x30, b"".join(fields) + der.tlv(0x31, b"".join(i.dump() for i in infos)))
+    encoded = der.tlv(0x30, asn1_cms.ContentType("signed_data").dump() + der.tlv(0xA0, signed_data))
+    return head + marker + base64.encodebytes(encoded).replace(b"\n", b"\r\n") + boundary + tail
 
 
 def refusal(agent: Agent, message: bytes) -> Any:

@@ -161,6 +161,35 @@ def test_an_ipkix_url_to_an_internal_address_is_not_fetched(world: World, net: d
     assert net["http"].count("/ipkix.cer") == before
 
 
+def test_an_ipkix_host_that_rebinds_is_fetched_from_the_address_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19 (DNS rebinding): the URL's host name resolves to an allowed address when it is checked and to an
+    internal one a moment later, when urllib would resolve it again to connect. The connection goes to the
+    address that was checked: the internal server sees nothing."""
+    import ipaddress
+    import socket
+
+    import dns.name
+
+    from directmilter.discovery.dns import DnsCertificates, DnsSettings
+
+    with HttpServer() as allowed, HttpServer(port=allowed.port, host="127.0.0.2") as internal:
+        allowed.set("/c.cer", b"from the address checked")
+        internal.set("/c.cer", b"from the internal address")
+        real = socket.getaddrinfo
+        first = iter(["127.0.0.1"])
+
+        def rebinding(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+            if host == "ipkix.rebind.test":
+                host = next(first, "127.0.0.2")
+            return real(host, port, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+        source = DnsCertificates(DnsSettings(fetch_allow=(ipaddress.ip_network("127.0.0.1/32"),)))
+        body = source._fetch(f"http://ipkix.rebind.test:{allowed.port}/c.cer", dns.name.from_text("x.test"))
+        assert body == b"from the address checked"
+        assert internal.count("/c.cer") == 0 and allowed.count("/c.cer") == 1
+
+
 @pytest.mark.conformance("AS-2.3-3", "ALG-6")
 def test_ldap_found_through_srv_with_first_server_down(agent: Agent, net: dict[str, Any]) -> None:
     assert secured_for(agent, "carol@ldap.c.test") == (net["certs"]["carol"].cert,)

@@ -102,6 +102,45 @@ def test_address_edge_cases(value: str, expected: list[str]) -> None:
     assert address_list([value]) == expected
 
 
+@given(st.text())
+def test_any_text_reads_to_addresses_without_an_error(value: str) -> None:
+    """Found by fuzz/parsers.py: U+001D after a colon raised AssertionError (a 451 for a stranger's header; an
+    endless loop under ``python -O``): ``\\s`` in the atom pattern covers characters the tokenizer did not skip.
+    Any text, control and Unicode space characters included, gives a list of strings."""
+    assert all(isinstance(a, str) for a in address_list([value]))
+    assert address_list(["group:\x1dc@d.test;"]) == ["\x1dc@d.test"]
+
+
+def test_a_backslash_at_the_end_of_a_quoted_string_ends_it() -> None:
+    """Found by fuzz/parsers.py: a quoted string ending in a lone backslash (``To: "abc\\``) looped forever in
+    the milter's thread. Read in a thread here, so a regression fails instead of hanging the suite."""
+    import threading
+
+    results: list[object] = []
+
+    def read() -> None:
+        results.append(address_list(['"abc\\']))
+        results.append(content_type('text/plain; name="x\\'))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(5)
+    assert not reader.is_alive(), "the reader did not finish"
+    assert results[0] == ["abc"] and results[1] == ("text/plain", {"name": "x"})
+
+
+@pytest.mark.parametrize("charset, expected", [
+    ("windows-1252", "\u00e9t\u00e9"), ("utf-8", "\ufffdt\ufffd"), ("us-ascii", "\ufffdt\ufffd"),
+    ("us-asc\x00ii", "\ufffdt\ufffd"), ("rot13", "\ufffdt\ufffd"), ("base64", "\ufffdt\ufffd"),
+    ("punycode", "\ufffdt\ufffd"), ("x-unknown", "\ufffdt\ufffd"),
+])
+def test_parameter_charsets_are_decoded_only_by_linear_text_codecs(charset: str, expected: str) -> None:
+    """Found by fuzz/parsers.py: a NUL in an RFC 2231 charset name raised ValueError (451). Python's codec
+    registry would also run transforms (rot13, base64) and punycode, whose decoder is quadratic: those, and names
+    it does not know, are read as US-ASCII."""
+    assert content_type(f"text/plain; t*={charset}''%e9t%e9")[1]["t"] == expected
+
+
 def test_nested_comments_are_counted_not_recursed() -> None:
     """A From field of 100,000 nested comments: the standard library raises RecursionError (which reached the
     milter as a 451); here it is a comment like any other."""

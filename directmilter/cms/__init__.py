@@ -45,6 +45,7 @@ __all__ = [
     "secure",
     "secure_stream",
     "unwrap",
+    "verify_signature",
 ]
 
 
@@ -106,7 +107,16 @@ def read_signed(
     """Check the decrypted content is multipart/signed and verify each of its signatures (carrying at most
     ``max_certificates`` certificates)."""
     signed = split_signed(plaintext)
+    return signed, verify_signature(signed.content, signed.signature_der, accepted_digests, max_certificates)
+
+
+def verify_signature(
+    content: Chunk, signature_der: bytes, accepted_digests: frozenset[str] | tuple[str, ...],
+    max_certificates: int | None = None,
+) -> SignatureReport:
+    """:func:`verify_detached`, with the last line of defence: whatever is malformed is refused (CMSError, a
+    5.x.x), never deferred as an internal error."""
     try:
-        return signed, verify_detached(signed.content, signed.signature_der, accepted_digests, max_certificates)
-    except MALFORMED_INPUT as exc:  # the last line of defence: whatever is malformed is refused, not deferred
+        return verify_detached(content, signature_der, accepted_digests, max_certificates)
+    except MALFORMED_INPUT as exc:
         raise CMSError(f"signature: malformed SignedData ({exc})") from exc

@@ -36,8 +36,13 @@ def same_name(a: asn1_x509.Name, b: asn1_x509.Name) -> bool:
 @kept(512)
 def load_certificate(der: bytes) -> x509.Certificate:
     """A certificate from its DER (ValueError when it is none). The same few arrive in every message of a
-    correspondent, so they are kept (see :mod:`directmilter.memo`): look-ups by certificate then find them too."""
-    return x509.load_der_x509_certificate(der)
+    correspondent, so they are kept (see :mod:`directmilter.memo`): look-ups by certificate then find them too.
+    Every certificate a stranger hands us is read here: cryptography's InvalidVersion is not a ValueError, and
+    would pass every handler of malformed input (a 451 instead of a refusal)."""
+    try:
+        return x509.load_der_x509_certificate(der)
+    except x509.InvalidVersion as exc:
+        raise ValueError(f"not a certificate: {exc}") from None
 
 
 def issued_as(cert: x509.Certificate, issuer: bytes, serial: int) -> bool:

@@ -16,6 +16,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from types import MappingProxyType
 from urllib.parse import unquote_to_bytes
 
+from directmilter.memo import kept
+
 #: The default type of an entity without a (readable) Content-Type field (RFC 2045 5.2).
 DEFAULT_TYPE = "text/plain"
 
@@ -24,8 +26,10 @@ _TYPE = re.compile(rf"({_TOKEN})\s*/\s*({_TOKEN})")
 _PLAIN_RUN = re.compile(r'[^"(;\\]+')  # what the Content-Type splitter copies without looking closer
 #: RFC 2231 parameter names: ``name*`` (extended), ``name*N`` (a continuation), ``name*N*`` (both).
 _STARRED = re.compile(r"([^*]+)\*(\d{1,3})?(\*)?")
-_ATOM = re.compile(r'[^\s()<>\[\]:;@\\,."]+')
 _SPACE = " \t\r\n"
+#: Everything up to a space (exactly :data:`_SPACE`: the regex ``\s`` would also stop at U+001C..U+001F and other
+#: Unicode spaces the tokenizer does not skip, and the atom would be empty) or a special.
+_ATOM = re.compile(r'[^ \t\r\n()<>\[\]:;@\\,."]+')
 
 
 def _comment_end(text: str, at: int) -> int:
@@ -55,7 +59,9 @@ def _quoted_end(text: str, at: int) -> tuple[int, str]:
         char = text[i]
         if char == '"':
             return i + 1, "".join(out)
-        if char == "\\" and i + 1 < n:
+        if char == "\\":
+            if i + 1 == n:  # a backslash that quotes nothing ends the (unterminated) string
+                break
             out.append(text[i + 1])
             i += 2
             continue
@@ -101,11 +107,20 @@ def _split_parameters(value: str) -> list[tuple[str, str | None]]:
 
 
 def _decode(data: bytes, charset: str) -> str:
+    """``data`` in the charset a stranger named when it is one of :func:`_linear_charset`'s, else in US-ASCII."""
+    return data.decode(charset if _linear_charset(charset) else "us-ascii", "replace")
+
+
+@kept(64)
+def _linear_charset(charset: str) -> bool:
+    """UTF-8 and the single-byte charsets (ISO 8859, Windows code pages): what parameters are written in, and
+    decoders linear in their input. Python's codec registry also holds transforms (rot13, base64, zlib) and
+    punycode, whose decoder takes the square of its input's length (320 KB: 6.5 s)."""
     try:
-        codecs.lookup(charset)
-    except LookupError:
-        charset = "us-ascii"
-    return data.decode(charset, "replace")
+        name = codecs.lookup(charset).name
+    except (LookupError, ValueError):  # unknown, or a NUL in the name
+        return False
+    return name in ("ascii", "utf-8", "latin-1") or name.startswith(("iso8859-", "cp125"))
 
 
 def _collapse(segments: Mapping[str, dict[int, tuple[str, bool]]]) -> Iterator[tuple[str, str]]:

@@ -10,6 +10,8 @@ skipped and logged, never hiding a good one beside it.
 
 from __future__ import annotations
 
+import functools
+import http.client
 import socket
 import urllib.error
 import urllib.parse
@@ -25,6 +27,7 @@ import dns.rdatatype
 import dns.resolver
 from cryptography import x509
 
+from directmilter.cms.der import load_certificate
 from directmilter.destinations import Network, address_problem
 from directmilter.discovery.cache import TTLCache
 from directmilter.errors import DependencyTimeout, TemporaryFailure
@@ -42,7 +45,47 @@ class _RedirectRefused(urllib.request.HTTPRedirectHandler):
         raise urllib.error.HTTPError(req.full_url, code, f"redirect to {newurl} refused", headers, fp)
 
 
-_NO_REDIRECTS = urllib.request.build_opener(_RedirectRefused)
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the address that was checked, not to what the name resolves to a moment later: a domain that
+    answers an allowed address for the check and an internal one for the connection (DNS rebinding) gains nothing."""
+
+    def __init__(self, host: str, *, address: str, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self.address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """:class:`_PinnedHTTPConnection` with TLS: the certificate is still checked against the URL's host name."""
+
+    def __init__(self, host: str, *, address: str, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        self.address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+class _Pinned(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    def __init__(self, address: str) -> None:
+        urllib.request.HTTPHandler.__init__(self)
+        urllib.request.HTTPSHandler.__init__(self)
+        self.address = address
+
+    def http_open(self, req: Any) -> Any:
+        return self.do_open(functools.partial(_PinnedHTTPConnection, address=self.address), req)
+
+    def https_open(self, req: Any) -> Any:
+        return self.do_open(functools.partial(_PinnedHTTPSConnection, address=self.address), req,
+                            context=self._context)  # type: ignore[attr-defined]
+
+
+def _opener(address: str) -> urllib.request.OpenerDirector:
+    """No redirects, and every connection to ``address``."""
+    return urllib.request.build_opener(_RedirectRefused, _Pinned(address))
 
 
 @dataclass(frozen=True)
@@ -128,40 +171,40 @@ class DnsCertificates:
         elif kind != PKIX:
             return None  # PGP, SPKI, ...: not for S/MIME (5.3)
         try:
-            return x509.load_der_x509_certificate(data)
+            return load_certificate(data)
         except ValueError:
             log.warning("dns_bad_certificate", owner=owner.to_text(), type=kind)
             return None
 
-    def _destination_problem(self, url: str) -> str | None:
-        """Why the IPKIX URL may not be fetched (see :mod:`directmilter.destinations`), or None. Every address the
-        host name resolves to must be allowed."""
+    def _destination(self, url: str) -> tuple[str | None, str]:
+        """Why the IPKIX URL may not be fetched (see :mod:`directmilter.destinations`), or None; and the address
+        to connect to. Every address the host name resolves to must be allowed."""
         try:
             parts = urllib.parse.urlsplit(url)
             host, port = parts.hostname, parts.port or (443 if parts.scheme.lower() == "https" else 80)
         except ValueError as exc:
-            return f"not a URL ({exc})"
+            return f"not a URL ({exc})", ""
         if not host:
-            return "the URL names no host"
+            return "the URL names no host", ""
         try:
-            found = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+            found = sorted({str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
         except (OSError, UnicodeError) as exc:
-            return f"{host} does not resolve ({exc})"
-        problems = [p for a in sorted(found) if (p := address_problem(str(a), self.settings.fetch_allow))]
-        return problems[0] if problems else None
+            return f"{host} does not resolve ({exc})", ""
+        problems = [p for a in found if (p := address_problem(a, self.settings.fetch_allow))]
+        return (problems[0] if problems else None), found[0] if found else ""
 
     def _fetch(self, url: str, owner: dns.name.Name) -> bytes:
         """The DER certificate behind an IPKIX URL; b"" (skipped) for a bad answer, TemporaryFailure if unreachable."""
         if not url.lower().startswith(("http://", "https://")):
             log.warning("ipkix_bad_url", owner=owner.to_text(), url=url)
             return b""
-        problem = self._destination_problem(url)
+        problem, address = self._destination(url)
         if problem is not None:
             log.warning("ipkix_refused", owner=owner.to_text(), url=url, reason=problem)
             return b""
         limit = self.settings.http_max_bytes
         try:
-            with _NO_REDIRECTS.open(url, timeout=self.settings.http_timeout) as response:
+            with _opener(address).open(url, timeout=self.settings.http_timeout) as response:
                 body: bytes = response.read(limit + 1)
         except urllib.error.HTTPError as exc:
             log.warning("ipkix_http_error", owner=owner.to_text(), url=url, status=exc.code)

@@ -22,6 +22,7 @@ from cryptography import x509
 from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 
+from directmilter.cms.der import load_certificate
 from directmilter.discovery.cache import TTLCache
 from directmilter.errors import DependencyTimeout, TemporaryFailure
 from directmilter.log import get_logger
@@ -147,9 +148,9 @@ def parse_values(attribute: str, values: list[bytes], name: str) -> list[x509.Ce
         try:
             if attribute.lower().startswith("usersmimecertificate"):
                 signed = asn1_cms.ContentInfo.load(value)["content"]
-                certs.extend(x509.load_der_x509_certificate(c.chosen.dump()) for c in signed["certificates"])
+                certs.extend(load_certificate(c.chosen.dump()) for c in signed["certificates"])
             else:
-                certs.append(x509.load_der_x509_certificate(value))
+                certs.append(load_certificate(value))
         except (ValueError, TypeError, KeyError):
             log.warning("ldap_bad_certificate", name=name, attribute=attribute)
     return certs

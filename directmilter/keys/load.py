@@ -160,7 +160,7 @@ def parse_certificates(data: bytes, path: Path, where: str) -> tuple[list[x509.C
                     ) from None
                 if not certs:
                     raise ValueError("the PKCS#7 bundle holds no certificate") from None
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise ConfigError(f"{where}: {path}: {exc}") from None
     return certs, holds_key
 
