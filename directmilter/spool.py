@@ -190,6 +190,20 @@ def sweep(older_than: float, *, now: float | None = None) -> int:
     return removed
 
 
+def adopt(message: Message) -> Message:
+    """The spool file a worker wrote, renamed after this process: the caller owns it now, and the sweep must not
+    take it for a dead writer's leftover should the worker die while the caller still reads it."""
+    if not isinstance(message, Spool):
+        return message
+    path = Path(message.path)
+    pid, sep, rest = path.name[len(PREFIX):].partition("-")
+    if not sep or pid == str(os.getpid()):
+        return message
+    mine = path.with_name(f"{PREFIX}{os.getpid()}-{rest}")
+    path.rename(mine)
+    return Spool(str(mine), message.size)
+
+
 def remove(message: Message | None) -> None:
     if isinstance(message, Spool):
         Path(message.path).unlink(missing_ok=True)

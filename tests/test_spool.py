@@ -98,6 +98,12 @@ def test_workers_hand_large_messages_over_in_files_and_leave_none(world: World, 
         assert isinstance(sent.message, spool.Spool)
         received = b.incoming(envelope(sent.message, ALICE, BOB))  # type: ignore[arg-type]
         assert isinstance(received.message, spool.Spool) and spool.read(received.message) == message
+        # The files the workers wrote are named after this process now: with every worker gone, the sweep (which
+        # removes a dead writer's files) leaves them to us, who still use them.
+        for made in (sent.message, received.message):
+            assert Path(made.path).name.startswith(f"{spool.PREFIX}{os.getpid()}-"), made
+        b.context.runner.close()
+        assert spool.sweep(older_than=3600) == 0 and spool.read(received.message) == message
         spool.remove(sent.message)
         spool.remove(received.message)
         with pytest.raises(TemporaryFailure, match="crypto worker"):  # a file gone: deferred, never accepted

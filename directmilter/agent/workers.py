@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from multiprocessing import resource_tracker
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +61,13 @@ def _discard_late(future: concurrent.futures.Future[Any]) -> None:
     for item in (result, *(c.message for c in getattr(result, "contents", ()))):
         if isinstance(item, spool.Spool):
             spool.remove(item)
+
+
+def _adopted(result: Any) -> Any:
+    """What a worker spooled, now the caller's (:func:`directmilter.spool.adopt`)."""
+    if isinstance(result, Opened):
+        return replace(result, contents=tuple(replace(c, message=spool.adopt(c.message)) for c in result.contents))
+    return spool.adopt(result) if isinstance(result, spool.Spool) else result
 
 
 def _die_with(parent: int, every: float = 0.5) -> None:
@@ -142,7 +150,8 @@ class WorkerPool:
         timeout = self.timeout if deadline is None else max(0.0, min(self.timeout, deadline.remaining()))
         try:
             future = pool.submit(function, *args, deadline)
-            return future.result(timeout)
+            result: T = _adopted(future.result(timeout))
+            return result
         except DirectMilterError:
             raise
         except concurrent.futures.TimeoutError:
