@@ -137,8 +137,8 @@ _MILTER_KEYS = ("socket", "socket_mode", "internal_hosts", "submission_daemons",
 #: Where Postfix's main.cf is looked for when [milter] postfix_config is not set.
 DEFAULT_POSTFIX_CONFIG = Path("/etc/postfix")
 _OTHER_MAIL = ("accept", "reject")
-_NOTIFY_KEYS = ("mdn", "reinject", "tracking", "processed_timeout", "dispatched_timeout", "sweep_interval",
-                "consume_notifications", "reporting_mta", "mdn_delay")
+_NOTIFY_KEYS = ("mdn", "reinject", "commit_witness", "tracking", "processed_timeout", "dispatched_timeout",
+                "sweep_interval", "consume_notifications", "reporting_mta", "mdn_delay")
 _DISCOVERY_KEYS = ("dns", "ldap", "dns_servers", "timeout", "ldap_cache_ttl", "negative_ttl", "http_timeout",
                    "http_max_bytes", "cache_size", "org_fallback")
 
@@ -268,6 +268,9 @@ class NotifySettings:
 
     mdn: bool = True  # send processed MDNs for accepted incoming messages
     reinject: tuple[str, int] | None = None  # the milter-free Postfix listener notifications are queued through
+    #: MDNs go, and replay records are confirmed, only once Postfix has the message (directmilter.witness;
+    #: Postfix's transport_maps must send directmilter.invalid to the re-injection listener).
+    commit_witness: bool = False
     tracking: str = "sqlite:/var/lib/directmilter/tracking.db"
     processed_timeout: float = 3600.0  # no processed MDN by then: the hosted sender gets a failed DSN
     dispatched_timeout: float = 3600.0  # the same for a requested dispatched MDN
@@ -755,12 +758,16 @@ class _Loader:
         self.known(table, _NOTIFY_KEYS, key)
         default = NotifySettings()
         reinject = self.host_port(table, "reinject", key, "of a milter-free Postfix listener")
+        commit_witness = self.typed(table, "commit_witness", key, bool, default.commit_witness)
+        if commit_witness and reinject is None:
+            raise self.err(f"{key}.commit_witness", "needs reinject: the witness comes back through that listener")
         tracking = self.typed(table, "tracking", key, str, default.tracking)
         if not tracking.startswith(("sqlite:", "postgresql:", "postgres:")):
             raise self.err(f"{key}.tracking", f"{tracking!r}: use sqlite:/path or postgresql://...")
         return NotifySettings(
             mdn=self.typed(table, "mdn", key, bool, default.mdn),
             reinject=reinject,
+            commit_witness=commit_witness,
             tracking=tracking,
             processed_timeout=self.positive(table, "processed_timeout", key, default.processed_timeout),
             dispatched_timeout=self.positive(table, "dispatched_timeout", key, default.dispatched_timeout),
@@ -1029,8 +1036,9 @@ def describe(config: Config, now: datetime.datetime | None = None) -> list[str]:
                         "decrypted mail off the host are not checked, and address extensions are not recognised")
     else:
         lines.append(describe_postfix(config.postfix))
+        witness = config.notify.reinject if config.notify.commit_witness else None
         warnings.extend(postfix_warnings(config.postfix, config.domains,
-                                         local_submission=config.milter.local_submission))
+                                         local_submission=config.milter.local_submission, witness=witness))
     for required in _REQUIRED_DIGESTS:
         if required not in crypto.accept_digests:
             warnings.append(f"warning: accept_digests lacks {required}, which receivers must support (AS 2.6)")

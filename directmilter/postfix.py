@@ -26,12 +26,14 @@ from pathlib import Path
 
 from directmilter.addresses import base_mailbox
 from directmilter.errors import ConfigError, TemporaryFailure
+from directmilter.witness import DOMAIN
 
 #: The main.cf parameters read (``postconf -x -h``), in this order.
 PARAMETERS = ("recipient_delimiter", "canonical_maps", "recipient_canonical_maps", "virtual_alias_maps",
               "recipient_bcc_maps", "sender_bcc_maps", "always_bcc", "alias_maps", "mydestination",
               "local_login_sender_maps", "receive_override_options", "internal_mail_filter_classes",
-              "non_smtpd_milters", "milter_default_action", "allow_percent_hack", "swap_bangpath")
+              "non_smtpd_milters", "milter_default_action", "allow_percent_hack", "swap_bangpath", "smtpd_milters",
+              "transport_maps")
 #: Past these, an expansion is refused rather than followed (Postfix's own limits are 1000 and 1000).
 MAX_DEPTH = 20
 MAX_ADDRESSES = 1000
@@ -132,11 +134,14 @@ def queued(settings: PostfixSettings) -> set[str]:
     return ids
 
 
-def warnings(settings: PostfixSettings, hosted: Iterable[str], *, local_submission: bool) -> list[str]:
-    """What in Postfix's configuration walks around directmilter: for ``check-config``."""
+def warnings(settings: PostfixSettings, hosted: Iterable[str], *, local_submission: bool,
+             witness: tuple[str, int] | None = None) -> list[str]:
+    """What in Postfix's configuration walks around directmilter: for ``check-config``. ``witness``: the
+    re-injection listener the commit witness must be sent to ([notify] commit_witness), or None when it is off."""
     hosted = {d.lower() for d in hosted}
     found: list[str] = []
     where = f"Postfix {settings.config_directory}"
+    found += _witness_warnings(settings, where, witness)
     destinations = {d.lower() for d in settings.tables("mydestination")}
     for domain in sorted(hosted & destinations):
         found.append(f"warning: {where}: hosted domain {domain} is in mydestination: local(8) applies aliases(5) "
@@ -173,6 +178,31 @@ def warnings(settings: PostfixSettings, hosted: Iterable[str], *, local_submissi
         found.append(f"warning: {where}: [milter] local_submission is on and local_login_sender_maps lets every "
                      "Unix user submit as any sender: any local account could sign as any hosted user")
     return found
+
+
+def _witness_warnings(settings: PostfixSettings, where: str, witness: tuple[str, int] | None) -> list[str]:
+    """The commit witness (directmilter.witness) must reach the re-injection listener: elsewhere it
+    would bounce to the sender of every message. Without it, a milter after directmilter can refuse a message
+    directmilter accepted, and the sender has a processed MDN for it."""
+    if witness is None:
+        if len(settings.tables("smtpd_milters")) > 1:
+            return [f"warning: {where}: smtpd_milters lists more than one milter: one after directmilter may refuse "
+                    "a message directmilter accepted (its sender would have a processed MDN, its retry taken for "
+                    "a replay): set [notify] commit_witness = true"]
+        return []
+    host, port = witness
+    routes = []
+    try:
+        for table in settings.tables("transport_maps"):
+            routes.append(_lookup(settings.config_directory, table, [DOMAIN]).get(DOMAIN))
+    except PostmapError as exc:
+        return [f"warning: {where}: transport_maps cannot be read to check the commit witness ({exc.reason})"]
+    route = next((r for r in routes if r), None)
+    if route is None or not route.endswith((f"[{host}]:{port}", f"{host}:{port}")):
+        return [f"warning: {where}: [notify] commit_witness is on, but transport_maps sends {DOMAIN} to "
+                f"{route or 'nowhere'}, not to the re-injection listener: add '{DOMAIN} smtp:[{host}]:{port}' "
+                "(every witness would bounce to the message's sender)"]
+    return []
 
 
 def describe(settings: PostfixSettings) -> str:

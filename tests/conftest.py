@@ -118,7 +118,7 @@ class World:
             **body,
             "milter": {"internal_hosts": [], "submission_daemons": ["ORIGINATING"],
                        "postfix_config": str(postfix.etc)},
-            "notify": {"reinject": f"127.0.0.1:{postfix.reinject_port}", "tracking": tracking,
+            "notify": {"reinject": f"127.0.0.1:{postfix.reinject_port}", "commit_witness": True, "tracking": tracking,
                        "processed_timeout": timeout, "dispatched_timeout": timeout, "sweep_interval": 0.5,
                        "mdn_delay": 0.2},
         })

@@ -480,6 +480,8 @@ postlog   unix-dgram n - n - 1 postlogd
         vmailbox = "".join(f"{address} {box.rstrip('/')}/\n" for address, box in self.mailboxes.items())
         transport = "".join(f"{domain} smtp:[{host}]:{port}\n"
                             for domain, (host, _, port) in ((d, hp.rpartition(":")) for d, hp in self.relay.items()))
+        # directmilter's commit witness (directmilter.witness) comes back through the re-injection listener
+        transport += f"directmilter.invalid smtp:[{LOOPBACK}]:{self.reinject_port}\n"
         for filename, text in (("main.cf", main), ("master.cf", self.master_cf()), ("vmailbox", vmailbox),
                                ("transport", transport)):
             path = self.etc / filename

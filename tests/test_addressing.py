@@ -273,7 +273,8 @@ def test_check_config_reads_postfix_and_warns_about_what_walks_around_the_milter
     etc.mkdir()
     risky = {"mydestination": "localhost, direct.b.test", "non_smtpd_milters": "",
              "internal_mail_filter_classes": "", "milter_default_action": "accept", "always_bcc": "archive@x.test",
-             "recipient_delimiter": "+", "virtual_alias_maps": ALIASES, "local_login_sender_maps": "static:*"}
+             "recipient_delimiter": "+", "virtual_alias_maps": ALIASES, "local_login_sender_maps": "static:*",
+             "smtpd_milters": "inet:127.0.0.1:8891, inet:127.0.0.1:8892"}
     (etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in risky.items()))
     (etc / "master.cf").write_text("127.0.0.1:10027 inet n - n - - smtpd\n  -o smtpd_milters=\n"
                                    "  -o receive_override_options=no_milters\n")
@@ -286,7 +287,8 @@ def test_check_config_reads_postfix_and_warns_about_what_walks_around_the_milter
                    "127.0.0.1:10027/inet sets smtpd_milters", "sets receive_override_options = no_milters",
                    "always_bcc = archive@x.test", "any local account could sign as any hosted user",
                    "checked after-milter rewriting: virtual_alias_maps",
-                   "service bounce does not use a cleanup with -o milter_macro_daemon_name=POSTFIX-REPORT"):
+                   "service bounce does not use a cleanup with -o milter_macro_daemon_name=POSTFIX-REPORT",
+                   "smtpd_milters lists more than one milter"):
         assert needle in text, (needle, text)
 
     good = {"mydestination": "localhost", "non_smtpd_milters": "inet:127.0.0.1:8891",
@@ -303,6 +305,15 @@ def test_check_config_reads_postfix_and_warns_about_what_walks_around_the_milter
     text = "\n".join(describe(load_config(world.write_config("postfix-good", body))))
     assert "warning: Postfix" not in text, text
     assert "recipient_delimiter none" in text
+
+    # The commit witness (issue 20) must reach the re-injection listener, or it would bounce to every sender.
+    body["notify"] = {"reinject": "127.0.0.1:10027", "commit_witness": True}
+    text = "\n".join(describe(load_config(world.write_config("postfix-witness", body))))
+    assert "commit_witness is on, but transport_maps sends directmilter.invalid to nowhere" in text, text
+    (etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in good.items()) + "transport_maps = inline:{ "
+                                 "{ directmilter.invalid = smtp:[127.0.0.1]:10027 } }\n")
+    text = "\n".join(describe(load_config(world.write_config("postfix-witness", body))))
+    assert "warning: Postfix" not in text, text
 
 
 @pytest.mark.parametrize("address", ['b o b@direct.b.test', 'b"ob@direct.b.test', "bob..x@direct.b.test",

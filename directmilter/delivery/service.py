@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from directmilter import spool
+from directmilter import spool, witness
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.cms.mime import parse_entity
 from directmilter.config import NotifySettings
@@ -59,6 +59,8 @@ ORPHAN_AFTER = 30.0
 UNSEEN_AFTER = 120.0
 #: The queue id a held dispatched MDN waits for when the MTA gave none (it can never be seen in the queue).
 UNKNOWN_QUEUE_ID = "?"
+#: What an outbox row held until Postfix has the message waits for: this prefix and the witness token.
+COMMIT_PREFIX = "commit:"
 
 _KINDS = {"processed": "processed", "dispatched": "dispatched", "failed": "failed", "delivered": "dispatched"}
 
@@ -115,6 +117,8 @@ class Confirmations:
         #: Postfix's queue ids still queued (postqueue -j); None: the queue cannot be seen from here.
         self.queue_ids: Callable[[], set[str]] | None = None
         self._confirm_lock = threading.Lock()
+        #: Witness token -> the accepted message whose copy to the witness has not come yet, and since when.
+        self._awaiting: dict[str, tuple[IncomingDecision, float]] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -236,6 +240,48 @@ class Confirmations:
             for recipient in decision.deliver_to:
                 self.store.forget_delivery(decision.message_id, recipient, decision.digest)
 
+    def await_commit(self, decision: IncomingDecision) -> str:
+        """The token of the witness recipient to add to this accepted message (directmilter.witness):
+        its MDNs wait for the witness (:meth:`confirm` with the token), and so does its replay record, which is
+        let go meanwhile, so that a retry (Postfix refused the message after us) is delivered, not dropped."""
+        token = witness.new_token()
+        with self._confirm_lock:
+            self._awaiting[token] = (decision, time.time())
+        if decision.message_id is not None:
+            for recipient in decision.deliver_to:
+                self.store.disown_delivery(decision.message_id, recipient, decision.digest)
+        return token
+
+    def witnessed(self, token: str) -> bool:
+        """Postfix has the message of ``token`` in its queue: its MDNs go, its replay record is confirmed. False
+        when nothing waited for the token here (a forged or stale one; held MDNs of a process that restarted are
+        released all the same)."""
+        with self._confirm_lock:
+            awaited = self._awaiting.pop(token, None)
+        if awaited is not None:
+            self.committed(awaited[0])
+        rows = [h.id for h in self.store.outbox_held() if h.held_for == COMMIT_PREFIX + token]
+        now = time.time()
+        for row in rows:
+            self.store.outbox_unhold(row, now)
+            self._later(functools.partial(self._hand_over, row=row))
+        log.info("commit_witnessed", queue_id=awaited[0].queue_id if awaited else None, mdns=len(rows),
+                 known=awaited is not None)
+        return awaited is not None or bool(rows)
+
+    def _expire_unwitnessed(self, now: float) -> None:
+        """Messages whose witness did not come in witness.WAIT: Postfix refused them after us. Their MDNs are
+        dropped; their replay records forgotten (a retry is delivered)."""
+        with self._confirm_lock:
+            stale = [t for t, (_, since) in self._awaiting.items() if since < now - witness.WAIT]
+            expired = [self._awaiting.pop(t)[0] for t in stale]
+        for decision in expired:
+            self.undo(decision)
+        dropped = self.store.outbox_drop_held_before(COMMIT_PREFIX, now - witness.WAIT)
+        if expired or dropped:
+            log.warning("not_kept_by_postfix", messages=len(expired), mdns_dropped=dropped,
+                        reason="no commit witness came back: the MTA refused the message after directmilter")
+
     def committed(self, decision: IncomingDecision) -> None:
         """Postfix went on after accepting the message (next transaction or close): it has it, replays are replays.
 
@@ -263,8 +309,9 @@ class Confirmations:
                 self._confirming[:0] = pending
             raise
 
-    def confirm(self, decision: IncomingDecision) -> None:
-        """Queue the MDNs of an accepted message (never for a report: reports are not answered, AS 3.0)."""
+    def confirm(self, decision: IncomingDecision, commit: str | None = None) -> None:
+        """Queue the MDNs of an accepted message (never for a report: reports are not answered, AS 3.0); with
+        ``commit`` (a witness token, :meth:`await_commit`) they are held until the witness comes."""
         if decision.consumed or not decision.delivered or not self.settings.mdn:
             return
         headers = parse_entity(decision.delivered)
@@ -283,6 +330,8 @@ class Confirmations:
             for disposition in dispositions:
                 # The dispatched MDN waits for the evidence of final delivery (see _release_delivered).
                 held = self._held_key(decision.queue_id) if disposition == "dispatched" else None
+                if held is None and commit is not None:
+                    held = COMMIT_PREFIX + commit
                 self._queue_mdn(decision.delivered, recipient, target, disposition, decision.queue_id, held_for=held)
 
     # --- the work ------------------------------------------------------------------------------------------------
@@ -418,6 +467,7 @@ class Confirmations:
         """Send MDNs left in the outbox (by a process that died, or a hand-over that failed); tell hosted senders
         about recipients whose confirmation is overdue (a failed DSN, delivered locally)."""
         now = time.time()
+        self._expire_unwitnessed(now)
         if self.settings.reinject is not None:
             try:
                 self._release_delivered(now)
@@ -447,7 +497,10 @@ class Confirmations:
         their recipient came (it would have dropped them). Without a view of the queue, a held MDN goes once
         UNSEEN_AFTER seconds passed without a bounce (so does one whose queue id the MTA did not give)."""
         mine = self._held_prefix
-        held = [h for h in self.store.outbox_held() if h.held_for.startswith(mine)]
+        rows = self.store.outbox_held()
+        # A processed MDN still waiting for the commit witness goes first: its dispatched MDN waits too.
+        unkept = {(h.message_id, h.recipient) for h in rows if h.held_for.startswith(COMMIT_PREFIX)}
+        held = [h for h in rows if h.held_for.startswith(mine) and (h.message_id, h.recipient) not in unkept]
         if not held:
             return 0
         queued = self.queue_ids() if self.queue_ids is not None else None

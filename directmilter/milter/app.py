@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 
 import Milter
 
-from directmilter import spool
+from directmilter import spool, witness
 from directmilter.addresses import canonical, check_plain, internal_form, strip_path
 from directmilter.agent import Agent, MessageEnvelope
 from directmilter.agent.envelope import Outcome
@@ -222,6 +222,11 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
 
     def _recipient(self, to: str) -> int:
         spelled = strip_path(to)
+        token = witness.token_of(spelled) if self.reinjected else None
+        if token is not None and self.confirmations is not None:
+            # Postfix queued a message we accepted, and delivers its witness copy here: nothing else is done with it.
+            self.confirmations.witnessed(token)
+            return int(Milter.DISCARD)
         if self.reinjected:
             self.wire_recipients.append(spelled)
             return int(Milter.CONTINUE)
@@ -360,11 +365,18 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
                 return int(Milter.DISCARD)
             try:
                 self._apply(outcome)
-                confirmations.confirm(decision)  # the MDNs go into the durable outbox before we accept
+                if self.config.notify.commit_witness:
+                    # Our accept is not Postfix's: the MDNs and the replay record wait for the witness's copy.
+                    token = confirmations.await_commit(decision)
+                    self.addrcpt(f"<{witness.address(token)}>")
+                    confirmations.confirm(decision, commit=token)
+                else:
+                    confirmations.confirm(decision)  # the MDNs go into the durable outbox before we accept
             except BaseException:
                 confirmations.undo(decision)  # the client will retry: that retry is no replay
                 raise
-            self.accepted = decision
+            if not self.config.notify.commit_witness:
+                self.accepted = decision
         self._audit("processed", rejected=outcome.rejected, started=started, delivered=list(outcome.recipients))
         return int(Milter.ACCEPT)
 
@@ -534,7 +546,8 @@ def run(config: Config, *, socket_override: str | None = None) -> None:
     runtime.watch_reload_signal()
     _sweep_spools(older_than=2 * settings.timeout + 60)
     Milter.factory = DirectMilter
-    Milter.set_flags(Milter.CHGBODY | Milter.CHGHDRS | Milter.ADDHDRS | Milter.DELRCPT | Milter.QUARANTINE)
+    Milter.set_flags(Milter.CHGBODY | Milter.CHGHDRS | Milter.ADDHDRS | Milter.ADDRCPT | Milter.DELRCPT
+                     | Milter.QUARANTINE)
     previous = os.umask(0o777 & ~settings.socket_mode)
     log.info("starting", socket=spec, config=str(config.path))
     systemd.ready_when_listening(spec)

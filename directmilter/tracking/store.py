@@ -307,6 +307,13 @@ class TrackingStore:
                          (message_id, recipient.lower()))
             return int(cursor.rowcount)
 
+    def outbox_drop_held_before(self, prefix: str, before: float) -> int:
+        """Drop the rows held for something starting with ``prefix`` since before ``before``: what they waited for
+        will not come."""
+        with self._cursor() as run:
+            cursor = run("DELETE FROM outbox WHERE held_for LIKE %s AND created_at < %s", (prefix + "%", before))
+            return int(cursor.rowcount)
+
     def outbox_update(self, row: str, body: bytes) -> None:
         """Replace a kept report by its sealed form."""
         with self._cursor() as run:
@@ -353,6 +360,13 @@ class TrackingStore:
     def outbox_size(self) -> int:
         with self._cursor() as run:
             return int(run("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def disown_delivery(self, message_id: str, recipient: str, digest: str) -> None:
+        """Leave an unconfirmed record ownerless: until it is confirmed, a copy of the message is delivered (by
+        this process too), as after a milter that died before Postfix took the message."""
+        with self._cursor(durable=False) as run:
+            run("UPDATE incoming_seen SET owner = '' WHERE message_id = %s AND recipient = %s AND digest = %s "
+                "AND confirmed = 0", (message_id, recipient.lower(), digest))
 
     def forget_delivery(self, message_id: str, recipient: str, digest: str) -> None:
         """Undo :meth:`first_delivery` when the message was not accepted after all (the client will retry)."""

@@ -1,0 +1,133 @@
+"""Issue 20: a processed MDN was sent, and the replay record confirmed, before Postfix had kept the message.
+
+Postfix tells a milter nothing when a milter after it refuses the message at end of data (no abort follows our
+accept; tried on Postfix 3.7): the sender got a processed MDN for a message the HISP had refused with 451, and the
+client's retry was taken for a replay, answered 250 and dropped. The message was lost. With [notify]
+commit_witness, directmilter adds a witness recipient that only a queued message delivers, through the
+re-injection listener (directmilter.witness); MDNs and the replay record wait for it.
+
+The rig: HISP A is a private Postfix whose smtpd_milters are directmilter and, after it, tests/rejectmilter.py,
+which refuses at end of message while a flag file exists. Bob's Direct message to alice is refused once by the
+second milter, then sent again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import opensslpeer as peer
+import pytest
+from conftest import World
+from milterd import Milterd
+from mta import Postfix, Sink, free_port, scratch_dir, submit, wait_until
+
+ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
+
+
+@pytest.fixture(scope="module")
+def rig(world: World) -> Iterator[dict[str, Any]]:
+    with scratch_dir("directmilter-witness-") as root, Sink(root / "b") as b:
+        flag, port = root / "refuse", free_port()
+        rejecter = subprocess.Popen([sys.executable, str(Path(__file__).with_name("rejectmilter.py")), str(port),
+                                     str(flag)])
+        try:
+            a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"},
+                        relay={"direct.b.test": f"127.0.0.1:{b.port}"})
+            conf = world.hisp_a_on_postfix("witness-a", a, f"sqlite:{root}/tracking-a.db", 30, [world.bob])
+            with Milterd(conf, root / "milter-a.log") as milter:
+                a.use_milter(f"{milter.postfix_spec}, inet:127.0.0.1:{port}")
+                with a:
+                    yield {"a": a, "b": b, "flag": flag, "root": root, "conf": conf}
+        finally:
+            rejecter.kill()
+            rejecter.wait()
+
+
+def from_bob(world: World, number: int) -> bytes:
+    content = (f"From: {BOB}\r\nTo: {ALICE}\r\nSubject: results\r\nMessage-ID: <witness-{number}@direct.b.test>\r\n"
+               "Content-Type: text/plain\r\n\r\nresults\r\n").encode()
+    signed = peer.sign(b"Content-Type: message/rfc822\r\n\r\n" + content, world.bob)
+    return (f"From: {BOB}\r\nTo: {ALICE}\r\nMessage-ID: <witness-{number}@direct.b.test>\r\n".encode()
+            + peer.encrypt(signed, [world.alice.cert_path]))
+
+
+@pytest.mark.conformance("AS-3.1.1-1")
+def test_a_message_refused_after_our_accept_gets_no_mdn_and_its_retry_is_delivered(world: World,
+                                                                                   rig: dict[str, Any]) -> None:
+    """Refused with 451 by the milter after directmilter: no processed MDN leaves, nothing is delivered. The
+    client's retry is delivered (not taken for a replay) and confirmed by exactly one MDN; a third copy is a
+    replay."""
+    a, b = rig["a"], rig["b"]
+    wire = from_bob(world, 1)
+    rig["flag"].touch()
+    try:
+        refused = submit(a.smtp_port, BOB, [ALICE], wire)
+    finally:
+        rig["flag"].unlink()
+    assert refused.data is not None and refused.data[0] == 451, refused
+    time.sleep(2)  # mdn_delay 0.2 s and sweeps every 0.5 s: an MDN queued on our accept would have left by now
+    assert b.messages() == [] and a.maildir(ALICE) == []
+
+    assert submit(a.smtp_port, BOB, [ALICE], wire).ok
+    [delivered] = a.wait_for_delivery(ALICE)
+    assert b"results" in delivered and b"directmilter.invalid" not in delivered
+    [mdn] = wait_until(lambda: b.messages(), "the processed MDN at B")
+    assert mdn.rcpts == [BOB] and b"application/pkcs7-mime" in mdn.data
+
+    assert submit(a.smtp_port, BOB, [ALICE], wire).ok  # the same message again: a replay
+    time.sleep(2)
+    assert len(a.maildir(ALICE)) == 1 and len(b.messages()) == 1
+    assert "commit_witnessed" in (rig["root"] / "milter-a.log").read_text()
+
+
+def test_witness_addresses_are_read_exactly() -> None:
+    from directmilter import witness
+
+    token = witness.new_token()
+    assert witness.token_of(f"<{witness.address(token)}>") == token
+    assert witness.token_of(witness.address(token).upper()) == token
+    for other in (f"commit+{token[:-1]}@directmilter.invalid", f"commit+{token}@directmilter.invalid.evil.test",
+                  f"x-commit+{token}@directmilter.invalid", f"commit+{token}@direct.a.test", ""):
+        assert witness.token_of(other) is None, other
+
+
+def test_a_witness_that_never_comes_drops_the_mdns_and_lets_a_retry_through(tmp_path: Path) -> None:
+    """Unit level, one process: the MDN of an accepted message waits in the outbox for the witness; a copy of the
+    message meanwhile is delivered, not a replay; after witness.WAIT without it, the MDN is dropped. With the
+    witness, the MDN is released and a copy is a replay."""
+    from typing import cast
+
+    from conftest import plain_message
+
+    from directmilter import witness
+    from directmilter.config import NotifySettings
+    from directmilter.delivery.service import Confirmations
+    from directmilter.tracking import open_store
+
+    settings = NotifySettings(reinject=("127.0.0.1", 9), commit_witness=True, mdn_delay=3600)
+    service = Confirmations(cast(Any, None), settings, open_store(f"sqlite:{tmp_path}/t.db"))
+    message = plain_message(sender=BOB, to=ALICE)
+
+    def held() -> list[str]:
+        return [h.held_for for h in service.store.outbox_held()]
+
+    decision = service.screen_incoming(message, BOB, [ALICE])
+    token = service.await_commit(decision)
+    service.confirm(decision, commit=token)
+    assert held() == [f"commit:{token}"]
+    assert service.screen_incoming(message, BOB, [ALICE]).deliver_to == (ALICE,)  # not yet a replay
+    service._expire_unwitnessed(time.time() + witness.WAIT + 1)
+    assert held() == [] and service.store.outbox_size() == 0
+
+    decision = service.screen_incoming(message.replace(b"test-1@", b"test-2@"), BOB, [ALICE])
+    token = service.await_commit(decision)
+    service.confirm(decision, commit=token)
+    assert service.witnessed(token) and held() == [] and service.store.outbox_size() == 1  # released, due
+    assert service.screen_incoming(message.replace(b"test-1@", b"test-2@"), BOB, [ALICE]).deliver_to == ()
+    assert not service.witnessed(witness.new_token())
+    service.store.close()
