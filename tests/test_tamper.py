@@ -274,3 +274,29 @@ def test_a_signer_issued_by_an_unknown_ca_is_refused(world: World, hisps: Hisps)
     secured = cms.secure(cms.parse_message(message), carol, [world.bob.cert])
     refusal = _refusal(hisps, secured, sender=CAROL)
     assert isinstance(refusal, NoTrustPath)
+
+
+@pytest.mark.conformance("ALG-16")
+def test_a_failed_signature_of_a_trusted_signer_does_not_count_beside_a_valid_untrusted_one(world: World,
+                                                                                           hisps: Hisps) -> None:
+    """Issue 20 (a mutant the suite let through): alice signs, and so does a stranger's self-made certificate for
+    her address. With both signatures sound the message is delivered (alice's counts). With alice's signature value
+    damaged, the only valid signature is the stranger's, whom bob does not trust: refused."""
+    from directmilter.keys.identity import PrivateIdentity
+
+    plaintext, signed = _opened(hisps)
+    alice = hisps.a.context.config.identities_for(ALICE)
+    made = world.pki.leaf("tamper-stranger", None, email=ALICE, self_signed=True)
+    both = cms.sign_detached(signed.content, [*alice, PrivateIdentity(made.cert, made.key)], "sha256")
+    assert hisps.receive(_reencrypt_for_bob(world, hisps, _replace_signature(plaintext, signed, both)))
+
+    info = asn1_cms.ContentInfo.load(both)
+    ours = {identity.certificate.serial_number for identity in alice}
+    for signer in info["content"]["signer_infos"]:
+        if signer["sid"].chosen["serial_number"].native in ours:
+            value = bytearray(signer["signature"].native)
+            value[-5] ^= 0x01
+            signer["signature"] = bytes(value)
+    damaged = info.dump(force=True)
+    refusal = _refusal(hisps, _reencrypt_for_bob(world, hisps, _replace_signature(plaintext, signed, damaged)))
+    assert isinstance(refusal, NoTrustPath), refusal
