@@ -219,3 +219,29 @@ def test_recipients_with_different_keys_share_one_verified_content(world: World,
     assert alone.by_recipient == {BOB: 0} and len(alone.contents) == 1
     assert alone.contents[0].message == opened.contents[0].message
     assert CANARY.encode() in opened.contents[0].message
+
+
+@pytest.mark.conformance("AS-4.0-1", "AS-4.2.2-4", "AS-4.2.3-3")
+@pytest.mark.parametrize("what", ["signer", "intermediate"])
+def test_an_expired_signer_or_intermediate_is_refused_on_receipt(world: World, agent_for, what: str) -> None:
+    """Issue 20 (a mutant the suite let through): bob receives a message signed (by openssl) with a certificate
+    that expired in 2021, or whose intermediate did; the intermediate travels in the signature. Refused, naming
+    the expiry; the same message signed while everything is valid is delivered."""
+    import opensslpeer as peer
+
+    past = {"not_before": dt.datetime(2020, 1, 1, tzinfo=dt.UTC), "not_after": dt.datetime(2021, 1, 1, tzinfo=dt.UTC)}
+    inter = world.pki.intermediate(f"exp-I-{what}", world.r1, **(past if what == "intermediate" else {}))
+    signer = world.pki.leaf(f"exp-{what}", inter, email="alice@direct.a.test",
+                            **(past if what == "signer" else {}))
+    fresh = world.pki.intermediate(f"exp-I2-{what}", world.r1)
+    good = world.pki.leaf(f"exp-good-{what}", fresh, email="alice@direct.a.test")
+    b = agent_for(world.hisp_b())
+
+    def sent_by(cert, chain) -> bytes:
+        signed = peer.sign(b"Content-Type: text/plain\r\n\r\nresults\r\n", cert, extra_certs=[chain])
+        return b"From: alice@direct.a.test\r\nTo: bob@direct.b.test\r\n" + peer.encrypt(signed, [world.bob.cert_path])
+
+    assert b.incoming(envelope(sent_by(good, fresh), "alice@direct.a.test", BOB)).recipients == (BOB,)
+    with pytest.raises(NoTrustedRecipients) as caught:
+        b.incoming(envelope(sent_by(signer, inter), "alice@direct.a.test", BOB))
+    assert "expired 2021-01-01" in caught.value.rejected[BOB].reason, caught.value.rejected[BOB]

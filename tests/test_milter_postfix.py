@@ -160,6 +160,13 @@ def test_plaintext_and_tampered_inbound_are_refused(world: World, rig: dict[str,
     assert result.code == 550 or result.code == 554, result
     assert "digest does not match" in result.reply[1]
     assert rig["b"].maildir(BOB) == [] or all(b"jello" not in m for m in rig["b"].maildir(BOB))
+    # Each refusal is one log record naming its reason (issue 20: a mutant that logged none passed the suite),
+    # and the records carry no content: not the Subject, not the body.
+    log = (rig["root"] / "milter-b.log").read_text()
+    refusals = [line for line in log.splitlines() if "event='rejected'" in line]
+    for reason in ("not an S/MIME", "digest does not match"):
+        assert any(reason in line and f"sender='{ALICE}'" in line for line in refusals), (reason, log[-3000:])
+    assert CANARY not in log and "jello" not in log
 
 
 @pytest.mark.conformance("AS-2.4-6")
