@@ -317,3 +317,23 @@ def test_no_dispatched_mdn_for_mail_that_bounced_after_acceptance(hisps: dict[st
     assert _states(hisps, message_id)["bob2@direct.b.test"] == "failed"
     sent = _mdns_sent_by_b(hisps, message_id)
     assert sent and not any("dispatched" in line for line in sent), sent
+
+
+@pytest.mark.conformance("AS-3.1.1-1", "ALG-16")
+def test_a_recipient_refused_at_end_of_message_gets_no_mdn(world: World, hisps: dict[str, Any]) -> None:
+    """Issue 20 (a mutant the suite let through: MDNs queued for every RCPT TO, refused ones included): alice's
+    message to bob and carol at B is encrypted to bob only. carol is refused at end of message (removed, nothing
+    delivered to her), bob's copy is delivered, and exactly one processed MDN leaves B: bob's."""
+    import opensslpeer as peer
+
+    message_id = "<refused-one@direct.a.test>"
+    content = plain_message(to="bob@direct.b.test, carol@direct.b.test").replace(b"<test-1@direct.a.test>",
+                                                                                 message_id.encode())
+    signed = peer.sign(b"Content-Type: message/rfc822\r\n\r\n" + content, world.alice)
+    wire = (f"From: {ALICE}\r\nTo: bob@direct.b.test, carol@direct.b.test\r\nMessage-ID: {message_id}\r\n".encode()
+            + peer.encrypt(signed, [world.bob.cert_path]))
+    assert submit(hisps["b"].smtp_port, ALICE, [BOB, "carol@direct.b.test"], wire).ok
+    wait_until(lambda: [m for m in hisps["b"].maildir(BOB) if message_id.encode() in m], "bob's copy")
+    [sent] = wait_until(lambda: _mdns_sent_by_b(hisps, message_id), "bob's processed MDN")
+    time.sleep(2)  # MDNs go 0.2 s after acceptance: one for carol would have left by now
+    assert _mdns_sent_by_b(hisps, message_id) == [sent] and "recipient='bob@direct.b.test'" in sent, sent
