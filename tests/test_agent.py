@@ -9,6 +9,7 @@ from conftest import CANARY, World, envelope, keypair, plain_message
 
 from directmilter import cms
 from directmilter.agent.crypto import open_message
+from directmilter.config import load_config
 from directmilter.errors import (
     MalformedMessage,
     NotEncrypted,
@@ -245,3 +246,34 @@ def test_an_expired_signer_or_intermediate_is_refused_on_receipt(world: World, a
     with pytest.raises(NoTrustedRecipients) as caught:
         b.incoming(envelope(sent_by(signer, inter), "alice@direct.a.test", BOB))
     assert "expired 2021-01-01" in caught.value.rejected[BOB].reason, caught.value.rejected[BOB]
+
+
+@pytest.mark.conformance("AS-2.4-5", "ALG-2")
+@pytest.mark.parametrize("routing_check", [True, False], ids=["routing-check-on", "routing-check-off"])
+def test_incoming_envelope_decides_and_the_routing_check_is_the_one_exception(world: World, agent_for,
+                                                                               routing_check: bool) -> None:
+    """The checklist's AS-2.4-5 and ALG-2 expect a bob-signed message with MAIL FROM bob and header From eve, and
+    one whose header To names somebody else than RCPT TO alice, to be accepted. Decided (issue 20): the routing
+    check stays on by default ([domains] routing_check, as the Java reference implementation does), because the
+    envelope is not protected and the signed headers are: with it on, both are refused as tampered routing; with
+    routing_check = false they are accepted, trust following the envelope. Either way the same bytes with MAIL
+    FROM eve are refused: the signer is bound to the envelope sender, never to a header."""
+    from directmilter.errors import TamperedRouting
+
+    body = world.hisp_a_body()
+    body["domains"]["direct.a.test"]["routing_check"] = routing_check
+    a = agent_for(load_config(world.write_config(f"routing-{routing_check}", body)))
+    b = agent_for(world.hisp_b())
+    alice = "alice@direct.a.test"
+    from_eve = b.outgoing(envelope(plain_message(sender="eve@direct.b.test", to=alice), BOB, alice)).message
+    to_other = b.outgoing(envelope(plain_message(sender=BOB, to="someone@else.test"), BOB, alice)).message
+    for message in (from_eve, to_other):
+        if routing_check:
+            with pytest.raises(NoTrustedRecipients) as caught:
+                a.incoming(envelope(message, BOB, alice))
+            assert isinstance(caught.value.rejected[alice], TamperedRouting), caught.value.rejected[alice]
+        else:
+            received = a.incoming(envelope(message, BOB, alice))
+            assert received.recipients == (alice,) and received.signers == (world.bob.cert,)
+    with pytest.raises(NoTrustedRecipients, match=r"not bound to eve@direct\.b\.test"):
+        a.incoming(envelope(from_eve, "eve@direct.b.test", alice))
