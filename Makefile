@@ -3,7 +3,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint typecheck check
+.PHONY: setup test lint typecheck check mutation mutation-changed
 
 setup:
 	bash scripts/bootstrap
@@ -18,6 +18,14 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 check: lint typecheck test
+
+# Mutation testing (scripts/mutation.py, cosmic-ray): every listed module (hours), or one: make mutation M=...
+mutation: setup
+	$(PY) scripts/mutation.py $(M)
+
+# Only the mutants on lines the last commit changed, within about three minutes (CI runs this after the suite).
+mutation-changed: setup
+	$(PY) scripts/mutation.py --since HEAD~1 --limit 20 --budget 180
 
 .PHONY: demo
 demo: setup
