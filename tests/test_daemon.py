@@ -50,18 +50,33 @@ def daemon(world: World) -> Iterator[dict[str, Any]]:
             a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"},
                         relay={"direct.b.test": f"127.0.0.1:{sink.port}"}, milter=milter.postfix_spec)
             with milter, a:
+                ready = notify.recv(4096).decode()  # what systemd is told first, whichever test runs first
                 yield {"a": a, "sink": sink, "milter": milter, "notify": notify, "conf": conf, "root": root,
-                       "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
+                       "metrics": f"http://127.0.0.1:{metrics_port}/metrics", "metrics_port": metrics_port,
+                       "ready": ready}
         notify.close()
 
 
+def trusting(world: World, daemon: dict[str, Any], anchor: Path) -> None:
+    """Make alice's anchor ``anchor`` by a reload, and take the RELOADING/READY datagrams it sends: each test sets
+    the configuration it needs, whatever ran before it."""
+    log = daemon["root"] / "milter.log"
+    before = log.read_text().count("event='reloaded'")
+    world.write_config("daemon-a", config_body(world, anchor, daemon["metrics_port"]))
+    daemon["milter"].signal(signal.SIGUSR1)
+    wait_until(lambda: log.read_text().count("event='reloaded'") > before, "the reload")
+    for _ in range(2):
+        daemon["notify"].recv(4096)
+
+
 def test_ready_is_sent_once_the_socket_listens(daemon: dict[str, Any]) -> None:
-    state = daemon["notify"].recv(4096).decode()
+    state = daemon["ready"]
     assert "READY=1" in state and "STATUS=listening on" in state
     assert daemon["milter"]._listening()
 
 
 def test_reload_switches_configuration_and_a_broken_one_is_not_taken(world: World, daemon: dict[str, Any]) -> None:
+    trusting(world, daemon, world.r2.cert_path)  # alice trusts only R2: bob (under R1) is refused
     refused = submit(daemon["a"].submission_port, ALICE, [BOB], plain_message())
     assert refused.refused[BOB][0] == 550, refused
     log = daemon["root"] / "milter.log"
@@ -72,20 +87,24 @@ def test_reload_switches_configuration_and_a_broken_one_is_not_taken(world: Worl
     assert "unknown_section" in log.read_text()
     assert submit(daemon["a"].submission_port, ALICE, [BOB], plain_message()).refused  # the old one is in force
 
-    metrics_port = int(daemon["metrics"].split(":")[2].split("/")[0])
-    world.write_config("daemon-a", config_body(world, world.r1.cert_path, metrics_port))
+    world.write_config("daemon-a", config_body(world, world.r1.cert_path, daemon["metrics_port"]))
     daemon["milter"].signal(signal.SIGUSR1)
     wait_until(lambda: "event='reloaded'" in log.read_text(), "the reload")
     states = [daemon["notify"].recv(4096).decode() for _ in range(4)]  # RELOADING/READY around each reload
     assert states[0].startswith("RELOADING=1") and "READY=1" in states[1]
+    before = len(daemon["sink"].messages())
     accepted = submit(daemon["a"].submission_port, ALICE, [BOB], plain_message())
     assert accepted.ok, accepted
-    [wire] = daemon["sink"].wait(1)
+    wire = daemon["sink"].wait(before + 1)[-1]
     assert b"application/pkcs7-mime" in wire.data and CANARY.encode() not in wire.data
 
 
-def test_metrics_count_decisions_and_carry_no_addresses(daemon: dict[str, Any]) -> None:
-    wait_until(lambda: daemon["sink"].messages(), "a secured message (run after the reload test)")
+def test_metrics_count_decisions_and_carry_no_addresses(world: World, daemon: dict[str, Any]) -> None:
+    trusting(world, daemon, world.r2.cert_path)
+    for _ in range(2):
+        assert submit(daemon["a"].submission_port, ALICE, [BOB], plain_message()).refused  # at RCPT
+    trusting(world, daemon, world.r1.cert_path)
+    assert submit(daemon["a"].submission_port, ALICE, [BOB], plain_message()).ok
     text = urllib.request.urlopen(daemon["metrics"], timeout=5).read().decode()
     processed = re.search(r'directmilter_messages_total\{direction="outgoing",outcome="processed"\} (\S+)', text)
     rejected = re.search(r'directmilter_messages_total\{direction="outgoing",outcome="rejected"\} (\S+)', text)
@@ -93,7 +112,7 @@ def test_metrics_count_decisions_and_carry_no_addresses(daemon: dict[str, Any]) 
     assert rejected and float(rejected.group(1)) >= 2, text  # the two refusals at RCPT
     assert 'directmilter_processing_seconds_count{direction="outgoing"}' in text
     assert re.search(r'directmilter_cache_lookups_total\{cache="validation",result="miss"\} [1-9]', text), text
-    assert "directmilter_tracking_backlog 1.0" in text  # bob's MDN never comes from a sink
+    assert re.search(r"directmilter_tracking_backlog [1-9]", text), text  # bob's MDNs never come from a sink
     assert "alice" not in text and "direct.b.test" not in text
 
 
@@ -112,9 +131,11 @@ def worker_pids(milter: Milterd) -> list[int]:
     return found
 
 
-def test_crypto_runs_in_worker_processes_and_a_dead_one_defers_then_heals(daemon: dict[str, Any]) -> None:
+def test_crypto_runs_in_worker_processes_and_a_dead_one_defers_then_heals(world: World,
+                                                                         daemon: dict[str, Any]) -> None:
     """The milter signs and encrypts in worker processes (one per CPU by default). Kill them: the next message
     is deferred (4.x.x, never passed unprocessed), and a fresh pool takes the one after."""
+    trusting(world, daemon, world.r1.cert_path)
     wait_until(lambda: len(worker_pids(daemon["milter"])) >= 1, "the crypto workers")
     for pid in worker_pids(daemon["milter"]):
         with contextlib.suppress(ProcessLookupError):  # an earlier generation's pool may be closing meanwhile
