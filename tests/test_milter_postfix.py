@@ -119,13 +119,15 @@ def test_unknown_sender_and_all_untrusted_are_refused(rig: dict[str, Any]) -> No
 def test_a_to_b_delivers_the_original_to_bobs_maildir(rig: dict[str, Any]) -> None:
     relay_to(rig["a"], "direct.b.test", f"127.0.0.1:{rig['b'].smtp_port}")
     try:
-        result = submit(rig["a"].submission_port, ALICE, [BOB], plain_message())
+        message = plain_message().replace(b"<test-1@direct.a.test>", b"<a-to-b-1@direct.a.test>")
+        result = submit(rig["a"].submission_port, ALICE, [BOB], message)
         assert result.ok, result
-        [delivered] = rig["b"].wait_for_delivery(BOB, 1)
+        [delivered] = wait_until(lambda: [m for m in rig["b"].maildir(BOB) if b"<a-to-b-1@direct.a.test>" in m],
+                                 "bob's copy")  # other tests may have delivered to bob before
     finally:
         relay_to(rig["a"], "direct.b.test", f"127.0.0.1:{rig['sink'].port}")
     assert f"Subject: {CANARY}".encode() in delivered
-    assert b"Message-ID: <test-1@direct.a.test>" in delivered
+    assert b"Message-ID: <a-to-b-1@direct.a.test>" in delivered
     assert b"pkcs7" not in delivered
     assert delivered.endswith(b"Patient summary attached.\n")
     assert b"Return-Path: <alice@direct.a.test>" in delivered
