@@ -61,6 +61,18 @@ TESTS: dict[str, list[str]] = {
 EQUIVALENT: dict[tuple[str, int, str], str] = {
     ("directmilter/witness.py", 27, "core/NumberReplacer"):
         "WAIT is an hour, compared against a clock the tests move past it: any positive value behaves alike",
+    ("directmilter/budget.py", 29, "core/ReplaceTrueWithFalse"):
+        "frozen=True guards against a Deadline being changed; nothing assigns to one",
+    ("directmilter/budget.py", 46, "core/ReplaceComparisonOperator_LtE_Lt"):
+        "remaining() is a float difference of two clock readings: exactly 0.0 does not happen",
+    ("directmilter/budget.py", 68, "core/ReplaceComparisonOperator_GtE_Eq"):
+        "the count grows by one from 0 and is compared before each increment: it reaches the limit, never past it",
+    ("directmilter/budget.py", 68, "core/ReplaceComparisonOperator_GtE_Is"):
+        "as GtE_Eq, and small ints are one object each",
+    ("directmilter/budget.py", 70, "core/ReplaceComparisonOperator_GtE_Eq"):
+        "the per-host count grows by one from 0 and is compared before each increment",
+    ("directmilter/budget.py", 70, "core/ReplaceComparisonOperator_GtE_Is"):
+        "as GtE_Eq, and small ints are one object each",
 }
 
 

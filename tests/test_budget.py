@@ -156,6 +156,13 @@ def test_the_crypto_stops_once_the_message_time_is_spent(world: World) -> None:
     assert open_message(config, sealed, [ALICE], deadline=Deadline.after(60)).by_recipient[ALICE] == 0
 
 
+def test_a_deadline_less_than_a_second_away_has_not_passed() -> None:
+    """Found by mutation testing (scripts/mutation.py): a check that fired a second early passed the suite."""
+    Deadline.after(0.5).check("almost done")
+    with pytest.raises(WorkTimeExceeded, match="almost done"):
+        Deadline.after(-0.001).check("almost done")
+
+
 def test_budget_counts_in_all_and_per_host() -> None:
     budget = WorkBudget(60, fetches=3, per_host=2)
     assert budget.take_fetch("a.test") is None and budget.take_fetch("a.test") is None
