@@ -254,6 +254,13 @@ def _stop_child(child: subprocess.Popen[bytes], timeout: float) -> None:
         child.wait(5)
 
 
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (its parent has not reaped it yet)."""
+    status = _read_proc(pid, "stat")
+    close = status.rfind(b")")
+    return close > 0 and status[close + 2:close + 3] != b"Z"
+
+
 def _children(parent: int) -> dict[int, str]:
     """Live (non-zombie) child processes of ``parent``: pid -> command name."""
     children: dict[int, str] = {}

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from conftest import CANARY, World, plain_message
 from milterd import Milterd
-from mta import Postfix, Sink, free_port, scratch_dir, submit, wait_until
+from mta import Postfix, Sink, alive, free_port, scratch_dir, submit, wait_until
 
 ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
 
@@ -196,13 +196,6 @@ def test_sigterm_runs_the_clean_up_and_the_workers_go_with_it(world: World, tmp_
         assert milter.process.wait(timeout=20) == 0, log.read_text()
         assert "event='stopped'" in log.read_text(), log.read_text()
         assert not milter._listening()
-
-        def alive(pid: int) -> bool:
-            try:
-                return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-            except (FileNotFoundError, IndexError):
-                return False
-
         assert wait_until(lambda: not any(alive(p) for p in workers), "the workers to exit", timeout=10)
     finally:
         milter.stop()

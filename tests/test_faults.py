@@ -179,7 +179,7 @@ def test_crypto_workers_do_not_outlive_a_killed_milter(world: World) -> None:
     import sys
     import textwrap
 
-    from mta import _children
+    from mta import _children, alive
 
     config = world.write_config("workers-die", world.hisp_a_body())
     script = textwrap.dedent(f"""
@@ -200,11 +200,5 @@ def test_crypto_workers_do_not_outlive_a_killed_milter(world: World) -> None:
     finally:
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-
-    def alive(pid: int) -> bool:
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-        except (FileNotFoundError, IndexError):
-            return False
 
     assert wait_until(lambda: not any(alive(p) for p in workers), "the workers to exit", timeout=10)
