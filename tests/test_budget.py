@@ -220,3 +220,23 @@ def test_through_postfix_decoys_and_internal_urls_cost_nothing_and_are_refused(w
         assert result.data is not None and result.data[0] == 550 and result.data[1].startswith("5.7.1"), result
     assert "max_fetches_per_host" in decoyed.data[1], decoyed
     assert "hello" not in log
+
+
+def test_through_postfix_a_slow_publisher_defers_the_message_within_its_time(world: World,
+                                                                             bg: dict[str, Any]) -> None:
+    """The time budget through a real Postfix: a signer whose caIssuers URL answers after 30 s, [limits]
+    max_seconds = 2. Postfix gets 451 4.4.3 naming the limit at end of data, well inside its own milter timeout,
+    and nothing is delivered."""
+    from milterd import Milterd
+    from mta import Postfix, scratch_dir, submit
+
+    body = {**world.hisp_a_body(), "limits": {"max_seconds": 2}, "trust": {"http_timeout": 25},
+            "milter": {"internal_hosts": [], "workers": 0}}
+    with scratch_dir("directmilter-budget-time-") as root:
+        milter = Milterd(world.write_config("bg-postfix-time", body), root / "milter.log")
+        a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"}, milter=milter.postfix_spec)
+        with milter, a:
+            result = submit(a.smtp_port, CAROL, [ALICE], from_carol(world, bg, bg["slow"]))
+            assert not a.maildir(ALICE)
+    assert result.data is not None and result.data[0] == 451 and result.data[1].startswith("4.4.3"), result
+    assert "max_seconds" in result.data[1], result
