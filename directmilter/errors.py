@@ -42,6 +42,11 @@ class WorkTimeExceeded(DependencyTimeout):
     """The message's time ([limits] max_seconds) ran out: mostly a slow dependency's doing, so a retry may pass."""
 
 
+class DeliveryUndecided(TemporaryFailure):
+    """A copy of this message was accepted moments ago and the MTA has not yet said it kept it (the commit
+    witness): delivered now it may be a replay, dropped it may be lost; the retry finds the question settled."""
+
+
 class RevocationUnavailable(TemporaryFailure):
     """Under a hard-fail policy, a certificate's revocation status could not be determined (CRL/OCSP down)."""
 

@@ -11,7 +11,9 @@ there, once Postfix has the message in its queue. Our milter on that listener re
 time, releases the MDNs and confirms the replay record of that message, and discards the witness transaction
 (Postfix sees a successful delivery: no bounce, no DSN). The token is 128 random bits: nobody can forge a
 witness for a message they did not see. A witness that never comes means Postfix refused the message after us:
-its MDNs are dropped after :data:`WAIT`, and a retry of it is delivered (the replay record stays unconfirmed).
+a copy of the message arriving meanwhile waits for the witness up to :data:`SETTLE` (it is a replay if Postfix
+kept the first, the only copy if Postfix refused it: neither delivering nor dropping it at once is safe), and is
+delivered if none came; the MDNs of a message without its witness are dropped after :data:`WAIT`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from __future__ import annotations
 import re
 import secrets
 
-__all__ = ["DOMAIN", "WAIT", "address", "new_token", "token_of"]
+__all__ = ["DOMAIN", "SETTLE", "WAIT", "address", "new_token", "token_of"]
 
 #: The reserved domain (RFC 2606) Postfix's transport_maps must route to the re-injection listener.
 DOMAIN = "directmilter.invalid"
 #: Seconds after which a message whose witness has not come is taken as refused by Postfix after us.
 WAIT = 3600.0
+#: Seconds a copy of a message whose witness has not come yet waits for it: a queued message's witness takes
+#: well under a second on a loopback; none by then, the earlier copy was refused and this one is its retry. A
+#: witness slower than this (a Postfix queue far behind) costs a duplicate delivery, never a lost message.
+SETTLE = 10.0
 
 _ADDRESS = re.compile(r"<?commit\+([0-9a-f]{32})@directmilter\.invalid>?", re.IGNORECASE)
 

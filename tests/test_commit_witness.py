@@ -60,8 +60,8 @@ def from_bob(world: World, number: int) -> bytes:
 def test_a_message_refused_after_our_accept_gets_no_mdn_and_its_retry_is_delivered(world: World,
                                                                                    rig: dict[str, Any]) -> None:
     """Refused with 451 by the milter after directmilter: no processed MDN leaves, nothing is delivered. The
-    client's retry is delivered (not taken for a replay) and confirmed by exactly one MDN; a third copy is a
-    replay."""
+    client's retry (at once here: it waits witness.SETTLE for a witness that does not come) is delivered, not
+    taken for a replay, and confirmed by exactly one MDN; a third copy is a replay."""
     a, b = rig["a"], rig["b"]
     wire = from_bob(world, 1)
     rig["flag"].touch()
@@ -96,10 +96,13 @@ def test_witness_addresses_are_read_exactly() -> None:
         assert witness.token_of(other) is None, other
 
 
-def test_a_witness_that_never_comes_drops_the_mdns_and_lets_a_retry_through(tmp_path: Path) -> None:
-    """Unit level, one process: the MDN of an accepted message waits in the outbox for the witness; a copy of the
-    message meanwhile is delivered, not a replay; after witness.WAIT without it, the MDN is dropped. With the
-    witness, the MDN is released and a copy is a replay."""
+def test_a_witness_that_never_comes_drops_the_mdns_and_lets_a_retry_through(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit level, one process: the MDN of an accepted message waits in the outbox for the witness. A copy of the
+    message meanwhile waits for the witness: none within witness.SETTLE, it is delivered (the first copy was
+    refused); after witness.WAIT without a witness the MDN is dropped. A copy that arrives while the witness is
+    on its way is a replay once the witness comes, and the MDN is released."""
+    import threading
     from typing import cast
 
     from conftest import plain_message
@@ -109,6 +112,7 @@ def test_a_witness_that_never_comes_drops_the_mdns_and_lets_a_retry_through(tmp_
     from directmilter.delivery.service import Confirmations
     from directmilter.tracking import open_store
 
+    monkeypatch.setattr(witness, "SETTLE", 1.0)
     settings = NotifySettings(reinject=("127.0.0.1", 9), commit_witness=True, mdn_delay=3600)
     service = Confirmations(cast(Any, None), settings, open_store(f"sqlite:{tmp_path}/t.db"))
     message = plain_message(sender=BOB, to=ALICE)
@@ -120,14 +124,24 @@ def test_a_witness_that_never_comes_drops_the_mdns_and_lets_a_retry_through(tmp_
     token = service.await_commit(decision)
     service.confirm(decision, commit=token)
     assert held() == [f"commit:{token}"]
-    assert service.screen_incoming(message, BOB, [ALICE]).deliver_to == (ALICE,)  # not yet a replay
+    started = time.monotonic()
+    assert service.screen_incoming(message, BOB, [ALICE]).deliver_to == (ALICE,)  # no witness came: a retry
+    assert time.monotonic() - started >= 0.9
     service._expire_unwitnessed(time.time() + witness.WAIT + 1)
     assert held() == [] and service.store.outbox_size() == 0
 
-    decision = service.screen_incoming(message.replace(b"test-1@", b"test-2@"), BOB, [ALICE])
+    second = message.replace(b"test-1@", b"test-2@")
+    decision = service.screen_incoming(second, BOB, [ALICE])
     token = service.await_commit(decision)
     service.confirm(decision, commit=token)
-    assert service.witnessed(token) and held() == [] and service.store.outbox_size() == 1  # released, due
-    assert service.screen_incoming(message.replace(b"test-1@", b"test-2@"), BOB, [ALICE]).deliver_to == ()
+    monkeypatch.setattr(witness, "SETTLE", 30.0)
+    arrives = threading.Timer(0.5, service.witnessed, (token,))
+    arrives.start()
+    started = time.monotonic()
+    assert service.screen_incoming(second, BOB, [ALICE]).deliver_to == ()  # waited for the witness: a replay
+    arrives.join()
+    assert time.monotonic() - started < 5
+    assert held() == [] and service.store.outbox_size() == 1  # released, due
+    assert service.screen_incoming(second, BOB, [ALICE]).deliver_to == ()
     assert not service.witnessed(witness.new_token())
     service.store.close()

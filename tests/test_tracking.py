@@ -11,6 +11,7 @@ from pgserver import Postgres, find_bindir
 
 from directmilter.errors import TemporaryFailure
 from directmilter.tracking import open_store
+from directmilter.tracking.store import Delivery
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +51,10 @@ def test_outgoing_confirmations_timeouts_and_reopen(url: str) -> None:
         assert [(s.recipient, s.state, s.failure) for s in reopened.states("<m1@a>")] == [
             ("bob@b", "processed", None), ("carol@b", "failed", "4.4.7 no processed confirmation")]
         assert [o.recipient for o in reopened.overdue(5000, 3600, 3600)] == ["bob@b"]
-        assert reopened.first_delivery("<i@b>", "alice@a", "d1", 1)
-        assert not reopened.first_delivery("<i@b>", "ALICE@a", "d1", 2)
-        assert reopened.first_delivery("<i@b>", "alice@a", "d2", 3)  # same id, other content: not a replay
+        assert reopened.first_delivery("<i@b>", "alice@a", "d1", 1) is Delivery.FIRST
+        assert reopened.first_delivery("<i@b>", "ALICE@a", "d1", 2) is Delivery.REPLAY
+        # same id, other content: not a replay
+        assert reopened.first_delivery("<i@b>", "alice@a", "d2", 3) is Delivery.FIRST
     finally:
         reopened.close()
 
@@ -85,11 +87,39 @@ def test_unconfirmed_delivery_of_a_dead_milter_is_no_replay(url: str) -> None:
     client's retry, seen by the restarted milter, is delivered. Once confirmed, a copy is a replay for anyone."""
     store = open_store(url)
     try:
-        assert store.first_delivery("<k@b>", "alice@a", "d", 1, owner="first-process")
-        assert not store.first_delivery("<k@b>", "alice@a", "d", 2, owner="first-process")  # same process: replay
-        assert store.first_delivery("<k@b>", "alice@a", "d", 3, owner="restarted")  # the first one died
+        assert store.first_delivery("<k@b>", "alice@a", "d", 1, owner="first-process") is Delivery.FIRST
+        # same process: replay
+        assert store.first_delivery("<k@b>", "alice@a", "d", 2, owner="first-process") is Delivery.REPLAY
+        # the first one died
+        assert store.first_delivery("<k@b>", "alice@a", "d", 3, owner="restarted") is Delivery.FIRST
         store.confirm_delivery("<k@b>", "alice@a", "d")
-        assert not store.first_delivery("<k@b>", "alice@a", "d", 4, owner="another-host")
+        assert store.first_delivery("<k@b>", "alice@a", "d", 4, owner="another-host") is Delivery.REPLAY
+    finally:
+        store.close()
+
+
+def test_a_record_waiting_for_its_witness_is_pending_until_witnessed_or_settled(url: str) -> None:
+    """Issue 20: a copy of a message whose earlier copy waits for the MTA's commit witness is neither delivered
+    (a replay if the MTA kept the first) nor dropped (the only copy if it refused it): PENDING, for any process,
+    until the witness confirms the record (REPLAY) or the settle time passes without it (FIRST, taken over)."""
+    store = open_store(url)
+    try:
+        assert store.first_delivery("<w@b>", "alice@a", "d", 100, owner="p1") is Delivery.FIRST
+        store.await_witness("<w@b>", "Alice@a", "d", "t1")
+        for owner in ("p1", "p2"):
+            assert store.first_delivery("<w@b>", "alice@a", "d", 105, owner, awaited_after=95) is Delivery.PENDING
+        assert store.confirm_witnessed("t2") == 0  # another message's witness settles nothing here
+        assert store.first_delivery("<w@b>", "alice@a", "d", 106, "p2", awaited_after=96) is Delivery.PENDING
+        assert store.confirm_witnessed("t1") == 1
+        assert store.first_delivery("<w@b>", "alice@a", "d", 107, "p2", awaited_after=97) is Delivery.REPLAY
+
+        assert store.first_delivery("<v@b>", "alice@a", "d", 100, owner="p1") is Delivery.FIRST
+        store.await_witness("<v@b>", "alice@a", "d", "t3")
+        # settled without a witness: the MTA refused the first copy, this is its retry, owned by whoever took it
+        assert store.first_delivery("<v@b>", "alice@a", "d", 111, "p2", awaited_after=101) is Delivery.FIRST
+        assert store.first_delivery("<v@b>", "alice@a", "d", 112, "p2", awaited_after=102) is Delivery.REPLAY
+        assert store.confirm_witnessed("t3") == 0  # the late witness of the refused copy confirms nothing
+        assert store.first_delivery("<v@b>", "alice@a", "d", 113, "p3", awaited_after=103) is Delivery.FIRST
     finally:
         store.close()
 
@@ -101,10 +131,10 @@ def test_a_batch_of_confirmations_confirms_exactly_its_records(url: str) -> None
     try:
         records = [(f"<m{i}@b>", "Alice@A", f"d{i}") for i in range(701)]
         for message_id, recipient, digest in records:
-            assert store.first_delivery(message_id, recipient, digest, 1, owner="first-process")
+            assert store.first_delivery(message_id, recipient, digest, 1, owner="first-process") is Delivery.FIRST
         store.confirm_deliveries(records[:700])
-        assert not any(store.first_delivery(m, r, d, 2, owner="restarted") for m, r, d in records[:700])
-        assert store.first_delivery(*records[700], 2, owner="restarted")
+        assert all(store.first_delivery(m, r, d, 2, owner="restarted") is Delivery.REPLAY for m, r, d in records[:700])
+        assert store.first_delivery(*records[700], 2, owner="restarted") is Delivery.FIRST
     finally:
         store.close()
 
@@ -121,8 +151,9 @@ def test_database_of_the_first_release_is_brought_up_to_date(tmp_path: Path) -> 
     old.close()
     store = open_store(f"sqlite:{tmp_path}/old.db")
     try:
-        assert not store.first_delivery("<o@b>", "alice@a", "d", 2, owner="new-process")  # old rows: confirmed
-        assert store.first_delivery("<n@b>", "alice@a", "d", 2, owner="new-process")
+        # old rows: confirmed
+        assert store.first_delivery("<o@b>", "alice@a", "d", 2, owner="new-process") is Delivery.REPLAY
+        assert store.first_delivery("<n@b>", "alice@a", "d", 2, owner="new-process") is Delivery.FIRST
     finally:
         store.close()
 

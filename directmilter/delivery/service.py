@@ -31,7 +31,7 @@ from directmilter.agent import Agent, MessageEnvelope
 from directmilter.cms.mime import parse_entity
 from directmilter.config import NotifySettings
 from directmilter.delivery.reinject import reinject
-from directmilter.errors import DirectMilterError, PermanentFailure, TemporaryFailure
+from directmilter.errors import DeliveryUndecided, DirectMilterError, PermanentFailure, TemporaryFailure
 from directmilter.log import get_logger
 from directmilter.notify import (
     ACTIONS,
@@ -49,7 +49,7 @@ from directmilter.notify import (
     wants_dispatched,
 )
 from directmilter.replies import reply_for
-from directmilter.tracking.store import Held, TrackingStore
+from directmilter.tracking.store import Delivery, Held, TrackingStore
 
 log = get_logger("directmilter.delivery")
 
@@ -62,6 +62,8 @@ UNKNOWN_QUEUE_ID = "?"
 #: What an outbox row held until Postfix has the message waits for: this prefix and the witness token.
 COMMIT_PREFIX = "commit:"
 
+#: Seconds between two looks at the store while an earlier copy waits for its commit witness.
+_SETTLE_POLL = 0.2
 _KINDS = {"processed": "processed", "dispatched": "dispatched", "failed": "failed", "delivered": "dispatched"}
 
 
@@ -229,11 +231,36 @@ class Confirmations:
         digest = spool.sha256(delivered)
         fresh = list(recipients)
         if message_id is not None:
-            fresh = [r for r in recipients
-                     if self.store.first_delivery(message_id, r, digest, time.time(), owner=self.instance)]
-            for replay in set(recipients) - set(fresh):
+            found = self._first_deliveries(message_id, recipients, digest, sender)
+            fresh = [r for r, delivery in found.items() if delivery is Delivery.FIRST]
+            for replay in [r for r, delivery in found.items() if delivery is Delivery.REPLAY]:
                 log.warning("replay", message_id=message_id, recipient=replay, sender=sender)
         return IncomingDecision(tuple(fresh), False, head, sender, message_id, digest, queue_id)
+
+    def _first_deliveries(self, message_id: str, recipients: Sequence[str], digest: str,
+                          sender: str) -> dict[str, Delivery]:
+        """Each recipient's :class:`Delivery` of this copy. A PENDING one (an earlier copy waits for its commit
+        witness) is asked again until the witness settles it (REPLAY: the MTA kept the earlier copy) or
+        witness.SETTLE has passed without it (FIRST: the MTA refused the earlier copy; this is its retry)."""
+        def classify(recipient: str) -> Delivery:
+            now = time.time()
+            return self.store.first_delivery(message_id, recipient, digest, now, owner=self.instance,
+                                             awaited_after=now - witness.SETTLE)
+
+        found = {r: classify(r) for r in recipients}
+        started = time.monotonic()
+        while pending := [r for r, delivery in found.items() if delivery is Delivery.PENDING]:
+            if time.monotonic() - started > witness.SETTLE + 1:  # the store's clock stood still: do not guess
+                for recipient in [r for r, delivery in found.items() if delivery is Delivery.FIRST]:
+                    self.store.forget_delivery(message_id, recipient, digest)  # its retry is no replay either
+                raise DeliveryUndecided(f"recipient {pending[0]}: a copy of this message was accepted moments "
+                                        "ago and the MTA has not yet confirmed it kept it; retry later")
+            time.sleep(_SETTLE_POLL)
+            found.update({r: classify(r) for r in pending})
+        if time.monotonic() - started > _SETTLE_POLL / 2:
+            log.info("copy_waited_for_witness", message_id=message_id, sender=sender,
+                     seconds=round(time.monotonic() - started, 1))
+        return found
 
     def undo(self, decision: IncomingDecision) -> None:
         if decision.message_id is not None:
@@ -242,14 +269,15 @@ class Confirmations:
 
     def await_commit(self, decision: IncomingDecision) -> str:
         """The token of the witness recipient to add to this accepted message (directmilter.witness):
-        its MDNs wait for the witness (:meth:`confirm` with the token), and so does its replay record, which is
-        let go meanwhile, so that a retry (Postfix refused the message after us) is delivered, not dropped."""
+        its MDNs wait for the witness (:meth:`witnessed` with the token), and so does its replay record: a copy
+        arriving meanwhile waits for it (a replay if the MTA kept the first, the only copy if it refused it);
+        after witness.SETTLE without the witness a copy is delivered (the first was refused)."""
         token = witness.new_token()
         with self._confirm_lock:
             self._awaiting[token] = (decision, time.time())
         if decision.message_id is not None:
             for recipient in decision.deliver_to:
-                self.store.disown_delivery(decision.message_id, recipient, decision.digest)
+                self.store.await_witness(decision.message_id, recipient, decision.digest, token)
         return token
 
     def witnessed(self, token: str) -> bool:
@@ -258,8 +286,7 @@ class Confirmations:
         released all the same)."""
         with self._confirm_lock:
             awaited = self._awaiting.pop(token, None)
-        if awaited is not None:
-            self.committed(awaited[0])
+        confirmed = self.store.confirm_witnessed(token)  # in the store: a restart in between loses nothing
         rows = [h.id for h in self.store.outbox_held() if h.held_for == COMMIT_PREFIX + token]
         now = time.time()
         for row in rows:
@@ -267,7 +294,7 @@ class Confirmations:
             self._later(functools.partial(self._hand_over, row=row))
         log.info("commit_witnessed", queue_id=awaited[0].queue_id if awaited else None, mdns=len(rows),
                  known=awaited is not None)
-        return awaited is not None or bool(rows)
+        return awaited is not None or bool(rows) or bool(confirmed)
 
     def _expire_unwitnessed(self, now: float) -> None:
         """Messages whose witness did not come in witness.WAIT: Postfix refused them after us. Their MDNs are

@@ -9,6 +9,7 @@ replayed message is delivered once. Times are Unix seconds. Every method is safe
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import sqlite3
 import threading
@@ -227,28 +228,39 @@ class TrackingStore:
 
     # --- incoming ------------------------------------------------------------------------------------------------
 
-    def first_delivery(self, message_id: str, recipient: str, digest: str, now: float, owner: str = "") -> bool:
-        """Remember an accepted message for a recipient; False when the same one was accepted before (a replay).
+    def first_delivery(self, message_id: str, recipient: str, digest: str, now: float, owner: str = "",
+                       awaited_after: float | None = None) -> Delivery:
+        """Remember an accepted message for a recipient: FIRST, or REPLAY when the same one was accepted before.
 
         With an ``owner`` (the milter process's id) the record stays unconfirmed until :meth:`confirm_delivery`.
         An unconfirmed record of another owner is a message whose milter died before Postfix could take it: the
-        client's retry of it is no replay, and is delivered (at least once, never lost).
+        client's retry of it is no replay, and is delivered (at least once, never lost). A record that waits for
+        the MTA's word (:meth:`await_witness`) since after ``awaited_after`` is PENDING: whether the MTA kept that
+        copy is not known yet, so this one can be neither delivered (it may be a replay) nor dropped (it may be
+        the only one); the caller defers it. Older, the witness is not coming: the copy is delivered.
 
         Relaxed: a record a power cut takes lets one replay of that message through, and saves a disk flush on
         every message received.
         """
+        key = (message_id, recipient.lower(), digest)
+        cutoff = now if awaited_after is None else awaited_after
         with self._cursor(durable=False) as run:
             cursor = run("INSERT INTO incoming_seen (message_id, recipient, digest, seen_at, owner, confirmed) "
                          "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (message_id, recipient, digest) DO NOTHING",
-                         (message_id, recipient.lower(), digest, now, owner, 0 if owner else 1))
+                         (*key, now, owner, 0 if owner else 1))
             if cursor.rowcount:
-                return True
+                return Delivery.FIRST
             if not owner:
-                return False
+                return Delivery.REPLAY
             taken = run("UPDATE incoming_seen SET owner = %s, seen_at = %s WHERE message_id = %s AND recipient = %s "
-                        "AND digest = %s AND confirmed = 0 AND owner <> %s",
-                        (owner, now, message_id, recipient.lower(), digest, owner))
-            return bool(taken.rowcount)
+                        "AND digest = %s AND confirmed = 0 AND owner <> %s "
+                        "AND NOT (owner LIKE %s AND seen_at > %s)",
+                        (owner, now, *key, owner, _WITNESS_OWNER + "%", cutoff))
+            if taken.rowcount:
+                return Delivery.FIRST
+            awaited = run("SELECT 1 FROM incoming_seen WHERE message_id = %s AND recipient = %s AND digest = %s "
+                          "AND confirmed = 0 AND owner LIKE %s", (*key, _WITNESS_OWNER + "%")).fetchone()
+            return Delivery.PENDING if awaited else Delivery.REPLAY
 
     def confirm_delivery(self, message_id: str, recipient: str, digest: str) -> None:
         """The message was handed to Postfix: from now on a copy of it is a replay, whoever sees it."""
@@ -361,18 +373,37 @@ class TrackingStore:
         with self._cursor() as run:
             return int(run("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
-    def disown_delivery(self, message_id: str, recipient: str, digest: str) -> None:
-        """Leave an unconfirmed record ownerless: until it is confirmed, a copy of the message is delivered (by
-        this process too), as after a milter that died before Postfix took the message."""
+    def await_witness(self, message_id: str, recipient: str, digest: str, token: str) -> None:
+        """Hand an unconfirmed record over to the MTA's word (a commit witness, :mod:`directmilter.witness`): until
+        :meth:`confirm_witnessed` with ``token`` a copy of the message is PENDING (see :meth:`first_delivery`), in
+        this process and in any other, and a restart loses nothing (the token is in the record)."""
         with self._cursor(durable=False) as run:
-            run("UPDATE incoming_seen SET owner = '' WHERE message_id = %s AND recipient = %s AND digest = %s "
-                "AND confirmed = 0", (message_id, recipient.lower(), digest))
+            run("UPDATE incoming_seen SET owner = %s WHERE message_id = %s AND recipient = %s AND digest = %s "
+                "AND confirmed = 0", (_WITNESS_OWNER + token, message_id, recipient.lower(), digest))
+
+    def confirm_witnessed(self, token: str) -> int:
+        """The MTA kept the message of ``token``: its records are confirmed (copies are replays). How many."""
+        with self._cursor(durable=False) as run:
+            return int(run("UPDATE incoming_seen SET confirmed = 1 WHERE owner = %s AND confirmed = 0",
+                           (_WITNESS_OWNER + token,)).rowcount)
 
     def forget_delivery(self, message_id: str, recipient: str, digest: str) -> None:
         """Undo :meth:`first_delivery` when the message was not accepted after all (the client will retry)."""
         with self._cursor() as run:
             run("DELETE FROM incoming_seen WHERE message_id = %s AND recipient = %s AND digest = %s",
                 (message_id, recipient.lower(), digest))
+
+
+class Delivery(enum.Enum):
+    """What :meth:`TrackingStore.first_delivery` found for a copy of an incoming message."""
+
+    FIRST = "first"  # deliver it
+    REPLAY = "replay"  # the same message was delivered before: drop it
+    PENDING = "pending"  # a copy waits for the MTA's word: defer this one
+
+
+#: Owner of a record waiting for the MTA's word, before the witness token.
+_WITNESS_OWNER = "witness:"
 
 
 @dataclass(frozen=True)
