@@ -61,6 +61,10 @@ TESTS: dict[str, list[str]] = {
 EQUIVALENT: dict[tuple[str, int, str], str] = {
     ("directmilter/witness.py", 27, "core/NumberReplacer"):
         "WAIT is an hour, compared against a clock the tests move past it: any positive value behaves alike",
+    ("directmilter/trust/binding.py", 131, "core/RemoveDecorator"):
+        "@kept(1024) keeps describe_certificate's answers (certificates are immutable): without it, the same text",
+    ("directmilter/trust/binding.py", 131, "core/NumberReplacer"):
+        "the size of that cache: any size gives the same text",
     ("directmilter/budget.py", 29, "core/ReplaceTrueWithFalse"):
         "frozen=True guards against a Deadline being changed; nothing assigns to one",
     ("directmilter/budget.py", 46, "core/ReplaceComparisonOperator_LtE_Lt"):

@@ -92,7 +92,7 @@ def test_a_hosted_sender_spelled_with_a_trailing_dot_is_still_secured(world: Wor
     assert CANARY.encode() in peer.verify(peer.decrypt(wire.data, world.bob), world.r1.cert_path)
 
 
-@pytest.mark.conformance("ALG-4", "ALG-8", "AS-4.3-1")
+@pytest.mark.conformance("ALG-4", "ALG-8", "AS-4.3-1", "ALG-2")
 def test_untrusted_recipient_refused_at_rcpt(rig: dict[str, Any]) -> None:
     rig["sink"].clear()
     result = submit(rig["a"].submission_port, ALICE, [BOB, CAROL], plain_message())
@@ -101,6 +101,67 @@ def test_untrusted_recipient_refused_at_rcpt(rig: dict[str, Any]) -> None:
     assert code == 550 and "5.7.1" in text and "carol@direct.b.test" in text and "trust anchor" in text
     [wire] = rig["sink"].wait(1)
     assert wire.rcpts == [BOB]
+
+
+def serials(printed: str) -> str:
+    """``openssl cms -cmsout -print`` output as one upper-case hex run, to look certificate serials up in."""
+    return printed.replace(":", "").replace(" ", "").replace("\n", "").upper()
+
+
+@pytest.mark.conformance("AS-2.4-5", "ALG-2")
+def test_outgoing_keys_and_trust_follow_the_envelope_not_the_header(world: World, rig: dict[str, Any]) -> None:
+    """Header From al2 (who has no key of its own: the organisation's would sign) and To a stranger without a
+    certificate; MAIL FROM alice, RCPT TO bob. Accepted: bob's certificate is the only RecipientInfo, and the
+    signer is alice's address certificate, not the one al2 would have."""
+    rig["sink"].clear()
+    message = plain_message(sender=AL2, to="untrusted@x.test").replace(b"<test-1@", b"<envelope-out-1@")
+    result = submit(rig["a"].submission_port, ALICE, [BOB], message)
+    assert result.ok, result
+    [wire] = rig["sink"].wait(1)
+    assert wire.mail_from == ALICE and wire.rcpts == [BOB]
+    envelope_printed = peer.cmsprint(wire.data)
+    assert envelope_printed.count("d.ktri:") == 1, envelope_printed
+    assert f"{world.bob.cert.serial_number:X}"[-12:] in serials(envelope_printed)
+    signature = serials(peer.cmsprint(peer.decrypt(wire.data, world.bob)).split("signerInfos:")[1])
+    assert f"{world.alice.cert.serial_number:X}"[-12:] in signature
+    assert f"{world.a_org.cert.serial_number:X}"[-12:] not in signature
+
+
+def from_bob(world: World, *, header_from: str, to: str, tag: str, encrypt_to: tuple[Any, ...] = ()) -> bytes:
+    """A Direct message made by OpenSSL, signed by bob, encrypted to alice (or ``encrypt_to``)."""
+    inner = plain_message(sender=header_from, to=to).replace(b"<test-1@direct.a.test>", f"<{tag}@b.test>".encode())
+    signed = peer.sign(b"Content-Type: message/rfc822\r\n\r\n" + inner, world.bob)
+    recipients = [c.cert_path for c in (encrypt_to or (world.alice,))]
+    return f"From: {header_from}\r\nTo: {to}\r\n".encode() + peer.encrypt(signed, recipients)
+
+
+@pytest.mark.conformance("AS-2.4-5", "ALG-2")
+def test_incoming_trust_follows_the_envelope_and_the_routing_check_guards_the_headers(
+        world: World, rig: dict[str, Any]) -> None:
+    """At A's MX, through Postfix. RCPT TO alice and al2, encrypted to alice only: al2 is refused (not among the
+    RecipientInfos), alice's copy is delivered. A bob-signed message whose signed header says From eve: refused
+    with MAIL FROM eve (the signer is bound to the envelope sender, never to a header), and, the routing check
+    being on by default (decided in issue 20; tests/test_agent.py shows both settings), with MAIL FROM bob too,
+    as tampered routing: the checklist row's "accepted" holds with routing_check = false only."""
+    a = rig["a"]
+    both = f"{ALICE}, {AL2}"
+    result = submit(a.smtp_port, BOB, [ALICE, AL2], from_bob(world, header_from=BOB, to=both, tag="envelope-in-1"))
+    assert result.ok and result.accepted == [ALICE, AL2], result  # removed at end of message, as the row says
+    [delivered] = wait_until(lambda: [m for m in a.maildir(ALICE) if b"<envelope-in-1@b.test>" in m], "alice's copy")
+    assert CANARY.encode() in delivered
+    time.sleep(1)
+    assert not [m for m in a.maildir(AL2) if b"<envelope-in-1@b.test>" in m]
+    log = (rig["root"] / "milter-a.log").read_text()
+    assert "al2@direct.a.test': 'recipient al2@direct.a.test: message is not encrypted to any" in log.replace(
+        "\\x27", "'"), log[-2000:]
+
+    eve = "eve@direct.b.test"
+    as_eve = submit(a.smtp_port, eve, [ALICE], from_bob(world, header_from=eve, to=ALICE, tag="envelope-in-2"))
+    assert as_eve.data is not None and as_eve.data[0] == 550 and "not bound to eve@direct.b.test" in as_eve.data[1]
+    as_bob = submit(a.smtp_port, BOB, [ALICE], from_bob(world, header_from=eve, to=ALICE, tag="envelope-in-3"))
+    assert as_bob.data is not None and as_bob.data[0] == 550, as_bob
+    assert f"MAIL FROM {BOB} is not the signed message's From" in as_bob.data[1], as_bob.data
+    assert not [m for m in a.maildir(ALICE) if b"<envelope-in-2@b.test>" in m or b"<envelope-in-3@b.test>" in m]
 
 
 @pytest.mark.conformance("ALG-3", "ALG-9", "ALG-10")

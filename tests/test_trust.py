@@ -134,6 +134,53 @@ def test_address_only_in_subject_is_not_bound(tpki: PKI) -> None:
     assert "no subjectAltName" in binding_error(cert, "bob@direct.b.test")
 
 
+def test_the_binding_reason_speaks_of_the_subject_email_only_when_the_san_matches(tpki: PKI) -> None:
+    """binding_error adds "its subject emailAddress ... does not match" exactly when an rfc822Name equals the
+    address and a subject emailAddress differs: names that sort before or after the address are not matches."""
+    def detail(email: str, subject_email: str) -> bool:
+        name = f"why-{email.split('@')[0]}-{subject_email.split('@')[0]}"
+        cert = leaf(tpki, name, email=email, subject_email=subject_email)
+        return "does not match (AS 4.1.1)" in binding_error(cert, "bob@direct.b.test")
+
+    assert not detail("aaa@direct.b.test", "aaa@direct.b.test")  # another address, below bob's
+    assert not detail("zed@direct.b.test", "zed@direct.b.test")  # another address, above bob's
+    assert detail("bob@direct.b.test", "aaa@direct.b.test")  # the subject's address sorts below bob's
+    assert detail("bob@direct.b.test", "zed@direct.b.test")
+    cert = leaf(tpki, "why-bob-aaa-2", email="bob@direct.b.test", subject_email="aaa@direct.b.test")
+    assert "subject emailAddress aaa@direct.b.test does not match" in binding_error(cert, "bob@direct.b.test")
+
+
+def test_serial_numbers_are_shown_in_even_hex_digits_with_their_sign() -> None:
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from directmilter.trust.binding import serial_hex
+
+    def shown(serial: int) -> str:
+        return serial_hex(cast(Any, SimpleNamespace(serial_number=serial)))
+
+    assert [shown(n) for n in (0, 1, 0xA, 0xAB, 0xABC, -1, -0xABC)] == ["00", "01", "0A", "AB", "0ABC", "-01",
+                                                                          "-0ABC"]
+
+
+def test_a_certificate_whose_names_cannot_be_read_binds_nothing_and_is_still_described() -> None:
+    """What cryptography raises for a malformed subjectAltName or name (ValueError, TypeError) is no binding and a
+    placeholder in the operator's message, never an exception out of the trust check."""
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from directmilter.trust.binding import _name_string
+
+    for error in (ValueError, TypeError):
+        def fail(*_: object, error: type[Exception] = error) -> Any:
+            raise error("malformed")
+
+        stub = cast(Any, SimpleNamespace(extensions=SimpleNamespace(get_extension_for_class=fail),
+                                         subject=SimpleNamespace(get_attributes_for_oid=lambda oid: [])))
+        assert bound_to(stub, "bob@direct.b.test") is None
+        assert _name_string(cast(Any, SimpleNamespace(rfc4514_string=fail))) == "(unparseable name)"
+
+
 @pytest.mark.conformance("AS-4.1.1-2")
 def test_subject_email_address_must_match_too(tpki: PKI) -> None:
     mallory = leaf(tpki, "bob-mallory", email="bob@direct.b.test", subject_email="mallory@direct.b.test")

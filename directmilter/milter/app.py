@@ -69,10 +69,10 @@ def _guarded(callback: _F) -> _F:
         except BaseException as exc:  # fail closed: the one place exceptions are turned into SMTP answers
             if isinstance(exc, DirectMilterError):
                 log.info("refused", stage=callback.__name__, queue_id=self.queue_id, sender=self.sender,
-                         status=reply_for(exc).status, reason=exc.reason)
+                         recipients=self.recipients, status=reply_for(exc).status, reason=exc.reason)
             else:
-                log.error("internal_error", stage=callback.__name__, queue_id=self.queue_id,
-                          error=type(exc).__name__)
+                log.error("internal_error", stage=callback.__name__, queue_id=self.queue_id, sender=self.sender,
+                          recipients=self.recipients, error=type(exc).__name__)
             answer = self.refuse(exc, stage=callback.__name__)
             self.runtime.metrics.count(self.kind.value, _OUTCOME.get(answer, "rejected"))
             return answer
