@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
+import opensslpeer as peer
 import pytest
 from conftest import CANARY, World, envelope, plain_message
 from dnsserver import Blackhole, Knot, a_record, cert_record, ipkix_record, srv_record
@@ -23,7 +24,7 @@ from directmilter.agent import Agent
 from directmilter.config import load_config
 from directmilter.errors import DependencyTimeout, NoCertificate, NoTrustedRecipients, TemporaryFailure
 
-ALICE = "alice@direct.a.test"
+ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +280,33 @@ def test_every_ldap_server_down_tempfails_through_postfix(world: World, net: dic
             assert sent.rcpts == ["bob@direct.b.test"]
             assert b"application/pkcs7-mime" in sent.data and CANARY.encode() not in sent.data
             assert a.queue() == []
+
+
+@pytest.mark.conformance("AS-0-1")
+def test_certificates_discovered_from_dns_only_and_from_ldap_only_secure_mail_through_postfix(
+        world: World, net: dict[str, Any]) -> None:
+    """AS-0-1's discovery part, through Postfix with nothing out of band: bob's certificate comes from a DNS CERT
+    record only (his domain has no LDAP service), carol's from LDAP only (found through SRV; her domain publishes
+    no CERT record). The message leaves encrypted to both certificates, and each one opens it."""
+    carol = "carol@ldap.c.test"
+    with scratch_dir("directmilter-discovered-") as root, Sink(root / "wire") as sink:
+        body = discovering(world, net["knot"].port)
+        body["milter"] = {"internal_hosts": [], "submission_daemons": ["ORIGINATING"]}
+        with Milterd(world.write_config("discovered-milter", body), root / "milter.log") as milter, \
+                Postfix(root=root / "a", name="mx.a.test", milter=milter.postfix_spec,
+                        relay={"direct.b.test": f"127.0.0.1:{sink.port}", "ldap.c.test": f"127.0.0.1:{sink.port}"}) \
+                as a:
+            net["knot"].clear_queries()
+            net["slapd"].clear_log()
+            result = submit(a.submission_port, ALICE, [BOB, carol], plain_message())
+            assert result.ok and result.accepted == [BOB, carol], result
+            [sent] = sink.wait(1)  # one message for both (one relay), encrypted to both certificates
+    assert sorted(sent.rcpts) == sorted([BOB, carol]) and CANARY.encode() not in sent.data
+    for owner in (world.bob, net["certs"]["carol"]):
+        assert CANARY.encode() in peer.verify(peer.decrypt(sent.data, owner), world.r1.cert_path)
+    assert ("bob.direct.b.test", "CERT") in net["knot"].queries()
+    assert any(carol in s.filter for s in net["slapd"].searches())
+    assert not any(BOB in s.filter for s in net["slapd"].searches())  # bob's came from DNS alone
 
 
 def test_lookup_command_explains(world: World, net: dict[str, Any]) -> None:

@@ -146,6 +146,7 @@ def test_the_binding_reason_speaks_of_the_subject_email_only_when_the_san_matche
     assert not detail("zed@direct.b.test", "zed@direct.b.test")  # another address, above bob's
     assert detail("bob@direct.b.test", "aaa@direct.b.test")  # the subject's address sorts below bob's
     assert detail("bob@direct.b.test", "zed@direct.b.test")
+    assert not detail("bob@direct.b.test", "bob@direct.b.test")  # nothing differs
     cert = leaf(tpki, "why-bob-aaa-2", email="bob@direct.b.test", subject_email="aaa@direct.b.test")
     assert "subject emailAddress aaa@direct.b.test does not match" in binding_error(cert, "bob@direct.b.test")
 
@@ -179,6 +180,17 @@ def test_a_certificate_whose_names_cannot_be_read_binds_nothing_and_is_still_des
                                          subject=SimpleNamespace(get_attributes_for_oid=lambda oid: [])))
         assert bound_to(stub, "bob@direct.b.test") is None
         assert _name_string(cast(Any, SimpleNamespace(rfc4514_string=fail))) == "(unparseable name)"
+    # the right rfc822Name, but a subject whose emailAddress cannot be read: not bound (AS 4.1.1 cannot be checked)
+    san = x509.SubjectAlternativeName([x509.RFC822Name("bob@direct.b.test")])
+    readable = cast(Any, SimpleNamespace(
+        extensions=SimpleNamespace(get_extension_for_class=lambda kind: SimpleNamespace(value=san)),
+        subject=SimpleNamespace(get_attributes_for_oid=lambda oid: [])))
+    assert bound_to(readable, "bob@direct.b.test") is Binding.ADDRESS
+    def unreadable(oid: object) -> Any:
+        raise ValueError("malformed subject")
+
+    readable.subject = SimpleNamespace(get_attributes_for_oid=unreadable)
+    assert bound_to(readable, "bob@direct.b.test") is None
 
 
 @pytest.mark.conformance("AS-4.1.1-2")
@@ -187,6 +199,8 @@ def test_subject_email_address_must_match_too(tpki: PKI) -> None:
     assert bound_to(mallory, "bob@direct.b.test") is None
     reason = binding_error(mallory, "bob@direct.b.test")
     assert "subject emailAddress mallory@direct.b.test does not match" in reason
+    below = leaf(tpki, "bob-aaa", email="bob@direct.b.test", subject_email="aaa@direct.b.test")
+    assert bound_to(below, "bob@direct.b.test") is None  # differs, and sorts before: still no binding
     upper = leaf(tpki, "bob-upper", email="bob@direct.b.test", subject_email="BOB@DIRECT.B.TEST")
     assert bound_to(upper, "bob@direct.b.test") is Binding.ADDRESS
 
