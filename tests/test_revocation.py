@@ -185,7 +185,7 @@ def test_ocsp_down_soft_fail_accepts_and_hard_fail_defers(world: World, rv: dict
         rv["ocsp"].start()
 
 
-@pytest.mark.conformance("AS-4.0-3", "AS-4.2.2-4")
+@pytest.mark.conformance("AS-4.0-3")
 def test_signer_revoked_by_ocsp_is_refused_on_receipt(world: World, rv: dict[str, Any]) -> None:
     signer = rv["leaves"]["ocsprevoked"]
     signed = peer.sign(b"Content-Type: text/plain\r\n\r\nhello\r\n", signer)
@@ -254,3 +254,42 @@ def test_revocation_status_is_good_only_with_evidence(world: World, rv: dict[str
         assert down.revocation_status == "undetermined" and down.soft_failures
     finally:
         agent.close()
+
+
+@pytest.mark.conformance("AS-4.2.2-4")
+def test_through_postfix_the_signers_whole_path_is_verified(world: World, rv: dict[str, Any]) -> None:
+    """At A's MX, through Postfix: a signer under R1 -> I, the SignedData carrying the signer and I, is delivered
+    to alice. A signer under another intermediate of R1 that R1's CRL lists as revoked is refused with 550, the
+    reply naming the revoked intermediate. (An expired intermediate: tests/test_conditions.py.)"""
+    from milterd import Milterd
+    from mta import Postfix, submit
+
+    http = rv["http"]
+    revoked_ca = world.pki.intermediate("RV-I-revoked", world.r1, crl_url=http.url("/R1.crl"))
+    http.set("/R1.crl", make_crl(world.r1, [(revoked_ca.cert, dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))]),
+             "application/pkix-crl")
+    good = world.pki.leaf("rv-path-good", rv["inter"], email="pathgood@direct.b.test")
+    under_revoked = world.pki.leaf("rv-path-revoked", revoked_ca, email="pathrevoked@direct.b.test")
+
+    def direct(signer: Any, issuer: Any, tag: str) -> bytes:
+        address = "pathgood@direct.b.test" if signer is good else "pathrevoked@direct.b.test"
+        inner = plain_message(sender=address, to=ALICE).replace(b"<test-1@direct.a.test>", f"<{tag}@b.test>".encode())
+        signed = peer.sign(b"Content-Type: message/rfc822\r\n\r\n" + inner, signer, extra_certs=[issuer])
+        return f"From: {address}\r\nTo: {ALICE}\r\n".encode() + peer.encrypt(signed, [world.alice.cert_path])
+
+    with scratch_dir("directmilter-rv-path-") as root:
+        body = world.hisp_a_body()
+        body["milter"] = {"internal_hosts": [], "submission_daemons": ["ORIGINATING"]}
+        with Milterd(world.write_config("rv-path-milter", body), root / "milter.log") as milter, \
+                Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"},
+                        milter=milter.postfix_spec) as a:
+            accepted = submit(a.smtp_port, "pathgood@direct.b.test", [ALICE], direct(good, rv["inter"], "path-1"))
+            refused = submit(a.smtp_port, "pathrevoked@direct.b.test", [ALICE],
+                             direct(under_revoked, revoked_ca, "path-2"))
+            assert accepted.ok, accepted
+            [delivered] = a.wait_for_delivery(ALICE)
+            assert b"<path-1@b.test>" in delivered and b"pkcs7" not in delivered
+            assert refused.data is not None and refused.data[0] == 550, refused
+            assert "revoked" in refused.data[1] and "RV-I-revoked" in refused.data[1], refused.data
+            assert http.count("/R1.crl") >= 1
+            assert len(a.maildir(ALICE)) == 1 and a.queue() == []
