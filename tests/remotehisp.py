@@ -219,10 +219,20 @@ class ScriptedHisp:
         failed DSN with ``dsn_status`` (e.g. 5.2.2) and ``text`` as the Status comment. ``final_destination`` adds
         the Guide's X-DIRECT-FINAL-DESTINATION-DELIVERY field to the MDN; without ``original_field`` the DSN names
         the message in In-Reply-To only (no X-Original-Message-ID, AS 3.1.2's fallback)."""
-        assert (disposition is None) != (dsn_status is None), "an MDN or a DSN"
         me = about.to
         original_sender = _address(about.message.get("From", "")).strip("<>") or about.return_path
         original = about.message_id or ""
+        _, result = self.report(me, original_sender, original, disposition, dsn_status=dsn_status, text=text,
+                                final_destination=final_destination, original_field=original_field)
+        return result
+
+    def report(self, me: str, to: str, original: str, disposition: str | None = None, *,
+               dsn_status: str | None = None, text: str = "", final_destination: bool = False,
+               original_field: bool = True, headers: Mapping[str, str] | None = None) -> tuple[str, SmtpResult]:
+        """What :meth:`answer` sends, from ``me`` (one of ``keys``) to ``to`` about the message whose Message-ID is
+        ``original`` (any one, also of a message ``to`` never sent), with ``headers`` added to the report's own
+        header (e.g. Disposition-Notification-To). Returns the report's Message-ID and the SMTP outcome."""
+        assert (disposition is None) != (dsn_status is None), "an MDN or a DSN"
         if dsn_status is not None:
             kind, part_type = "delivery-status", "message/delivery-status"
             status = (f"Reporting-MTA: dns; {self.postfix.name}\r\n"
@@ -244,6 +254,5 @@ class ScriptedHisp:
         body = (f'Content-Type: multipart/report; report-type={kind}; boundary="{boundary}"\r\n\r\n'
                 f"--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n{human}"
                 f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n{status}\r\n--{boundary}--\r\n").encode()
-        _, result = self.send(me, original_sender, body, subject=subject,
-                              headers={"In-Reply-To": original} if original else None)
-        return result
+        extra = {"In-Reply-To": original} if original else {}
+        return self.send(me, to, body, subject=subject, headers={**extra, **(headers or {})} or None)

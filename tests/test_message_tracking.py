@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import opensslpeer as peer
 import pytest
@@ -358,7 +359,7 @@ def _check_report_headers(report: Opened, sender: str) -> None:
     assert report.return_path == sender, report.return_path
 
 
-@pytest.mark.conformance("AS-3.2-1", "AS-3.0-3", "AS-3.0-8", "AS-3.1.1-4", "AS-3.1.1-5", "AS-3.1.1-1")
+@pytest.mark.conformance("AS-3.2-1", "AS-3.0-3", "AS-3.0-8", "AS-3.1.1-4", "AS-3.1.1-5", "AS-3.1.1-1", "AS-0-1")
 def test_incoming_with_final_delivery_asked_sends_processed_then_dispatched(rig: Rig) -> None:
     """bob (R) -> alice with the Guide's request: alice gets the message; R gets a processed MDN and then a
     dispatched MDN carrying X-DIRECT-FINAL-DESTINATION-DELIVERY, each signed by alice and encrypted to bob."""
@@ -415,3 +416,141 @@ def test_incoming_undeliverable_after_acceptance_sends_processed_then_failed(
     time.sleep(2)
     assert len(rig.at_remote(BOB, message_id, 2)) == 2
     assert all(b"Lab results" not in m for m in rig.r.postfix.maildir(BOB))
+
+
+# --- reports, and messages that failed verification, are never answered (AS 3.0) -----------------------------------
+
+
+def _logged(rig: Rig, event: str, **fields: str | bool) -> list[str]:
+    """The records of ``event`` in A's milter log (key=value, values quoted) carrying all of ``fields``."""
+    wanted = [f"{k}={v}" if isinstance(v, bool) else f"{k}='{v}'" for k, v in fields.items()]
+    return [line for line in rig.milter_log.read_text().splitlines()
+            if line.startswith(f"event='{event}' ") and all(w in line for w in wanted)]
+
+
+def _answers_at_remote(rig: Rig, message_ids: set[str], before: set[bytes]) -> list[tuple[str | None, str]]:
+    """What bob received at R since ``before`` (the messages he had then) that is about one of ``message_ids``:
+    a report naming it as the original, or anything else that names it (In-Reply-To, References, a returned
+    header block). Each as (its Message-ID, what it is about)."""
+    found = []
+    for opened in rig.r.received(BOB):
+        if opened.wire in before:
+            continue
+        about = opened.report.original_message_id if opened.report is not None else None
+        named = [m for m in message_ids if m == about or m in opened.message.as_string()]
+        if named:
+            kind = opened.report.kind if opened.report is not None else "message"
+            found.append((opened.message_id, f"{kind} about {', '.join(named)}"))
+    return found
+
+
+def _control(rig: Rig) -> float:
+    """bob sends alice an ordinary message and gets its processed MDN back at R (the rig can answer: a silence
+    elsewhere in the test is the product's doing). Returns how long the MDN took, in seconds."""
+    started = time.monotonic()
+    message_id = _incoming(rig, ALICE, None)
+    [processed] = rig.at_remote(BOB, message_id, 1)
+    assert processed.report is not None and processed.report.disposition == "processed"
+    assert ALICE in processed.signer_names()
+    assert _logged(rig, "mdn_sent", original_message_id=message_id), "the log names a sent MDN's original"
+    return time.monotonic() - started
+
+
+@pytest.mark.conformance("AS-3.0-5")
+def test_no_report_is_ever_answered_with_a_report(rig: Rig) -> None:
+    """alice sends bob a message (so there is tracked mail). R then sends alice, about that message and about one
+    A never sent, a processed MDN, an MDN carrying Disposition-Notification-To, a failed MDN and a failed DSN
+    (5.2.2). Tracking consumes only the two positive MDNs about tracked mail; the other six are delivered to alice,
+    where an ordinary message would earn an MDN. None of the eight is answered: long after an ordinary message's
+    MDN came back (the control), R has nothing from A about any of them, and A's log records each as a report
+    received (consumed or delivered), with no MDN sent for it."""
+    tracked = "<t-reports-tracked@direct.a.test>"
+    assert rig.send(tracked, [BOB]).ok
+    rig.arrived(BOB, tracked)
+    never_sent = "<t-reports-never-sent@direct.a.test>"  # nothing at A tracks it: its reports are not consumed
+    kinds: dict[str, dict[str, Any]] = {
+        "processed MDN": {"disposition": "processed"},
+        "MDN with Disposition-Notification-To": {"disposition": "processed",
+                                                 "headers": {"Disposition-Notification-To": BOB}},
+        "failed MDN": {"disposition": "failed", "text": "the recipient's system could not open it"},
+        "failed DSN": {"dsn_status": "5.2.2", "text": "mailbox full"},
+    }
+    reports: dict[str, tuple[str, str, bool]] = {}  # its Message-ID -> what it is, about which message, consumed
+    before = {o.wire for o in rig.r.received(BOB)}
+    for about in (tracked, never_sent):
+        for what, options in kinds.items():
+            report_id, result = rig.r.report(BOB, ALICE, about, **options)
+            assert result.ok, (what, about, result)
+            reports[report_id] = (what, about, about == tracked and "failed" not in what)
+    assert sum(consumed for _, _, consumed in reports.values()) == 2
+
+    latency = _control(rig)
+    time.sleep(max(2 * latency, 3.0))  # the reports went before the control: twice its MDN's delay after it
+
+    answers = _answers_at_remote(rig, set(reports), before)
+    assert answers == [], f"A answered reports: {answers}; they were {reports}"
+    delivered = rig.a.maildir(ALICE)
+    for report_id, (what, about, consumed) in reports.items():
+        case = f"{what} about {about} ({report_id})"
+        records = _logged(rig, "report_received", report_message_id=report_id, original_message_id=about,
+                          kind="dsn" if "DSN" in what else "mdn")
+        assert len(records) == 1, (case, "one report_received record", records)
+        assert f"consumed={consumed}" in records[0] and f"matched={about == tracked}" in records[0], (case, records)
+        assert _logged(rig, "consumed" if consumed else "processed", message_id=report_id), case
+        assert _logged(rig, "mdn_sent", original_message_id=report_id) == [], case
+        assert [r for r in _logged(rig, "mdn_not_sent", message_id=report_id) if "a report is never answered" in r], \
+            (case, "the log says why no MDN")
+        at_alice = [m for m in delivered if report_id.encode() in m]
+        assert len(at_alice) == (0 if consumed else 1), case  # delivered ones took the path that answers mail
+    assert rig.states(tracked)[BOB][0] == "failed"  # the failures were recorded, and told to alice (delivered)
+
+
+def _forged(message_id: str, *, signer: Issued, encrypt_to: Path, tamper: bool = False) -> bytes:
+    """A message from bob to alice as R's agent would send it (ScriptedHisp.send), but signed by ``signer``,
+    encrypted to ``encrypt_to``, and with ``tamper`` a byte of the signed content changed after signing."""
+    head = {"From": BOB, "To": ALICE, "Subject": "Referral", "Date": "Mon, 23 Nov 2026 10:00:00 +0000",
+            "Message-ID": message_id, "MIME-Version": "1.0"}
+    inner = ("".join(f"{k}: {v}\r\n" for k, v in head.items()).encode()
+             + b"Content-Type: text/plain\r\n\r\nLab results attached.\r\n")
+    signed = peer.sign(b"Content-Type: message/rfc822\r\n\r\n" + inner, signer)
+    if tamper:
+        changed = signed.replace(b"Lab results", b"Lab resulTs", 1)
+        assert changed != signed and len(changed) == len(signed)
+        signed = changed
+    outer = {k: head[k] for k in ("From", "To", "Subject", "Date", "Message-ID")}
+    return "".join(f"{k}: {v}\r\n" for k, v in outer.items()).encode() + peer.encrypt(signed, [encrypt_to])
+
+
+@pytest.mark.conformance("AS-3.0-6")
+def test_no_report_about_a_message_that_failed_verification(rig: Rig, world: World) -> None:
+    """bob -> alice, three ways that fail verification at A: signed by a certificate for bob under R2 (which A
+    does not trust), signed by bob with a byte of the content changed after signing, and encrypted to bob2 rather
+    than alice. Each is refused at end of data with a 5xx naming the reason; none reaches alice; and long after an
+    ordinary message's MDN came back (the control), R has no MDN or DSN about any of them."""
+    untrusted = world.pki.leaf("bob-under-r2", world.r2, email=BOB)
+    before = {o.wire for o in rig.r.received(BOB)}
+    cases = {  # Message-ID -> the message, and the reply that refuses it
+        "<t-unverified-untrusted@direct.b.test>": (_forged("<t-unverified-untrusted@direct.b.test>", signer=untrusted,
+                                                           encrypt_to=world.alice.cert_path),
+                                                   550, "5.7.1", "signer: no path to a trust anchor"),
+        "<t-unverified-tampered@direct.b.test>": (_forged("<t-unverified-tampered@direct.b.test>", signer=world.bob,
+                                                          encrypt_to=world.alice.cert_path, tamper=True),
+                                                  554, "5.7.5", "message digest does not match"),
+        "<t-unverified-not-for-alice@direct.b.test>": (_forged("<t-unverified-not-for-alice@direct.b.test>",
+                                                               signer=world.bob, encrypt_to=world.bob2.cert_path),
+                                                       554, "5.7.5", "not encrypted to any of the recipient"),
+    }
+    for message_id, (wire, code, status, reason) in cases.items():
+        result = submit(rig.a.smtp_port, BOB, [ALICE], wire)
+        assert result.accepted == [ALICE] and result.data is not None, (message_id, result)
+        assert result.code == code and result.status == status and reason in result.data[1], (message_id, result.data)
+        assert [r for r in _logged(rig, "rejected", message_id=message_id) if reason in r], message_id
+
+    latency = _control(rig)
+    time.sleep(max(2 * latency, 3.0))
+
+    answers = _answers_at_remote(rig, set(cases), before)
+    assert answers == [], f"A sent reports about messages it refused: {answers}"
+    assert [m for m in rig.a.maildir(ALICE) if any(i.encode() in m for i in cases)] == []
+    sent = _logged(rig, "mdn_sent") + _logged(rig, "dsn_sent")
+    assert [line for line in sent if any(message_id in line for message_id in cases)] == []

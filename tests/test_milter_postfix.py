@@ -57,6 +57,12 @@ def _rig(world: World, root: Path) -> Iterator[dict[str, Any]]:
         part.stop()
 
 
+def clear_sink(rig: dict[str, Any]) -> None:
+    """Empty the wire sink once A's queue is empty: an earlier test's message must not land in this test's."""
+    wait_until(lambda: rig["a"].queue() == [], "earlier tests' mail to leave A")
+    rig["sink"].clear()
+
+
 def relay_to(postfix: Postfix, domain: str, target: str) -> None:
     """Point ``domain`` elsewhere once earlier tests' mail has left, so it cannot follow the new route."""
     wait_until(lambda: postfix.queue() == [], "the queue to drain")
@@ -67,7 +73,7 @@ def relay_to(postfix: Postfix, domain: str, target: str) -> None:
 
 @pytest.mark.conformance("AS-0-1", "AS-2.4-1", "AS-2.4-2", "AS-2.4-6", "AS-2.4-7", "ALG-7")
 def test_submitted_plaintext_leaves_a_only_encrypted(world: World, rig: dict[str, Any]) -> None:
-    rig["sink"].clear()
+    clear_sink(rig)
     result = submit(rig["a"].submission_port, ALICE, [BOB], plain_message())
     assert result.ok, result
     [wire] = rig["sink"].wait(1)
@@ -84,7 +90,7 @@ def test_submitted_plaintext_leaves_a_only_encrypted(world: World, rig: dict[str
 def test_a_hosted_sender_spelled_with_a_trailing_dot_is_still_secured(world: World, rig: dict[str, Any]) -> None:
     """``MAIL FROM:<alice@direct.a.test.>``: Postfix resolves it to alice (and sends it on as alice), so it is
     alice's mail, signed and encrypted, never "other mail" in clear."""
-    rig["sink"].clear()
+    clear_sink(rig)
     result = submit(rig["a"].submission_port, "alice@direct.a.test.", [BOB], plain_message())
     assert result.ok, result
     [wire] = rig["sink"].wait(1)
@@ -94,7 +100,7 @@ def test_a_hosted_sender_spelled_with_a_trailing_dot_is_still_secured(world: Wor
 
 @pytest.mark.conformance("ALG-4", "ALG-8", "AS-4.3-1", "ALG-2")
 def test_untrusted_recipient_refused_at_rcpt(rig: dict[str, Any]) -> None:
-    rig["sink"].clear()
+    clear_sink(rig)
     result = submit(rig["a"].submission_port, ALICE, [BOB, CAROL], plain_message())
     assert result.accepted == [BOB], (result, (rig["root"] / "milter-a.log").read_text()[-3000:])
     code, text = result.refused[CAROL]
@@ -113,7 +119,7 @@ def test_outgoing_keys_and_trust_follow_the_envelope_not_the_header(world: World
     """Header From al2 (who has no key of its own: the organisation's would sign) and To a stranger without a
     certificate; MAIL FROM alice, RCPT TO bob. Accepted: bob's certificate is the only RecipientInfo, and the
     signer is alice's address certificate, not the one al2 would have."""
-    rig["sink"].clear()
+    clear_sink(rig)
     message = plain_message(sender=AL2, to="untrusted@x.test").replace(b"<test-1@", b"<envelope-out-1@")
     result = submit(rig["a"].submission_port, ALICE, [BOB], message)
     assert result.ok, result
@@ -292,7 +298,7 @@ def test_unix_socket_mode_stale_socket_and_other_mail_policy(world: World) -> No
 def test_null_sender_from_an_smtp_client_to_a_remote_address_is_refused(rig: dict[str, Any]) -> None:
     """A report from an SMTP client (not from this host's own Postfix) is never signed for it nor passed in clear:
     anyone allowed to relay could otherwise have a DSN in a hosted user's name sent with text of their choosing."""
-    rig["sink"].clear()
+    clear_sink(rig)
     result = submit(rig["a"].smtp_port, "", [BOB], plain_message())
     assert not result.accepted and result.refused[BOB][0] == 550
     assert "sent by this host's MTA only" in result.refused[BOB][1]
@@ -323,8 +329,9 @@ def test_recipient_added_in_transit_is_removed_as_tampered(world: World, rig: di
 @pytest.mark.conformance("AS-2.4-6")
 def test_hosted_sender_through_the_mx_listener_cannot_send_remote_mail_in_clear(rig: dict[str, Any]) -> None:
     """alice's address at A's MX (not the submission listener): refused, so nothing leaves A unencrypted."""
-    rig["sink"].clear()
-    result = submit(rig["a"].smtp_port, ALICE, [BOB], plain_message())
+    clear_sink(rig)
+    message = plain_message().replace(b"<test-1@", b"<mx-listener-1@")
+    result = submit(rig["a"].smtp_port, ALICE, [BOB], message)
     assert not result.accepted and result.refused[BOB][0] == 550
     assert "would leave unencrypted" in result.refused[BOB][1]
     time.sleep(0.5)

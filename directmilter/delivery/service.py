@@ -226,7 +226,10 @@ class Confirmations:
         whole = spool.read(delivered) if may_hold_report(headers.content_type) else None
         report = parse_notification(whole) if whole is not None else None
         if report is not None or is_notification(whole if whole is not None else headers):
-            return IncomingDecision(tuple(recipients), self._record_report(report, queue_id), queue_id=queue_id)
+            consumed = self._record_report(report, queue_id)
+            log.info("mdn_not_sent", queue_id=queue_id, message_id=headers.get("message-id"), consumed=consumed,
+                     reason="the message is a report, and a report is never answered with a report (AS 3.0)")
+            return IncomingDecision(tuple(recipients), consumed, queue_id=queue_id)
         message_id = headers.get("message-id")
         digest = spool.sha256(delivered)
         fresh = list(recipients)
