@@ -40,7 +40,8 @@ TESTS: dict[str, list[str]] = {
     "directmilter/trust/fetching.py": ["tests/test_trust_fetching.py", "tests/test_revocation.py",
                                        "tests/test_budget.py"],
     "directmilter/trust/certificate_policy.py": ["tests/test_certificate_policy.py", "tests/test_key_usage_policy.py"],
-    "directmilter/agent/trust_model.py": ["tests/test_agent.py", "tests/test_tamper.py", "tests/test_budget.py",
+    "directmilter/agent/trust_model.py": ["tests/test_agent.py", "tests/test_key_usage_policy.py",
+                                          "tests/test_tamper.py", "tests/test_budget.py",
                                           "tests/test_certificate_policy.py"],
     "directmilter/agent/incoming.py": ["tests/test_agent.py", "tests/test_tamper.py", "tests/test_routing.py",
                                        "tests/test_interop.py"],
@@ -65,6 +66,10 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
         "@kept(1024) keeps describe_certificate's answers (certificates are immutable): without it, the same text",
     ("directmilter/trust/binding.py", 131, "core/NumberReplacer"):
         "the size of that cache: any size gives the same text",
+    ("directmilter/agent/trust_model.py", 79, "core/RemoveDecorator"):
+        "@kept(4096) keeps _unusable's answers per (certificate, address, policy), all immutable: the same answers",
+    ("directmilter/agent/trust_model.py", 79, "core/NumberReplacer"):
+        "the size of that cache: any size gives the same answers",
     ("directmilter/budget.py", 29, "core/ReplaceTrueWithFalse"):
         "frozen=True guards against a Deadline being changed; nothing assigns to one",
     ("directmilter/budget.py", 46, "core/ReplaceComparisonOperator_LtE_Lt"):
