@@ -42,7 +42,7 @@ TESTS: dict[str, list[str]] = {
     "directmilter/trust/certificate_policy.py": ["tests/test_certificate_policy.py", "tests/test_key_usage_policy.py"],
     "directmilter/agent/trust_model.py": ["tests/test_agent.py", "tests/test_key_usage_policy.py",
                                           "tests/test_tamper.py", "tests/test_budget.py",
-                                          "tests/test_certificate_policy.py"],
+                                          "tests/test_certificate_policy.py", "tests/test_revocation.py"],
     "directmilter/agent/incoming.py": ["tests/test_agent.py", "tests/test_tamper.py", "tests/test_routing.py",
                                        "tests/test_interop.py"],
     "directmilter/agent/outgoing.py": ["tests/test_agent.py", "tests/test_interop.py", "tests/test_discovery.py"],
@@ -66,6 +66,12 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
         "@kept(1024) keeps describe_certificate's answers (certificates are immutable): without it, the same text",
     ("directmilter/trust/binding.py", 131, "core/NumberReplacer"):
         "the size of that cache: any size gives the same text",
+    ("directmilter/agent/trust_model.py", 34, "core/ReplaceBinaryOperator_Mul_Div"):
+        "'*' -> '/' makes the parameters before it positional-only: every caller passes them by position anyway",
+    ("directmilter/agent/trust_model.py", 95, "core/RemoveDecorator"):
+        "@kept(1024) keeps _not_for_email's answer per (immutable) certificate: the same answers",
+    ("directmilter/agent/trust_model.py", 95, "core/NumberReplacer"):
+        "the size of that cache",
     ("directmilter/agent/trust_model.py", 79, "core/RemoveDecorator"):
         "@kept(4096) keeps _unusable's answers per (certificate, address, policy), all immutable: the same answers",
     ("directmilter/agent/trust_model.py", 79, "core/NumberReplacer"):

@@ -198,10 +198,12 @@ class ScriptedHisp:
     # --- sending ----------------------------------------------------------------------------------------------------
 
     def send(self, sender: str, recipient: str, content: bytes, *, subject: str = "Referral",
-             headers: Mapping[str, str] | None = None) -> tuple[str, SmtpResult]:
+             headers: Mapping[str, str] | None = None, mail_from: str | None = None) -> tuple[str, SmtpResult]:
         """A message from ``sender`` (one of ``keys``) to ``recipient``: the RFC 5322 message (``headers`` added)
         wrapped in message/rfc822, signed, encrypted to ``peer_certs[recipient]`` and sent to the peer's MX.
-        Returns its Message-ID and the SMTP outcome."""
+        ``headers`` may replace the defaults (a ``From`` given there is the author in the signed message and in the
+        outer header alike); ``mail_from`` is the SMTP MAIL FROM, ``sender`` unless given (``""``: the null
+        sender, ``MAIL FROM:<>``). Returns its Message-ID and the SMTP outcome."""
         domain = sender.rpartition("@")[2]
         message_id = f"<remote-{next(_counter)}-{id(self):x}@{domain}>"
         head = {"From": sender, "To": recipient, "Subject": subject, "Date": formatdate(localtime=False),
@@ -211,7 +213,7 @@ class ScriptedHisp:
         signed = peer.sign(b"Content-Type: message/rfc822\r\n\r\n" + inner, self.keys[sender])
         wire = ("".join(f"{k}: {v}\r\n" for k, v in outer.items()).encode()
                 + peer.encrypt(signed, [self.peer_certs[recipient]]))
-        return message_id, submit(self.peer_port, sender, [recipient], wire)
+        return message_id, submit(self.peer_port, sender if mail_from is None else mail_from, [recipient], wire)
 
     def answer(self, about: Opened, disposition: str | None = None, *, dsn_status: str | None = None,
                text: str = "", final_destination: bool = False, original_field: bool = True) -> SmtpResult:

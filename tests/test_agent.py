@@ -277,3 +277,21 @@ def test_incoming_envelope_decides_and_the_routing_check_is_the_one_exception(wo
             assert received.recipients == (alice,) and received.signers == (world.bob.cert,)
     with pytest.raises(NoTrustedRecipients, match=r"not bound to eve@direct\.b\.test"):
         a.incoming(envelope(from_eve, "eve@direct.b.test", alice))
+
+
+def test_the_refusal_names_the_first_certificates_fault(world: World, agent_for) -> None:
+    """Several candidates, none usable: the reason given is the first one's (here: bound to another address),
+    not the last one's (here: expired), unless the message's fetch budget ran out."""
+    from directmilter.agent.trust_model import trusted_certificates
+
+    agent = agent_for(world.hisp_a())
+    old = dt.datetime(2021, 1, 1, tzinfo=dt.UTC)
+    expired = world.pki.leaf("first-fault-expired", world.r1, email=BOB, not_before=old - dt.timedelta(days=9),
+                             not_after=old)
+    trusted, error = trusted_certificates(agent.context.validator, BOB, [world.bob2.cert, expired.cert],
+                                          [world.r1.cert], [])
+    assert trusted == [] and error is not None
+    assert "is not bound to bob@direct.b.test" in error.reason and "expired" not in error.reason, error.reason
+    trusted, error = trusted_certificates(agent.context.validator, BOB, [expired.cert, world.bob2.cert],
+                                          [world.r1.cert], [])
+    assert error is not None and "expired 2021-01-01" in error.reason, error.reason

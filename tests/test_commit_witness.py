@@ -85,6 +85,39 @@ def test_a_message_refused_after_our_accept_gets_no_mdn_and_its_retry_is_deliver
     assert "commit_witnessed" in (rig["root"] / "milter-a.log").read_text()
 
 
+def test_a_message_sent_and_refused_after_our_accept_is_not_tracked(world: World, rig: dict[str, Any]) -> None:
+    """alice's message refused with 451 by the milter after directmilter awaits no confirmation (alice would be
+    told of a timeout for mail that never left); her client's retry, kept by Postfix, is tracked."""
+    from conftest import plain_message
+
+    from directmilter.tracking import open_store
+
+    a, b = rig["a"], rig["b"]
+    message_id = "<witness-out-1@direct.a.test>"
+    message = plain_message(sender=ALICE, to=BOB).replace(b"<test-1@direct.a.test>", message_id.encode())
+    store = open_store(f"sqlite:{rig['root']}/tracking-a.db")
+    try:
+        def awaited() -> list[str]:
+            return [o.recipient for o in store.overdue(time.time() + 3600, 60, 60) if o.message_id == message_id]
+
+        rig["flag"].touch()
+        try:
+            refused = submit(a.submission_port, ALICE, [BOB], message)
+        finally:
+            rig["flag"].unlink()
+        assert refused.data is not None and refused.data[0] == 451, refused
+        time.sleep(2)  # a witness would have come by now
+        assert awaited() == [] and not [m for m in b.messages() if message_id.encode() in m.data]
+
+        retried = submit(a.submission_port, ALICE, [BOB], message)
+        assert retried.ok, (retried, (rig["root"] / "milter-a.log").read_text()[-3000:])
+        wait_until(lambda: awaited() == [BOB], "the kept message to be tracked")
+        [sent] = wait_until(lambda: [m for m in b.messages() if message_id.encode() in m.data], "the secured copy at B")
+        assert b"application/pkcs7-mime" in sent.data and b"directmilter.invalid" not in sent.data
+    finally:
+        store.close()
+
+
 def test_witness_addresses_are_read_exactly() -> None:
     from directmilter import witness
 

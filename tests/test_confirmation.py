@@ -162,10 +162,15 @@ def test_tracking_survives_a_milter_restart(hisps: dict[str, Any]) -> None:
         time.sleep(1)  # B's MDN meets a 4xx at A meanwhile and stays in B's queue
     finally:
         hisps["milter_a"].start()
+    # Matched, whatever the state says: with A's processed_timeout of 3 s a slow retry of B's MDN may come after
+    # alice was told of a timeout, and then "failed" stays (the later MDN changes nothing, by design).
+    log = hisps["root"] / "milter-a.log"
+    wait_until(lambda: [line for line in log.read_text().splitlines() if "report_received" in line
+                        and "<restart-1@direct.a.test>" in line and "matched=True" in line],
+               "the MDN to be matched after the restart", timeout=60)
     store = open_store(hisps["tracking_a"])
     try:
-        wait_until(lambda: [s for s in store.states("<restart-1@direct.a.test>") if s.state == "processed"],
-                   "the MDN to be matched after the restart", timeout=60)
+        assert [s.state for s in store.states("<restart-1@direct.a.test>")] in (["processed"], ["failed"])
     finally:
         store.close()
 

@@ -38,3 +38,14 @@ def test_signer_key_usage_enforced_only_by_policy(world: World, name: str, optio
     assert incoming(world, signer, sender, enforce=False).recipients == (ALICE,)
     with pytest.raises(NoTrustedRecipients, match=reason):
         incoming(world, signer, sender, enforce=True)
+
+
+@pytest.mark.conformance("AS-4.1.3-1")
+@pytest.mark.parametrize("extended_key_usage", [None, {"emailProtection"}], ids=["no-eku", "email-protection"])
+def test_enforcement_accepts_a_signer_whose_extended_key_usage_allows_smime(
+        world: World, extended_key_usage: set[str] | None) -> None:
+    """RFC 5280 4.2.1.12: an absent extendedKeyUsage restricts nothing; emailProtection is S/MIME's."""
+    name = "kunoeku" if extended_key_usage is None else "kuemail"
+    sender = f"{name}@direct.b.test"
+    signer = world.pki.leaf(name, world.r1, email=sender, extended_key_usage=extended_key_usage)
+    assert incoming(world, signer, sender, enforce=True).recipients == (ALICE,)

@@ -3,8 +3,8 @@ instances, with the remote HISP scripted around the ``openssl`` CLI (issue 18; t
 
 HISP A runs directmilter on every path of its Postfix and hosts alice (address certificate) and the rest of
 direct.a.test (organisational certificate; gone@ is a mailbox whose delivery fails after acceptance). The remote R
-is a plain Postfix for direct.b.test with the mailboxes bob and wary; it refuses unknown recipients at RCPT, and
-refuses wary's mail at end of data as its agent would refuse an untrusted message. R's "agent" is
+is a plain Postfix for direct.b.test with the mailboxes bob, bob2, carol and wary; it refuses unknown recipients at
+RCPT, and refuses wary's mail at end of data as its agent would refuse an untrusted message. R's "agent" is
 :class:`remotehisp.ScriptedHisp`: it opens what arrived with its users' keys (failing the test on anything in
 clear), and answers with MDNs and DSNs, stays silent, or answers late, as each case needs.
 
@@ -15,6 +15,8 @@ tracking timeouts are seconds.
 
 from __future__ import annotations
 
+import email
+import email.utils
 import re
 import time
 from collections.abc import Iterator
@@ -35,7 +37,9 @@ from directmilter.tracking.store import open_store
 ALICE, GONE, STUCK = "alice@direct.a.test", "gone@direct.a.test", "stuck@direct.a.test"
 QUEUE_LIFETIME = 6  # A's maximal_queue_lifetime, seconds: stuck@'s deferred mail bounces after it
 BOB, WARY, NOBODY, NOCERT = "bob@direct.b.test", "wary@direct.b.test", "nobody@direct.b.test", "nocert@direct.b.test"
-CAROL = "carol@direct.b.test"  # certificate under R2, which alice does not trust
+CAROL = "carol@direct.b.test"  # certificate under R2, which alice does not trust; a mailbox at R all the same
+BOB2 = "bob2@direct.b.test"  # a second user at R: reports that go elsewhere than to the author
+R_MAILBOXES = (BOB, BOB2, CAROL, WARY)  # everything R's Postfix delivers
 TIMEOUT = 5.0  # processed_timeout and dispatched_timeout at A, seconds
 SETTLE = TIMEOUT + 2.5  # long enough for a timeout DSN that should not come to have come
 FINAL = "X-DIRECT-FINAL-DESTINATION-DELIVERY=optional,true"  # the Guide's request for a dispatched MDN
@@ -119,21 +123,23 @@ def rig(world: World) -> Iterator[Rig]:
                                                f"texthash:{root / 'a' / 'etc' / 'transport'}"})
         refusals = root / "r-refusals"
         refusals.write_text(f"{WARY} 550 5.7.1 message signed by an untrusted sender\n")
-        r = Postfix(root=root / "r", name="mx.b.test", mailboxes={BOB: "bob", WARY: "wary"},
+        r = Postfix(root=root / "r", name="mx.b.test",
+                    mailboxes={BOB: "bob", WARY: "wary", BOB2: "bob2", CAROL: "carol"},
                     relay={"direct.a.test": f"127.0.0.1:{a.smtp_port}"},
                     main_cf={"smtpd_end_of_data_restrictions": f"check_recipient_access texthash:{refusals}"})
         a.relay["direct.b.test"] = f"127.0.0.1:{r.smtp_port}"
         a.write_config()
         tracking = f"sqlite:{root}/tracking-a.db"
         conf = world.hisp_a_on_postfix("tracking-a", a, tracking, TIMEOUT, [wary, nobody])
-        remote = ScriptedHisp(postfix=r, keys={BOB: world.bob, WARY: wary}, anchor=world.r1.cert_path,
+        remote = ScriptedHisp(postfix=r, keys={BOB: world.bob, WARY: wary, BOB2: world.bob2, CAROL: world.carol},
+                              anchor=world.r1.cert_path,
                               peer_port=a.smtp_port, peer_certs={ALICE: world.alice.cert_path,
                                                                  GONE: world.a_org.cert_path,
                                                                  STUCK: world.a_org.cert_path})
         try:
             with r, serving(a, conf, root / "milter-a.log"):
                 yield Rig(a=a, r=remote, tracking=tracking, milter_log=root / "milter-a.log",
-                          certs={BOB: world.bob, WARY: wary, NOBODY: nobody, CAROL: world.carol})
+                          certs={BOB: world.bob, WARY: wary, NOBODY: nobody, CAROL: world.carol, BOB2: world.bob2})
         finally:
             r.stop()
 
@@ -142,7 +148,7 @@ def rig(world: World) -> Iterator[Rig]:
 def nothing_in_clear(rig: Rig) -> Iterator[None]:
     """After each case: everything that ever reached R opens as a secured message (AS-3.0-7, nothing in clear)."""
     yield
-    for address in (BOB, WARY):
+    for address in R_MAILBOXES:
         rig.r.received(address)
 
 
@@ -554,3 +560,99 @@ def test_no_report_about_a_message_that_failed_verification(rig: Rig, world: Wor
     assert [m for m in rig.a.maildir(ALICE) if any(i.encode() in m for i in cases)] == []
     sent = _logged(rig, "mdn_sent") + _logged(rig, "dsn_sent")
     assert [line for line in sent if any(message_id in line for message_id in cases)] == []
+
+
+# --- incoming: where the processed MDN goes (AS 3.2) ----------------------------------------------------------------
+
+
+def _at_remote_about(rig: Rig, message_id: str) -> dict[str, list[Opened]]:
+    """Everything in any mailbox at R that is about ``message_id`` (a report naming it as the original, or anything
+    else that names it), by mailbox. Each mailbox is opened with its owner's key: anything in clear fails the test."""
+    found: dict[str, list[Opened]] = {}
+    for address in R_MAILBOXES:
+        about = [o for o in rig.r.received(address)
+                 if (o.report is not None and o.report.original_message_id == message_id)
+                 or message_id in o.message.as_string()]
+        if about:
+            found[address] = about
+    return found
+
+
+def _to_alice(rig: Rig, headers: dict[str, str], mail_from: str) -> str:
+    """bob (R) -> alice with ``headers`` in the signed message and ``mail_from`` as MAIL FROM; once alice has it,
+    its Message-ID (a fresh one per message)."""
+    message_id, result = rig.r.send(BOB, ALICE, b"Content-Type: text/plain\r\n\r\nLab results attached.\r\n",
+                                    headers=headers, mail_from=mail_from)
+    assert result.ok, result
+    wait_until(lambda: [m for m in rig.a.maildir(ALICE) if message_id.encode() in m and b"Lab results" in m],
+               "the message in alice's mailbox")
+    return message_id
+
+
+def _drained(rig: Rig) -> None:
+    """Neither Postfix has anything left to send: what is at R now is all that will come."""
+    wait_until(lambda: rig.a.queue() == [] and rig.r.postfix.queue() == [], "A's and R's queues to drain")
+
+
+@pytest.mark.conformance("AS-3.2-3")
+@pytest.mark.parametrize("mail_from, headers, target", [
+    (BOB, {"From": f"{BOB2}, {BOB}", "Sender": BOB2}, BOB),
+    ("", {"Sender": BOB2}, BOB2),
+    ("", {}, BOB),
+    (BOB, {"Disposition-Notification-To": BOB2}, BOB2),
+], ids=["mail-from-before-sender-and-from", "null-mail-from-then-sender", "null-mail-from-then-from",
+        "disposition-notification-to"])
+def test_the_processed_mdn_goes_to_the_first_of_dnt_mail_from_sender_from(
+        rig: Rig, mail_from: str, headers: dict[str, str], target: str) -> None:
+    """bob (R) -> alice, each message signed by bob; the processed MDN goes to the first of Disposition-
+    Notification-To, MAIL FROM, Sender, From (AS 3.2), and only there: R's Postfix delivers it to that address's
+    mailbox (its RCPT TO), it is signed by alice, encrypted to the target's certificate alone (one RecipientInfo,
+    opened with the target's key), and no other mailbox at R gets anything about the message.
+
+    * No DNT, MAIL FROM bob, From "bob2, bob", Sender bob2: to bob. Sender and the first From both name bob2, so
+      skipping MAIL FROM would show. (The routing check wants MAIL FROM among the signed From addresses, and bob
+      is; a MAIL FROM not in From at all is refused as tampered routing, so (a) cannot use one.)
+    * MAIL FROM <>, Sender bob2, From bob: to bob2. With a null MAIL FROM the product binds the signer to the outer
+      From, and the signed message must show exactly that From (incoming._forged_author); a Sender is not checked
+      against the signer, so bob may sign a message whose Sender is bob2, and bob2 gets the MDN.
+    * MAIL FROM <>, no Sender, From bob: to bob.
+    * DNT bob2, MAIL FROM and From bob: to bob2, encrypted to bob2's certificate (A knows it from its certificate
+      files, under R1).
+    """
+    message_id = _to_alice(rig, headers, mail_from)
+    [mdn] = rig.at_remote(target, message_id, 1)
+    assert mdn.report is not None and mdn.report.kind == "disposition-notification"
+    assert mdn.report.about() == [(ALICE, "processed")] and mdn.report.original_message_id == message_id
+    assert ALICE in mdn.signer_names()
+    wire = email.message_from_bytes(mdn.wire)
+    assert wire["Delivered-To"] == target and mdn.return_path == ALICE, (wire["Delivered-To"], mdn.return_path)
+    assert email.utils.parseaddr(mdn.message["To"])[1] == target, mdn.message["To"]
+    printed = peer.cmsprint(mdn.wire)
+    to = [int(serial, 16) for serial in re.findall(r"serialNumber: 0x([0-9A-F]+)", printed)]
+    assert to == [rig.certs[target].cert.serial_number], printed  # decryptable with the target's key only
+    [sent] = _logged(rig, "mdn_sent", original_message_id=message_id)
+    assert f"target='{target}'" in sent and f"recipient='{ALICE}'" in sent, sent
+    _drained(rig)
+    time.sleep(2)
+    assert _at_remote_about(rig, message_id) == {target: [mdn]}
+    assert rig.notices(message_id) == []  # nor did anything about it come back to alice (a bounce of the MDN)
+
+
+@pytest.mark.conformance("AS-3.2-3", "AS-3.0-7")
+def test_no_mdn_when_the_dnt_target_has_no_trusted_certificate(rig: Rig) -> None:
+    """bob (R) -> alice with Disposition-Notification-To carol, whose certificate chains to R2, which A does not
+    trust: alice gets the message, but no MDN is sent, neither to carol (encrypted to an untrusted certificate, or in
+    clear) nor to anyone further down the list (MAIL FROM and From are bob). A's log has one mdn_not_sent record
+    naming the message, carol and the reason; long after an ordinary message's MDN came back (the control), no
+    mailbox at R has anything about it, and nothing was logged as sent."""
+    message_id = _to_alice(rig, {"Disposition-Notification-To": CAROL}, BOB)
+    [record] = wait_until(lambda: _logged(rig, "mdn_not_sent", original_message_id=message_id),
+                          "the mdn_not_sent record")
+    assert f"target='{CAROL}'" in record and f"recipient='{ALICE}'" in record, record
+    assert "no path to a trust anchor" in record, record
+    latency = _control(rig)
+    time.sleep(max(2 * latency, 3.0))
+    _drained(rig)
+    assert _at_remote_about(rig, message_id) == {}
+    assert _logged(rig, "mdn_sent", original_message_id=message_id) == []
+    assert rig.notices(message_id) == []

@@ -124,6 +124,32 @@ def test_a_record_waiting_for_its_witness_is_pending_until_witnessed_or_settled(
         store.close()
 
 
+def test_a_message_sent_is_tracked_only_once_the_mta_kept_it(url: str) -> None:
+    """Issue 20: with a commit witness, a message we accepted for sending awaits no confirmation (no timeout is
+    told) until the witness says the MTA kept it; a retry of one the MTA refused takes the new token; one whose
+    witness never comes is dropped; a kept message is not reset by a later copy."""
+    store = open_store(url)
+    try:
+        def overdue() -> list[str]:
+            return [o.message_id for o in store.overdue(10_000, 60, 60)]
+
+        store.record_outgoing("<o1@a>", "alice@a", ["bob@b"], wants_dispatched=False, now=100, witness="t1")
+        assert overdue() == [] and store.backlog() == 0
+        store.record_outgoing("<o1@a>", "alice@a", ["bob@b"], wants_dispatched=False, now=200, witness="t2")
+        assert store.confirm_witnessed("t1") == 0  # the refused attempt's witness: nothing
+        assert store.confirm_witnessed("t2") == 1
+        assert overdue() == ["<o1@a>"] and store.backlog() == 1
+        store.record_outgoing("<o1@a>", "alice@a", ["bob@b"], wants_dispatched=False, now=300, witness="t3")
+        assert store.confirm_witnessed("t3") == 0 and overdue() == ["<o1@a>"]  # kept: a later copy changes nothing
+
+        store.record_outgoing("<o2@a>", "alice@a", ["bob@b"], wants_dispatched=False, now=100, witness="t4")
+        assert store.drop_unwitnessed_outgoing(before=50) == 0
+        assert store.drop_unwitnessed_outgoing(before=150) == 1
+        assert store.states("<o2@a>") == [] and [s.recipient for s in store.states("<o1@a>")] == ["bob@b"]
+    finally:
+        store.close()
+
+
 def test_a_batch_of_confirmations_confirms_exactly_its_records(url: str) -> None:
     """The background writer confirms a batch in as few statements as it can (here 700 records: three): each
     confirmed record is a replay for everyone afterwards, and the one left out still is not."""

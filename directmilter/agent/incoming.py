@@ -113,7 +113,8 @@ def _routing_tampered(ctx: AgentContext, sender: str, recipient: str, message: M
     """Routing-tamper detection (on unless ``routing_check = false`` for the recipient's domain or address).
 
     The envelope is not protected, the wrapped headers are: a RCPT TO the signed message does not name in To, Cc
-    or Bcc, or a MAIL FROM that is neither its From nor its Sender, was changed in transit. A null MAIL FROM
+    or Bcc, or a MAIL FROM that is not one of its From addresses (Sender does not count: it would let a message
+    show anyone as its author), was changed in transit. A null MAIL FROM
     (legacy notifications) is not compared. Senders that drop Bcc from the protected message (as directmilter does,
     so recipients do not see each other) make a Bcc recipient unlisted: refused here when the check is on.
     """

@@ -148,8 +148,10 @@ class Confirmations:
     # --- called by the milter ------------------------------------------------------------------------------------
 
     def after_outgoing(self, message: bytes, sender: str, recipients: Sequence[str],
-                       removed: Mapping[str, DirectMilterError] | None = None) -> None:
-        """Track an accepted outgoing message; tell the hosted sender at once about recipients it goes without."""
+                       removed: Mapping[str, DirectMilterError] | None = None, *,
+                       commit: str | None = None) -> None:
+        """Track an accepted outgoing message; tell the hosted sender at once about recipients it goes without.
+        With ``commit`` (a witness token) the tracking starts only once the MTA has kept the message."""
         headers = parse_entity(message)
         message_id = headers.get("message-id")
         if removed and not is_notification(headers):
@@ -159,7 +161,7 @@ class Confirmations:
         if message_id is None or is_notification(headers):
             return  # our own reports are not tracked, and a message without an id cannot be matched
         self.store.record_outgoing(message_id, sender, recipients, wants_dispatched=wants_dispatched(headers),
-                                   now=time.time())
+                                   now=time.time(), witness=commit)
 
     def secure_bounce(self, bounce: bytes, remote: str) -> int:
         """Replace the MTA's bounce to ``remote`` by one secured DSN per hosted recipient it reports on.
@@ -308,8 +310,10 @@ class Confirmations:
         for decision in expired:
             self.undo(decision)
         dropped = self.store.outbox_drop_held_before(COMMIT_PREFIX, now - witness.WAIT)
-        if expired or dropped:
+        untracked = self.store.drop_unwitnessed_outgoing(now - witness.WAIT)
+        if expired or dropped or untracked:
             log.warning("not_kept_by_postfix", messages=len(expired), mdns_dropped=dropped,
+                        outgoing_untracked=untracked,
                         reason="no commit witness came back: the MTA refused the message after directmilter")
 
     def committed(self, decision: IncomingDecision) -> None:
@@ -348,7 +352,7 @@ class Confirmations:
         target = mdn_target(envelope_sender=decision.sender, headers=headers)
         if not target or not self.settings.reinject:
             log.warning("mdn_not_sent", reason="no target or no reinject listener configured",
-                        message_id=decision.message_id)
+                        original_message_id=decision.message_id, queue_id=decision.queue_id)
             return
         # Dispatched (Delivery Notification IG): final delivery is Postfix's delivery into the hosted mailbox, which
         # follows acceptance and may still fail; so the dispatched MDN is held until Postfix is done with the

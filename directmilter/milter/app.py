@@ -353,7 +353,11 @@ class DirectMilter(Milter.Base):  # type: ignore[misc]
         elif self.kind is Direction.OUTGOING:
             original = spool.head(self._message())
             self._apply(outcome)  # first: a failure here tempfails, and nothing was tracked or told to the sender
-            confirmations.after_outgoing(original, self.sender, outcome.recipients, outcome.rejected)
+            token = None
+            if self.config.notify.commit_witness:  # tracked only once Postfix has it (a later milter may refuse it)
+                token = witness.new_token()
+                self.addrcpt(f"<{witness.address(token)}>")
+            confirmations.after_outgoing(original, self.sender, outcome.recipients, outcome.rejected, commit=token)
         else:
             decision = confirmations.screen_incoming(outcome.message, self.sender, outcome.recipients, self.queue_id)
             replays = {r: DuplicateMessage(f"recipient {r}: this message was delivered before (replay)")

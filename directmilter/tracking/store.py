@@ -62,6 +62,7 @@ MIGRATIONS = (
     ("incoming_seen", "confirmed", "INTEGER NOT NULL DEFAULT 1"),
     ("outbox", "sealed", "INTEGER NOT NULL DEFAULT 1"),
     ("outbox", "held_for", "TEXT"),
+    ("outgoing", "witness", "TEXT"),  # the commit witness token while the MTA has not said it kept the message
 )
 
 #: The due time of a held row (a dispatched MDN waiting for the evidence of final delivery): never, by itself.
@@ -155,12 +156,16 @@ class TrackingStore:
     # --- outgoing ------------------------------------------------------------------------------------------------
 
     def record_outgoing(self, message_id: str, sender: str, recipients: Sequence[str], *, wants_dispatched: bool,
-                        now: float) -> None:
+                        now: float, witness: str | None = None) -> None:
+        """Track a message we accepted for sending. With ``witness`` (a commit witness token) it is tracked only
+        once the MTA says it kept it (:meth:`confirm_witnessed`): until then no confirmation is awaited from it and
+        no timeout is told; a retry of a message the MTA refused after us takes the new token."""
         with self._cursor() as run:
             for recipient in recipients:
-                run("INSERT INTO outgoing (message_id, recipient, sender, sent_at, wants_dispatched) "
-                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (message_id, recipient) DO NOTHING",
-                    (message_id, recipient.lower(), sender.lower(), now, int(wants_dispatched)))
+                run("INSERT INTO outgoing (message_id, recipient, sender, sent_at, wants_dispatched, witness) "
+                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (message_id, recipient) DO UPDATE SET "
+                    "witness = excluded.witness, sent_at = excluded.sent_at WHERE outgoing.witness IS NOT NULL",
+                    (message_id, recipient.lower(), sender.lower(), now, int(wants_dispatched), witness))
 
     def record_confirmation(self, message_id: str, recipient: str, kind: str, *, now: float,
                             failure: str | None = None) -> bool:
@@ -190,14 +195,16 @@ class TrackingStore:
         with self._cursor() as run:
             rows = run(
                 "SELECT message_id, sender, recipient, CASE WHEN processed_at IS NULL THEN 'processed' "
-                "ELSE 'dispatched' END FROM outgoing WHERE reported_at IS NULL AND failed_at IS NULL AND ("
+                "ELSE 'dispatched' END FROM outgoing WHERE reported_at IS NULL AND failed_at IS NULL AND "
+                "witness IS NULL AND ("
                 "(processed_at IS NULL AND sent_at <= %s) OR "
                 "(wants_dispatched = 1 AND dispatched_at IS NULL AND sent_at <= %s)) ORDER BY sent_at",
                 (now - processed_within, now - dispatched_within),
             ).fetchall()
         return [Overdue(*row) for row in rows]
 
-    _AWAITING = ("FROM outgoing WHERE reported_at IS NULL AND failed_at IS NULL AND (processed_at IS NULL OR "
+    _AWAITING = ("FROM outgoing WHERE reported_at IS NULL AND failed_at IS NULL AND witness IS NULL AND "
+                 "(processed_at IS NULL OR "
                  "(wants_dispatched = 1 AND dispatched_at IS NULL))")
 
     def awaiting(self, limit: int = 1000) -> list[Overdue]:
@@ -382,10 +389,20 @@ class TrackingStore:
                 "AND confirmed = 0", (_WITNESS_OWNER + token, message_id, recipient.lower(), digest))
 
     def confirm_witnessed(self, token: str) -> int:
-        """The MTA kept the message of ``token``: its records are confirmed (copies are replays). How many."""
+        """The MTA kept the message of ``token``: its replay records are confirmed (copies are replays), or, for
+        a message we send, its tracking starts. How many records."""
         with self._cursor(durable=False) as run:
-            return int(run("UPDATE incoming_seen SET confirmed = 1 WHERE owner = %s AND confirmed = 0",
-                           (_WITNESS_OWNER + token,)).rowcount)
+            seen = run("UPDATE incoming_seen SET confirmed = 1 WHERE owner = %s AND confirmed = 0",
+                       (_WITNESS_OWNER + token,)).rowcount
+        with self._cursor() as run:
+            sent = run("UPDATE outgoing SET witness = NULL WHERE witness = %s", (token,)).rowcount
+        return int(seen) + int(sent)
+
+    def drop_unwitnessed_outgoing(self, before: float) -> int:
+        """Messages we accepted for sending whose witness did not come by ``before``: the MTA refused them after
+        us (the client was told), so nobody waits for their confirmations."""
+        with self._cursor() as run:
+            return int(run("DELETE FROM outgoing WHERE witness IS NOT NULL AND sent_at < %s", (before,)).rowcount)
 
     def forget_delivery(self, message_id: str, recipient: str, digest: str) -> None:
         """Undo :meth:`first_delivery` when the message was not accepted after all (the client will retry)."""
