@@ -3,13 +3,18 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test lint typecheck check mutation mutation-changed
+.PHONY: setup test test-shuffled lint typecheck check mutation mutation-changed
 
 setup:
 	bash scripts/bootstrap
 
 test: setup
 	$(PY) -m pytest -q
+
+# The suite in a random order (pytest-randomly; the seed it prints, given as --randomly-seed=N, repeats one):
+# no test may rely on another's leftovers.
+test-shuffled: setup
+	$(PY) -m pytest -p randomly
 
 lint: setup
 	$(VENV)/bin/ruff check .
