@@ -56,6 +56,16 @@ def from_bob(world: World, number: int) -> bytes:
             + peer.encrypt(signed, [world.alice.cert_path]))
 
 
+def refused_after_us(rig: dict[str, Any], port: int, sender: str, recipient: str, message: bytes) -> None:
+    """Send ``message`` while the milter after directmilter refuses everything: 451 at end of data."""
+    rig["flag"].touch()
+    try:
+        refused = submit(port, sender, [recipient], message)
+    finally:
+        rig["flag"].unlink()
+    assert refused.data is not None and refused.data[0] == 451, refused
+
+
 @pytest.mark.conformance("AS-3.1.1-1")
 def test_a_message_refused_after_our_accept_gets_no_mdn_and_its_retry_is_delivered(world: World,
                                                                                    rig: dict[str, Any]) -> None:
@@ -64,12 +74,7 @@ def test_a_message_refused_after_our_accept_gets_no_mdn_and_its_retry_is_deliver
     taken for a replay, and confirmed by exactly one MDN; a third copy is a replay."""
     a, b = rig["a"], rig["b"]
     wire = from_bob(world, 1)
-    rig["flag"].touch()
-    try:
-        refused = submit(a.smtp_port, BOB, [ALICE], wire)
-    finally:
-        rig["flag"].unlink()
-    assert refused.data is not None and refused.data[0] == 451, refused
+    refused_after_us(rig, a.smtp_port, BOB, ALICE, wire)
     time.sleep(2)  # mdn_delay 0.2 s and sweeps every 0.5 s: an MDN queued on our accept would have left by now
     assert b.messages() == [] and a.maildir(ALICE) == []
 
@@ -100,12 +105,7 @@ def test_a_message_sent_and_refused_after_our_accept_is_not_tracked(world: World
         def awaited() -> list[str]:
             return [o.recipient for o in store.overdue(time.time() + 3600, 60, 60) if o.message_id == message_id]
 
-        rig["flag"].touch()
-        try:
-            refused = submit(a.submission_port, ALICE, [BOB], message)
-        finally:
-            rig["flag"].unlink()
-        assert refused.data is not None and refused.data[0] == 451, refused
+        refused_after_us(rig, a.submission_port, ALICE, BOB, message)
         time.sleep(2)  # a witness would have come by now
         assert awaited() == [] and not [m for m in b.messages() if message_id.encode() in m.data]
 
