@@ -43,8 +43,9 @@ TESTS: dict[str, list[str]] = {
     "directmilter/agent/trust_model.py": ["tests/test_agent.py", "tests/test_key_usage_policy.py",
                                           "tests/test_tamper.py", "tests/test_budget.py",
                                           "tests/test_certificate_policy.py", "tests/test_revocation.py"],
-    "directmilter/agent/incoming.py": ["tests/test_agent.py", "tests/test_tamper.py", "tests/test_routing.py",
-                                       "tests/test_interop.py"],
+    "directmilter/agent/incoming.py": ["tests/test_routing.py", "tests/test_agent.py", "tests/test_key_usage_policy.py",
+                                       "tests/test_budget.py", "tests/test_tamper.py", "tests/test_interop.py",
+                                       "tests/test_milter_postfix.py"],
     "directmilter/agent/outgoing.py": ["tests/test_agent.py", "tests/test_interop.py", "tests/test_discovery.py"],
     "directmilter/cms/signed.py": ["tests/test_ber.py", "tests/test_tamper.py", "tests/test_interop.py"],
     "directmilter/cms/enveloped.py": ["tests/test_hostile.py", "tests/test_tamper.py", "tests/test_interop.py"],
@@ -66,6 +67,11 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
         "@kept(1024) keeps describe_certificate's answers (certificates are immutable): without it, the same text",
     ("directmilter/trust/binding.py", 131, "core/NumberReplacer"):
         "the size of that cache: any size gives the same text",
+    ("directmilter/agent/incoming.py", 72, "core/ReplaceComparisonOperator_NotEq_IsNot"):
+        "content indexes are small ints, one object per value: 'is not' is '!='",
+    ("directmilter/agent/incoming.py", 45, "core/ReplaceComparisonOperator_IsNot_NotEq"):
+        "two opened contents are equal only when they are the same spool file (or, in process, bytes that "
+        "spool.remove ignores): '!=' removes what 'is not' removes",
     ("directmilter/agent/trust_model.py", 34, "core/ReplaceBinaryOperator_Mul_Div"):
         "'*' -> '/' makes the parameters before it positional-only: every caller passes them by position anyway",
     ("directmilter/agent/trust_model.py", 95, "core/RemoveDecorator"):

@@ -156,6 +156,27 @@ def test_the_crypto_stops_once_the_message_time_is_spent(world: World) -> None:
     assert open_message(config, sealed, [ALICE], deadline=Deadline.after(60)).by_recipient[ALICE] == 0
 
 
+def test_the_agent_hands_the_message_time_to_the_crypto(world: World) -> None:
+    """Process Incoming passes its budget's deadline down to the decryption: a message whose time is spent is
+    not opened at all."""
+    from directmilter.agent.incoming import process_incoming
+
+    agent = Agent(load_config(world.write_config("bg-agent-deadline", world.hisp_a_body())))
+    try:
+        config = agent.context.config
+        alice = config.identities_for(ALICE)[0].certificate
+        sealed = seal(config, b"From: alice@direct.a.test\r\nTo: alice@direct.a.test\r\n\r\nhi\r\n", ALICE, [alice],
+                      [alice])
+        spent = WorkBudget(0.001, 10, 10)
+        time.sleep(0.01)
+        with pytest.raises(WorkTimeExceeded, match="decrypting"):
+            process_incoming(agent.context, envelope(sealed, ALICE, ALICE), budget=spent)
+        assert process_incoming(agent.context, envelope(sealed, ALICE, ALICE),
+                                budget=WorkBudget(60, 10, 10)).recipients == (ALICE,)
+    finally:
+        agent.close()
+
+
 def test_a_deadline_less_than_a_second_away_has_not_passed() -> None:
     """Found by mutation testing (scripts/mutation.py): a check that fired a second early passed the suite."""
     Deadline.after(0.5).check("almost done")

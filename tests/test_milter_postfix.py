@@ -217,6 +217,15 @@ def test_a_large_message_crosses_in_spool_files_and_leaves_none(rig: dict[str, A
     assert b"pkcs7" not in delivered
     assert [list(folder.iterdir()) for folder in rig["spools"].values()] == [[], []]
 
+    # The same secured bytes refused at B (MAIL FROM eve: the signer is not bound to her): B's worker opened them
+    # into spool files all the same, and none is left.
+    clear_sink(rig)
+    assert submit(rig["a"].submission_port, ALICE, [BOB], message).ok
+    [wire] = rig["sink"].wait(1)
+    refused = submit(rig["b"].smtp_port, "eve@direct.a.test", [BOB], wire.data)
+    assert refused.data is not None and refused.data[0] == 550 and "not bound" in refused.data[1], refused
+    assert [list(folder.iterdir()) for folder in rig["spools"].values()] == [[], []]
+
 
 @pytest.mark.conformance("AS-3.0-6", "ALG-21")
 def test_plaintext_and_tampered_inbound_are_refused(world: World, rig: dict[str, Any]) -> None:

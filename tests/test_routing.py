@@ -45,6 +45,21 @@ def test_recipient_added_in_transit_is_refused(world: World) -> None:
     assert (reply_for(refused).code, reply_for(refused).status) == ("550", "5.7.1")
 
 
+def test_a_recipient_refused_first_does_not_stop_the_others(world: World) -> None:
+    """Each recipient is decided on its own, in envelope order: one refused before bob (not encrypted to it, or not
+    named in the signed message) leaves bob's copy delivered."""
+    agent = receiver(world, "routing-order")
+    try:
+        only_bob = secured(world, plain_message(to=BOB), ALICE, BOB)
+        result = agent.incoming(envelope(only_bob, ALICE, BOB2, BOB))
+        assert result.recipients == (BOB,) and "not encrypted to" in result.rejected[BOB2].reason
+        both = secured(world, plain_message(to=BOB), ALICE, BOB, BOB2)  # encrypted to both, only bob named
+        result = agent.incoming(envelope(both, ALICE, BOB2, BOB))
+        assert result.recipients == (BOB,) and isinstance(result.rejected[BOB2], TamperedRouting)
+    finally:
+        agent.close()
+
+
 def test_sender_changed_in_transit_is_refused(world: World) -> None:
     """Signed with the organisation's certificate (bound to the whole domain, so a changed MAIL FROM in that domain
     still matches the signer): only the protected From/Sender shows the change."""
@@ -120,7 +135,43 @@ def test_null_mail_from_cannot_show_another_author(world: World) -> None:
     agent = receiver(world, "routing-null", routing_check=False)
     try:
         assert agent.incoming(envelope(wire(ALICE), "", BOB)).recipients == (BOB,)
-        with pytest.raises(NoTrustedRecipients, match="null MAIL FROM, and the delivered From"):
+        with pytest.raises(NoTrustedRecipients, match=r"null MAIL FROM, and the delivered From "
+                                                      r"\(chief@direct\.a\.test\) is not the signer's address"):
             agent.incoming(envelope(wire("chief@direct.a.test"), "", BOB))
+    finally:
+        agent.close()
+
+
+def test_an_envelope_that_opens_to_different_content_per_recipient_delivers_one_body(world: World) -> None:
+    """One SMTP transaction delivers one body. Should the recipients' keys open different contents (both sound,
+    both signed), the first recipient's is delivered, to every recipient whose keys open the same, and each one
+    whose content differs is refused, wherever it stands in the envelope. Such an envelope cannot be made without
+    breaking the cipher, so two openings of real messages are joined by hand here."""
+    import opensslpeer as peer
+
+    from directmilter.agent.crypto import Opened, open_message
+    from directmilter.agent.incoming import _decide
+    from directmilter.errors import CMSError
+
+    carol = "carol@direct.b.test"
+    everyone = f"{BOB}, {BOB2}, {carol}"
+
+    def made(body: bytes, *to: Any) -> bytes:
+        inner = b"Content-Type: message/rfc822\r\n\r\n" + plain_message(to=everyone, body=body)
+        return f"From: {ALICE}\r\n".encode() + peer.encrypt(peer.sign(inner, world.alice), [c.cert_path for c in to])
+
+    agent = receiver(world, "routing-split")
+    try:
+        config = agent.context.config
+        first = open_message(config, made(b"One summary.\r\n", world.bob, world.bob2), [BOB, BOB2])
+        second = open_message(config, made(b"Another summary.\r\n", world.carol), [carol])
+        contents = (first.contents[0], second.contents[0])
+        opened = Opened(ALICE, contents, {BOB: 0, BOB2: 0, carol: 1})
+        for order, delivered, content in (((BOB, carol, BOB2), (BOB, BOB2), 0), ((carol, BOB, BOB2), (carol,), 1)):
+            result = _decide(agent.context, envelope(b"", ALICE, *order), opened, None, True, None)
+            assert result.recipients == delivered and result.message is contents[content].message, order
+            for refused in set(order) - set(delivered):
+                assert isinstance(result.rejected[refused], CMSError)
+                assert "opens to different content" in result.rejected[refused].reason
     finally:
         agent.close()
