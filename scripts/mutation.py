@@ -67,6 +67,9 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
         "@kept(1024) keeps describe_certificate's answers (certificates are immutable): without it, the same text",
     ("directmilter/trust/binding.py", 131, "core/NumberReplacer"):
         "the size of that cache: any size gives the same text",
+    ("directmilter/agent/incoming.py", 143, "core/ExceptionReplacer"):
+        "defensive: the delivered message's header block was already parsed, with the same limits, when it was "
+        "unwrapped (a 1,001-field one is refused there as malformed); _named cannot meet an unreadable one",
     ("directmilter/agent/incoming.py", 72, "core/ReplaceComparisonOperator_NotEq_IsNot"):
         "content indexes are small ints, one object per value: 'is not' is '!='",
     ("directmilter/agent/incoming.py", 45, "core/ReplaceComparisonOperator_IsNot_NotEq"):

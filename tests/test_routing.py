@@ -175,3 +175,4 @@ def test_an_envelope_that_opens_to_different_content_per_recipient_delivers_one_
                 assert "opens to different content" in result.rejected[refused].reason
     finally:
         agent.close()
+

@@ -300,3 +300,35 @@ def test_a_failed_signature_of_a_trusted_signer_does_not_count_beside_a_valid_un
     damaged = info.dump(force=True)
     refusal = _refusal(hisps, _reencrypt_for_bob(world, hisps, _replace_signature(plaintext, signed, damaged)))
     assert isinstance(refusal, NoTrustPath), refusal
+
+
+@pytest.mark.conformance("ALG-18")
+def test_with_no_valid_signature_the_first_signers_fault_is_the_reason(world: World, hisps: Hisps) -> None:
+    """Two signers, neither valid: one's signature value damaged, the other's certificate left out. The refusal
+    gives the first SignerInfo's fault (the order is DER's, fixed), whichever of the two faults that is."""
+    from directmilter.keys.identity import PrivateIdentity
+
+    plaintext, signed = _opened(hisps)
+    alice = hisps.a.context.config.identities_for(ALICE)
+    made = world.pki.leaf("tamper-second-signer", None, email=ALICE, self_signed=True)
+    ours = {identity.certificate.serial_number for identity in alice}
+    faults: set[type[DirectMilterError]] = set()
+    for damaged_is_ours in (True, False):
+        info = asn1_cms.ContentInfo.load(cms.sign_detached(signed.content, [*alice, PrivateIdentity(made.cert,
+                                                                                                    made.key)],
+                                                           "sha256"))
+        for signer in info["content"]["signer_infos"]:
+            if (signer["sid"].chosen["serial_number"].native in ours) == damaged_is_ours:
+                value = bytearray(signer["signature"].native)
+                value[-5] ^= 0x01
+                signer["signature"] = bytes(value)
+        info["content"]["certificates"] = [c for c in info["content"]["certificates"]
+                                           if (c.chosen.serial_number in ours) == damaged_is_ours]
+        damaged = info.dump(force=True)
+        first = asn1_cms.ContentInfo.load(damaged)["content"]["signer_infos"][0]
+        first_is_damaged = (first["sid"].chosen["serial_number"].native in ours) == damaged_is_ours
+        fault = SignatureInvalid if first_is_damaged else NoSignerCertificate
+        refusal = _refusal(hisps, _reencrypt_for_bob(world, hisps, _replace_signature(plaintext, signed, damaged)))
+        assert isinstance(refusal, fault), (damaged_is_ours, fault, refusal)
+        faults.add(fault)
+    assert faults == {SignatureInvalid, NoSignerCertificate}  # each fault was once the first
