@@ -160,8 +160,17 @@ def test_serial_numbers_are_shown_in_even_hex_digits_with_their_sign() -> None:
     def shown(serial: int) -> str:
         return serial_hex(cast(Any, SimpleNamespace(serial_number=serial)))
 
-    assert [shown(n) for n in (0, 1, 0xA, 0xAB, 0xABC, -1, -0xABC)] == ["00", "01", "0A", "AB", "0ABC", "-01",
-                                                                          "-0ABC"]
+    assert [shown(n) for n in (0, 1, 0xA, 0xAB, 0xABC, 0xABCD, -1, -0xABC)] == [
+        "00", "01", "0A", "AB", "0ABC", "ABCD", "-01", "-0ABC"]
+
+
+def test_an_address_needs_both_parts() -> None:
+    from directmilter.trust.binding import split_address
+
+    assert split_address(" Bob@Direct.B.Test ") == ("Bob", "Direct.B.Test")
+    assert split_address('"a@b"@x.test') == ('"a@b"', "x.test")  # the split is at the last @
+    for broken in ("bob", "@x.test", "bob@", "@", ""):
+        assert split_address(broken) is None, broken
 
 
 def test_a_certificate_whose_names_cannot_be_read_binds_nothing_and_is_still_described() -> None:
