@@ -149,3 +149,27 @@ def test_a_redirect_to_another_host_is_not_followed(world: World, aia: dict[str,
                                            "here@direct.b.test")).recipients == ("here@direct.b.test",)
         finally:
             agent.close()
+
+
+@pytest.mark.conformance("AS-4.2.2-7")
+def test_through_postfix_the_intermediate_comes_through_aia_despite_a_wrong_one_at_hand(
+        world: World, aia: dict[str, Any], tmp_path: Path) -> None:
+    """The same through Postfix: A holds dave's certificate and a wrong I'; the message to dave leaves encrypted
+    to him, after one GET of I from his AIA URL."""
+    from milterd import Milterd
+    from mta import Postfix, Sink, scratch_dir, submit
+
+    decoy = PKI(tmp_path / "decoy").intermediate("AIA-I", world.r1)
+    body = world.hisp_a_body()
+    body["certificates"] = {"files": [str(aia["dave"].cert_path), str(decoy.cert_path)]}
+    body["milter"] = {"internal_hosts": [], "submission_daemons": ["ORIGINATING"]}
+    with scratch_dir("directmilter-aia-") as root, Sink(root / "wire") as sink, \
+            Milterd(world.write_config("aia-milter", body), root / "milter.log") as milter, \
+            Postfix(root=root / "a", name="mx.a.test", relay={"direct.b.test": f"127.0.0.1:{sink.port}"},
+                    milter=milter.postfix_spec) as a:
+        before = aia["http"].count("/I.cer")
+        result = submit(a.submission_port, ALICE, [DAVE], plain_message(to=DAVE))
+        assert result.ok, result
+        [wire] = sink.wait(1)
+    assert wire.rcpts == [DAVE] and b"Patient summary" in peer.decrypt(wire.data, aia["dave"])
+    assert aia["http"].count("/I.cer") == before + 1
