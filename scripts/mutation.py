@@ -67,6 +67,12 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
         "@kept(1024) keeps describe_certificate's answers (certificates are immutable): without it, the same text",
     ("directmilter/trust/binding.py", 131, "core/NumberReplacer"):
         "the size of that cache: any size gives the same text",
+    ("directmilter/trust/certificate_policy.py", 76, "core/ReplaceComparisonOperator_Eq_GtE"):
+        "usage is one of any, dual, single (overridden() checks it): only 'single' is >= 'single'",
+    ("directmilter/trust/certificate_policy.py", 143, "core/RemoveDecorator"):
+        "@kept(1024) keeps _violation's answer per (immutable) policy and certificate: the same answers",
+    ("directmilter/trust/certificate_policy.py", 143, "core/NumberReplacer"):
+        "the size of that cache",
     ("directmilter/agent/incoming.py", 143, "core/ExceptionReplacer"):
         "defensive: the delivered message's header block was already parsed, with the same limits, when it was "
         "unwrapped (a 1,001-field one is refused there as malformed); _named cannot meet an unreadable one",

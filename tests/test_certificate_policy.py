@@ -188,3 +188,43 @@ def test_a_certificate_that_cannot_be_read_fails_the_policy_instead_of_crashing(
     strict = CertificatePolicy().overridden({"forbidden_signature_algorithms": ["sha1"]})
     assert "cannot be read for the policy check" in (strict.violation(odd) or "")
     assert CertificatePolicy().violation(odd) is None  # nothing asks for the algorithm: the path check decides
+
+
+def test_policy_settings_at_their_bounds_and_in_their_shapes() -> None:
+    """The overriding table's checks, unit by unit: bounds included, a string where a list belongs refused, a
+    name after the known ones in the alphabet still unknown, OIDs of two arcs or more."""
+    base = CertificatePolicy()
+    assert base.overridden({"min_rsa_bits": 512}).min_rsa_bits == 512
+    assert base.overridden({"min_rsa_bits": 16384}).min_rsa_bits == 16384
+    for bits in (511, 16385, True, "2048"):
+        with pytest.raises(ValueError, match="min_rsa_bits: must be a number of bits from 512 to 16384"):
+            base.overridden({"min_rsa_bits": bits})
+    with pytest.raises(ValueError, match="key_usage: must be an array of strings"):
+        base.overridden({"key_usage": "digital_signature"})
+    with pytest.raises(ValueError, match="zebra: unknown setting"):
+        base.overridden({"zebra": ["sha1"]})
+    assert base.overridden({"required_policies": ["1.2", "2.16.840.1.113883.3.184.6.1"]}).required_policies == {
+        "1.2", "2.16.840.1.113883.3.184.6.1"}
+    for bad in ("1", "3.1", "1.x", "1..2"):
+        with pytest.raises(ValueError, match="expected a dotted OID"):
+            base.overridden({"required_policies": [bad]})
+
+
+def test_the_policy_describes_every_setting() -> None:
+    """What check-config and lookup print: each setting once, in words; "any" use is not a rule worth saying,
+    however the configuration spelled the string."""
+    full = CertificatePolicy().overridden({
+        "min_rsa_bits": 3072, "key_usage": ["digital_signature"], "usage": "single",
+        "extended_key_usage": ["email_protection"], "required_policies": ["1.2.3"], "forbidden_policies": ["1.2.4"],
+        "forbidden_signature_algorithms": ["sha1"]})
+    assert full.describe() == ("RSA >= 3072, keyUsage digital_signature, single-use, extendedKeyUsage "
+                               "email_protection, policies one of 1.2.3, policies not 1.2.4, not signed with sha1")
+    spelled = "".join(["a", "ny"])  # not the interned literal
+    assert CertificatePolicy().overridden({"usage": spelled}).describe() == "RSA >= 2048"
+
+
+def test_a_key_larger_than_the_minimum_passes(world: World) -> None:
+    big = world.pki.leaf("policy-rsa3072", world.r1, email="big@direct.b.test", key="rsa3072")
+    assert CertificatePolicy().violation(big.cert) is None
+    assert CertificatePolicy().overridden({"min_rsa_bits": 4096}).violation(big.cert) == (
+        "RSA key of 3072 bits, the policy requires at least 4096")
