@@ -69,6 +69,8 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
         "the size of that cache: any size gives the same text",
     ("directmilter/trust/certificate_policy.py", 76, "core/ReplaceComparisonOperator_Eq_GtE"):
         "usage is one of any, dual, single (overridden() checks it): only 'single' is >= 'single'",
+    ("directmilter/trust/certificate_policy.py", 103, "core/ReplaceComparisonOperator_NotEq_Gt"):
+        "usage is one of any, dual, single: exactly the two that are not 'any' sort after it",
     ("directmilter/trust/certificate_policy.py", 143, "core/RemoveDecorator"):
         "@kept(1024) keeps _violation's answer per (immutable) policy and certificate: the same answers",
     ("directmilter/trust/certificate_policy.py", 143, "core/NumberReplacer"):
