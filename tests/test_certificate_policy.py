@@ -228,3 +228,14 @@ def test_a_key_larger_than_the_minimum_passes(world: World) -> None:
     assert CertificatePolicy().violation(big.cert) is None
     assert CertificatePolicy().overridden({"min_rsa_bits": 4096}).violation(big.cert) == (
         "RSA key of 3072 bits, the policy requires at least 4096")
+
+
+def test_usage_rules_hold_however_the_configuration_spelled_them(world: World) -> None:
+    """A value read from a file is not the interned literal the code compares with: the rules must not care."""
+    sign_only = world.pki.leaf("policy-sign-only-spelled", world.r1, email="so@direct.b.test",
+                               key_usage=["digitalSignature"])
+    dual = CertificatePolicy().overridden({"usage": "".join(["du", "al"])})
+    assert dual.violation(sign_only.cert) == ("a single-use certificate, the policy requires dual-use (signing and "
+                                              "encryption) certificates")
+    single = CertificatePolicy().overridden({"usage": "".join(["sin", "gle"])})
+    assert single.violation(sign_only.cert) is None
