@@ -244,7 +244,8 @@ class TrackingStore:
         client's retry of it is no replay, and is delivered (at least once, never lost). A record that waits for
         the MTA's word (:meth:`await_witness`) since after ``awaited_after`` is PENDING: whether the MTA kept that
         copy is not known yet, so this one can be neither delivered (it may be a replay) nor dropped (it may be
-        the only one); the caller defers it. Older, the witness is not coming: the copy is delivered.
+        the only one); the caller asks again until the witness settles it. Older, the witness is not coming: the
+        copy is taken over and delivered.
 
         Relaxed: a record a power cut takes lets one replay of that message through, and saves a disk flush on
         every message received.
@@ -416,7 +417,7 @@ class Delivery(enum.Enum):
 
     FIRST = "first"  # deliver it
     REPLAY = "replay"  # the same message was delivered before: drop it
-    PENDING = "pending"  # a copy waits for the MTA's word: defer this one
+    PENDING = "pending"  # an earlier copy waits for the MTA's word: ask again shortly
 
 
 #: Owner of a record waiting for the MTA's word, before the witness token.
