@@ -268,8 +268,8 @@ class NotifySettings:
 
     mdn: bool = True  # send processed MDNs for accepted incoming messages
     reinject: tuple[str, int] | None = None  # the milter-free Postfix listener notifications are queued through
-    #: MDNs go, and replay records are confirmed, only once Postfix has the message (directmilter.witness;
-    #: Postfix's transport_maps must send directmilter.invalid to the re-injection listener).
+    #: MDNs go, and replay records are confirmed, only once the MTA has the message (directmilter.witness; the
+    #: MTA must send directmilter.invalid to the re-injection listener: Postfix's transport_maps, Sendmail's snippet).
     commit_witness: bool = False
     tracking: str = "sqlite:/var/lib/directmilter/tracking.db"
     processed_timeout: float = 3600.0  # no processed MDN by then: the hosted sender gets a failed DSN

@@ -132,13 +132,25 @@ class World:
                           certificates: Iterable[Issued] = ()) -> Path:
         """HISP A's configuration as the milter of ``postfix`` (a tests.mta.Postfix) that reads its queue and
         tables, with tracking timeouts of ``timeout`` seconds and the remote ``certificates`` added."""
+        return self._hisp_a_on(name, {"internal_hosts": [], "submission_daemons": ["ORIGINATING"],
+                                      "postfix_config": str(postfix.etc)}, postfix.reinject_port, tracking, timeout,
+                               certificates)
+
+    def hisp_a_on_sendmail(self, name: str, sendmail: Any, tracking: str, timeout: float,
+                           certificates: Iterable[Issued] = ()) -> Path:
+        """The same for ``sendmail`` (a tests.sendmail.Sendmail): its submission listener is named MSA, and no
+        Postfix is read (the machine's own /etc/postfix is not this MTA's)."""
+        return self._hisp_a_on(name, {"internal_hosts": [], "submission_daemons": ["MSA"], "postfix_config": "none"},
+                               sendmail.reinject_port, tracking, timeout, certificates)
+
+    def _hisp_a_on(self, name: str, milter: dict[str, Any], reinject_port: int, tracking: str, timeout: float,
+                   certificates: Iterable[Issued]) -> Path:
         body = self.hisp_a_body()
         body["certificates"]["files"] += [str(c.cert_path) for c in certificates]
         return self.write_config(name, {
             **body,
-            "milter": {"internal_hosts": [], "submission_daemons": ["ORIGINATING"],
-                       "postfix_config": str(postfix.etc)},
-            "notify": {"reinject": f"127.0.0.1:{postfix.reinject_port}", "commit_witness": True, "tracking": tracking,
+            "milter": milter,
+            "notify": {"reinject": f"127.0.0.1:{reinject_port}", "commit_witness": True, "tracking": tracking,
                        "processed_timeout": timeout, "dispatched_timeout": timeout, "sweep_interval": 0.5,
                        "mdn_delay": 0.2},
         })

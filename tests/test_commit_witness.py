@@ -7,7 +7,8 @@ commit_witness, directmilter adds a witness recipient that only a queued message
 re-injection listener (directmilter.witness); MDNs and the replay record wait for it.
 
 The rig: HISP A is a private Postfix whose smtpd_milters are directmilter and, after it, tests/rejectmilter.py,
-which refuses at end of message while a flag file exists. Bob's Direct message to alice is refused once by the
+which refuses at end of message while a flag file exists; then the same with a private Sendmail (tests/sendmail.py)
+whose INPUT_MAIL_FILTERs are the same two. Bob's Direct message to alice is refused once by the
 second milter, then sent again.
 """
 
@@ -25,22 +26,34 @@ import pytest
 from conftest import World
 from milterd import Milterd
 from mta import Postfix, Sink, free_port, scratch_dir, submit, wait_until
+from sendmail import Sendmail
 
 ALICE, BOB = "alice@direct.a.test", "bob@direct.b.test"
 
 
-@pytest.fixture(scope="module")
-def rig(world: World) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=["postfix", "sendmail"])
+def rig(world: World, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """HISP A on Postfix, then on Sendmail (etc/sendmail/directmilter.m4 routes the witness there), with the
+    refusing milter after directmilter."""
     with scratch_dir("directmilter-witness-") as root, Sink(root / "b") as b:
         flag, port = root / "refuse", free_port()
         rejecter = subprocess.Popen([sys.executable, str(Path(__file__).with_name("rejectmilter.py")), str(port),
                                      str(flag)])
         try:
-            a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"},
-                        relay={"direct.b.test": f"127.0.0.1:{b.port}"})
-            conf = world.hisp_a_on_postfix("witness-a", a, f"sqlite:{root}/tracking-a.db", 30, [world.bob])
+            tracking, relay = f"sqlite:{root}/tracking-a.db", {"direct.b.test": f"127.0.0.1:{b.port}"}
+            a: Postfix | Sendmail
+            if request.param == "postfix":
+                a = Postfix(root=root / "a", name="mx.a.test", mailboxes={ALICE: "alice"}, relay=relay)
+                conf = world.hisp_a_on_postfix("witness-a", a, tracking, 30, [world.bob])
+            else:
+                a = Sendmail(root / "a", name="mx.a.test", milter="", milters=[f"inet:{port}@127.0.0.1"],
+                             mailboxes={ALICE: "alice"}, relay=relay)
+                conf = world.hisp_a_on_sendmail("witness-a-sendmail", a, tracking, 30, [world.bob])
             with Milterd(conf, root / "milter-a.log") as milter:
-                a.use_milter(f"{milter.postfix_spec}, inet:127.0.0.1:{port}")
+                if isinstance(a, Postfix):
+                    a.use_milter(f"{milter.postfix_spec}, inet:127.0.0.1:{port}")
+                else:
+                    a.milter = milter.milter_spec
                 with a:
                     yield {"a": a, "b": b, "flag": flag, "root": root, "conf": conf}
         finally:

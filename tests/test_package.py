@@ -56,6 +56,9 @@ def test_package_creates_user_folders_conffile_and_man_pages(installed: Path) ->
     assert Path("/usr/share/man/man8/directmilter.8.gz").is_file()
     assert Path("/usr/share/man/man5/directmilter.conf.5.gz").is_file()
     assert Path("/lib/systemd/system/directmilter.service").is_file()
+    examples = Path("/usr/share/doc/directmilter/examples")
+    assert {"main.cf.directmilter", "master.cf.directmilter", "sendmail/directmilter.m4"} <= {
+        str(p.relative_to(examples)) for p in examples.rglob("*") if p.is_file()}
 
 
 def test_installed_program_checks_the_packaged_configuration(installed: Path) -> None:
@@ -127,6 +130,7 @@ def test_rpm_builds_with_the_same_layout() -> None:
     for expected in ("-rwxr-xr-x root /usr/sbin/directmilter", "drwx------ directmilter /etc/directmilter/keys",
                      "-rw-r----- root /etc/directmilter/directmilter.conf",
                      "drwxr-x--- directmilter /var/lib/directmilter", "/usr/lib/systemd/system/directmilter.service",
-                     "/usr/share/man/man8/directmilter.8", "/usr/lib/directmilter/directmilter/cli.py"):
+                     "/usr/share/man/man8/directmilter.8", "/usr/lib/directmilter/directmilter/cli.py",
+                     "/usr/share/doc/directmilter/examples/sendmail/directmilter.m4"):
         assert expected in listing, expected
     assert "useradd -r -g directmilter" in scripts and "usermod -a -G directmilter postfix" in scripts
