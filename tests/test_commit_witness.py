@@ -199,3 +199,37 @@ def test_a_witness_that_never_comes_drops_the_mdns_and_lets_a_retry_through(tmp_
     assert service.screen_incoming(second, BOB, [ALICE]).deliver_to == ()
     assert not service.witnessed(witness.new_token())
     service.store.close()
+
+
+def test_a_copy_is_neither_delivered_nor_dropped_while_the_clock_stands_still(tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait for an earlier copy's witness is bounded by the monotonic clock, not only by the store's wall
+    clock: with the wall clock standing still the earlier copy's record never ages past witness.SETTLE, and the
+    copy is deferred (4.x.x, DeliveryUndecided) rather than waited for forever or guessed. Recipients it had
+    already claimed are released, so the client's retry of it is no replay for them either."""
+    from typing import cast
+
+    from conftest import plain_message
+
+    from directmilter import witness
+    from directmilter.config import NotifySettings
+    from directmilter.delivery.service import Confirmations
+    from directmilter.errors import DeliveryUndecided
+    from directmilter.tracking import open_store
+
+    monkeypatch.setattr(witness, "SETTLE", 0.5)
+    settings = NotifySettings(reinject=("127.0.0.1", 9), commit_witness=True, mdn_delay=3600)
+    service = Confirmations(cast(Any, None), settings, open_store(f"sqlite:{tmp_path}/t.db"))
+    message, al2 = plain_message(sender=BOB, to=ALICE), "al2@direct.a.test"
+    decision = service.screen_incoming(message, BOB, [ALICE])
+    service.confirm(decision, commit=service.await_commit(decision))  # its witness is on the way
+
+    frozen = time.time()
+    monkeypatch.setattr(time, "time", lambda: frozen)
+    started = time.monotonic()
+    with pytest.raises(DeliveryUndecided, match=f"recipient {ALICE}: .*retry later"):
+        service.screen_incoming(message, BOB, [al2, ALICE])
+    assert 1.4 < time.monotonic() - started < 5  # witness.SETTLE + 1 on the monotonic clock
+    monkeypatch.undo()
+    assert service.screen_incoming(message, BOB, [al2]).deliver_to == (al2,)  # al2's claim was released
+    service.store.close()
