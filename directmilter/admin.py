@@ -29,11 +29,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from directmilter import memo
+from directmilter.certfacts import describe_certificate
 from directmilter.config import Config, normalize_address
 from directmilter.errors import ConfigError
 from directmilter.keys.load import BUNDLE_URL_SUFFIX, load_certificates, load_identities
 from directmilter.tracking.store import open_store
-from directmilter.trust.binding import bound_to, bound_to_domain, describe_certificate
+from directmilter.trust.binding import bound_to, bound_to_domain
 from directmilter.trust.bundles import is_bundle_url, url_problem
 
 Which = Literal["incoming", "outgoing", "both"]

@@ -27,6 +27,7 @@ from typing import Any, Literal, TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from directmilter import certfacts
 from directmilter.addresses import base_mailbox
 from directmilter.budget import WorkBudget
 from directmilter.cms.algorithms import (
@@ -973,14 +974,8 @@ def _key_line(identity: PrivateIdentity) -> str:
 
 
 def _names_in(cert: x509.Certificate) -> set[str]:
-    names: set[str] = set()
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
-        return names
-    names.update(n.lower() for n in san.get_values_for_type(x509.RFC822Name))
-    names.update(n.lower() for n in san.get_values_for_type(x509.DNSName))
-    return names
+    found = certfacts.names(cert)
+    return {n.lower() for n in (*found.rfc822, *found.dns)}
 
 
 def _identity_warnings(party: Party, owner: str, now: datetime.datetime) -> list[str]:

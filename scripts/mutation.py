@@ -37,6 +37,8 @@ TESTS: dict[str, list[str]] = {
     "directmilter/trust/validator.py": ["tests/test_trust.py", "tests/test_revocation_support.py",
                                         "tests/test_budget.py", "tests/test_revocation.py"],
     "directmilter/trust/binding.py": ["tests/test_trust.py", "tests/test_agent.py", "tests/test_tamper.py"],
+    "directmilter/certfacts.py": ["tests/test_trust.py", "tests/test_config.py", "tests/test_certificate_policy.py",
+                                  "tests/test_key_usage_policy.py", "tests/test_memo.py", "tests/test_discovery.py"],
     "directmilter/trust/fetching.py": ["tests/test_trust_fetching.py", "tests/test_revocation.py",
                                        "tests/test_budget.py"],
     "directmilter/trust/certificate_policy.py": ["tests/test_certificate_policy.py", "tests/test_key_usage_policy.py"],
@@ -61,19 +63,19 @@ TESTS: dict[str, list[str]] = {
 
 #: (module, line, operator) -> why the mutant cannot change behaviour.
 EQUIVALENT: dict[tuple[str, int, str], str] = {
-    ("directmilter/witness.py", 27, "core/NumberReplacer"):
+    ("directmilter/witness.py", 29, "core/NumberReplacer"):
         "WAIT is an hour, compared against a clock the tests move past it: any positive value behaves alike",
-    ("directmilter/trust/binding.py", 131, "core/RemoveDecorator"):
+    ("directmilter/certfacts.py", 86, "core/RemoveDecorator"):
         "@kept(1024) keeps describe_certificate's answers (certificates are immutable): without it, the same text",
-    ("directmilter/trust/binding.py", 131, "core/NumberReplacer"):
+    ("directmilter/certfacts.py", 86, "core/NumberReplacer"):
         "the size of that cache: any size gives the same text",
-    ("directmilter/trust/certificate_policy.py", 76, "core/ReplaceComparisonOperator_Eq_GtE"):
+    ("directmilter/trust/certificate_policy.py", 77, "core/ReplaceComparisonOperator_Eq_GtE"):
         "usage is one of any, dual, single (overridden() checks it): only 'single' is >= 'single'",
-    ("directmilter/trust/certificate_policy.py", 103, "core/ReplaceComparisonOperator_NotEq_Gt"):
+    ("directmilter/trust/certificate_policy.py", 104, "core/ReplaceComparisonOperator_NotEq_Gt"):
         "usage is one of any, dual, single: exactly the two that are not 'any' sort after it",
-    ("directmilter/trust/certificate_policy.py", 143, "core/RemoveDecorator"):
+    ("directmilter/trust/certificate_policy.py", 144, "core/RemoveDecorator"):
         "@kept(1024) keeps _violation's answer per (immutable) policy and certificate: the same answers",
-    ("directmilter/trust/certificate_policy.py", 143, "core/NumberReplacer"):
+    ("directmilter/trust/certificate_policy.py", 144, "core/NumberReplacer"):
         "the size of that cache",
     ("directmilter/agent/incoming.py", 143, "core/ExceptionReplacer"):
         "defensive: the delivered message's header block was already parsed, with the same limits, when it was "
@@ -83,15 +85,15 @@ EQUIVALENT: dict[tuple[str, int, str], str] = {
     ("directmilter/agent/incoming.py", 45, "core/ReplaceComparisonOperator_IsNot_NotEq"):
         "two opened contents are equal only when they are the same spool file (or, in process, bytes that "
         "spool.remove ignores): '!=' removes what 'is not' removes",
-    ("directmilter/agent/trust_model.py", 34, "core/ReplaceBinaryOperator_Mul_Div"):
+    ("directmilter/agent/trust_model.py", 36, "core/ReplaceBinaryOperator_Mul_Div"):
         "'*' -> '/' makes the parameters before it positional-only: every caller passes them by position anyway",
-    ("directmilter/agent/trust_model.py", 95, "core/RemoveDecorator"):
+    ("directmilter/agent/trust_model.py", 97, "core/RemoveDecorator"):
         "@kept(1024) keeps _not_for_email's answer per (immutable) certificate: the same answers",
-    ("directmilter/agent/trust_model.py", 95, "core/NumberReplacer"):
+    ("directmilter/agent/trust_model.py", 97, "core/NumberReplacer"):
         "the size of that cache",
-    ("directmilter/agent/trust_model.py", 79, "core/RemoveDecorator"):
+    ("directmilter/agent/trust_model.py", 81, "core/RemoveDecorator"):
         "@kept(4096) keeps _unusable's answers per (certificate, address, policy), all immutable: the same answers",
-    ("directmilter/agent/trust_model.py", 79, "core/NumberReplacer"):
+    ("directmilter/agent/trust_model.py", 81, "core/NumberReplacer"):
         "the size of that cache: any size gives the same answers",
     ("directmilter/budget.py", 29, "core/ReplaceTrueWithFalse"):
         "frozen=True guards against a Deadline being changed; nothing assigns to one",

@@ -145,6 +145,23 @@ def _resign(cert: x509.Certificate, key: PrivateKey, hash_name: str) -> x509.Cer
     return x509.load_der_x509_certificate(new.dump())
 
 
+def _duplicate_extension(cert: x509.Certificate, key: PrivateKey, oid: str) -> x509.Certificate:
+    """``cert`` with its extension ``oid`` repeated (RFC 5280 4.2 forbids that; cryptography's builder refuses
+    it), re-signed by ``key``."""
+    tbs = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))["tbs_certificate"]
+    [extension] = [e for e in tbs["extensions"] if e["extn_id"].dotted == oid]
+    tbs["extensions"] = asn1_x509.Extensions([*tbs["extensions"], asn1_x509.Extension.load(extension.dump())])
+    tbs_der = tbs.dump(force=True)
+    algo = asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))["signature_algorithm"]
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(tbs_der, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        signature = key.sign(tbs_der, ec.ECDSA(hashes.SHA256()))
+    new = asn1_x509.Certificate({"tbs_certificate": asn1_x509.TbsCertificate.load(tbs_der),
+                                 "signature_algorithm": algo, "signature_value": signature})
+    return x509.load_der_x509_certificate(new.dump())
+
+
 def _distribution_extensions(
     aia_ca_issuers: str | Sequence[str] | None, ocsp_url: str | None, crl_url: str | None
 ) -> list[tuple[x509.ExtensionType, bool]]:
@@ -274,6 +291,16 @@ class PKI:
         return self._issue(
             name, self._name(name, attrs), issuer, key, days, not_before, not_after, hash, exts
         )
+
+    def with_duplicated_extension(self, name: str, issued: Issued,
+                                  oid: str = "2.5.29.17") -> Issued:  # subjectAltName by default
+        """A copy of ``issued`` (same key, same issuer) whose extension ``oid`` appears twice."""
+        signer = issued.issuer.key if issued.issuer else issued.key
+        cert = _duplicate_extension(issued.cert, signer, oid)
+        cert_path = self._path(f"{name}.pem")
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return Issued(cert=cert, key=issued.key, cert_path=cert_path, key_path=issued.key_path, name=name,
+                      issuer=issued.issuer)
 
     def bundle(self, path_name: str, *certs: Issued | x509.Certificate) -> Path:
         """Write several certificates into one PEM file (for -CAfile, anchor folders...)."""

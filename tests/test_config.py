@@ -146,6 +146,30 @@ def test_good_config_loads(certs: Certs, tmp_path: Path) -> None:
         config.domains["x.test"] = config.domains[A]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("where", ["certificates", "anchor", "key"])
+def test_a_certificate_whose_extensions_cannot_be_read_is_refused_where_it_is_named(certs: Certs, tmp_path: Path,
+                                                                                     where: str) -> None:
+    """A repeated extension (cryptography's DuplicateExtension, no ValueError) in an out-of-band certificate, an
+    anchor or a key's certificate: the configuration does not load, and the error names the key, the file and the
+    certificate, rather than the certificate failing later wherever it is used (or, in [certificates], hiding the
+    good ones beside it)."""
+    text = good_text(certs, tmp_path)
+    if where == "certificates":
+        bad = certs.pki.with_duplicated_extension("bob-twice", certs.bob)
+        text = text.replace(f'files = ["{certs.bob.cert_path}"]', f'files = ["{bad.cert_path}"]')
+        key = "[certificates].files[0]"
+    elif where == "anchor":
+        bad = certs.pki.with_duplicated_extension("root-twice", certs.root, oid="2.5.29.19")  # basicConstraints
+        shutil.copy(bad.cert_path, tmp_path / "anchors" / "root.pem")
+        key = f'[domains."{A}"].anchors[0]'
+    else:
+        bad = certs.pki.with_duplicated_extension("alice-twice", certs.alice)
+        text = text.replace(f'cert = "{certs.alice.cert_path}"', f'cert = "{bad.cert_path}"')
+        key = f'[addresses."{ALICE}"].keys[0].cert'
+    raises(write(tmp_path, text), key, "certificate 1 (subject CN=", "its extensions cannot be read",
+           "Duplicate", "extension found")
+
+
 def test_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, ""))
     assert config.crypto == CryptoPolicy()

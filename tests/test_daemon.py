@@ -99,6 +99,29 @@ def test_reload_switches_configuration_and_a_broken_one_is_not_taken(world: Worl
     assert b"application/pkcs7-mime" in wire.data and CANARY.encode() not in wire.data
 
 
+def test_a_reload_with_an_unreadable_certificate_keeps_the_running_configuration(world: World,
+                                                                                   daemon: dict[str, Any]) -> None:
+    """A certificate whose extensions cannot be read (one repeated: cryptography's DuplicateExtension, no
+    ValueError) in [certificates] is a configuration error naming the file: the reload is refused, the running
+    configuration stays, and the reload thread lives on to take the next, good, configuration."""
+    trusting(world, daemon, world.r1.cert_path)
+    log = daemon["root"] / "milter.log"
+    twice = world.pki.with_duplicated_extension("daemon-bob-twice", world.bob)
+    body = config_body(world, world.r2.cert_path, daemon["metrics_port"])
+    body["certificates"]["files"] = [str(twice.cert_path), str(world.bob.cert_path)]
+    failures = log.read_text().count("reload_failed")
+    world.write_config("daemon-a", body)
+    daemon["milter"].signal(signal.SIGUSR1)
+    wait_until(lambda: log.read_text().count("reload_failed") > failures, "the failed reload to be logged")
+    for _ in range(2):
+        daemon["notify"].recv(4096)
+    failed = log.read_text().splitlines()[-1]
+    assert f"{twice.cert_path}: certificate 1" in failed and "extensions cannot be read" in failed, failed
+    assert submit(daemon["a"].submission_port, ALICE, [BOB], plain_message()).ok  # R1 is still trusted
+    trusting(world, daemon, world.r2.cert_path)  # the next reload is taken
+    assert submit(daemon["a"].submission_port, ALICE, [BOB], plain_message()).refused
+
+
 def test_metrics_count_decisions_and_carry_no_addresses(world: World, daemon: dict[str, Any]) -> None:
     trusting(world, daemon, world.r2.cert_path)
     for _ in range(2):

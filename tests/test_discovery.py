@@ -39,6 +39,7 @@ def net(world: World) -> Iterator[dict[str, Any]]:
         "other": pki.leaf("dns-other", r1, email="somebody-else@direct.b.test"),
         "ipkix": pki.leaf("dns-ipkix", r1, email="ipkix@direct.b.test"),
         "garbage": pki.leaf("dns-garbage", r1, email="garbage@direct.b.test"),
+        "twice": pki.leaf("dns-twice", r1, email="twice@direct.b.test"),
         "org": pki.leaf("dns-org", r1, dns="org.b.test"),
         "carol": pki.leaf("ldap-carol", r1, email="carol@ldap.c.test"),
         "signonly": pki.leaf("dns-signonly", r1, email="signonly@direct.b.test", key_usage={"digitalSignature"}),
@@ -59,6 +60,10 @@ def net(world: World) -> Iterator[dict[str, Any]]:
                     cert_record("wrong.direct.b.test", certs["other"].der()),
                     cert_record("garbage.direct.b.test", b"\x30\x03not a certificate"),
                     cert_record("garbage.direct.b.test", certs["garbage"].der()),
+                    # the same certificate with its subjectAltName repeated (its extensions cannot be read)
+                    cert_record("twice.direct.b.test", pki.with_duplicated_extension("dns-twice-dup", certs["twice"])
+                                .der()),
+                    cert_record("twice.direct.b.test", certs["twice"].der()),
                     ipkix_record("ipkix.direct.b.test", http.url("/ipkix.cer")),
                     cert_record("signonly.direct.b.test", certs["signonly"].der()),
                     *(cert_record("big.direct.b.test", leaf.der()) for leaf in big),
@@ -132,8 +137,10 @@ def test_expired_certificate_beside_a_valid_one(agent: Agent, net: dict[str, Any
 def test_certificate_bound_to_another_address_is_not_used(agent: Agent, net: dict[str, Any]) -> None:
     with pytest.raises(NoTrustedRecipients, match=r"is not bound to wrong@direct\.b\.test"):
         secured_for(agent, "wrong@direct.b.test")
-    # A record that is not a certificate never hides the good one beside it.
+    # A record that is not a certificate never hides the good one beside it, nor does one whose extensions cannot
+    # be read (an extension repeated: cryptography's DuplicateExtension is no ValueError).
     assert secured_for(agent, "garbage@direct.b.test") == (net["certs"]["garbage"].cert,)
+    assert secured_for(agent, "twice@direct.b.test") == (net["certs"]["twice"].cert,)
 
 
 @pytest.mark.conformance("AS-4.1.3-1")

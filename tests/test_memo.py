@@ -6,9 +6,9 @@ from conftest import World
 from cryptography import x509
 from cryptography.hazmat.primitives.hashes import SHA256
 
+from directmilter.certfacts import describe_certificate
 from directmilter.cms import mime
 from directmilter.memo import KEEP_UP_TO, fingerprint, kept
-from directmilter.trust.binding import describe_certificate
 
 
 def test_light_inputs_are_kept_and_heavy_ones_worked_on_every_time() -> None:

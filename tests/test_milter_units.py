@@ -91,3 +91,26 @@ def test_loopback_is_not_an_internal_host_by_default() -> None:
     from directmilter.config import MilterSettings
 
     assert MilterSettings().internal_hosts == ()
+
+
+def test_a_reload_that_fails_unexpectedly_keeps_the_running_generation(world: World, monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Not only a configuration error: any exception while the new generation is built is logged and leaves the
+    running one (the reload thread that called it lives on)."""
+    from directmilter.config import load_config
+    from directmilter.milter import runtime
+
+    conf = world.write_config("reload-unexpected", world.hisp_a_body())
+    running = runtime.Runtime(load_config(conf))
+    try:
+        before = running.current
+
+        def broken(config: object) -> object:
+            raise RuntimeError("a defect while building")
+
+        monkeypatch.setattr(runtime.Generation, "build", staticmethod(broken))
+        assert running.reload() is False
+        assert running.current is before
+        assert "reload_failed" in capsys.readouterr().out + capsys.readouterr().err
+    finally:
+        running.close()

@@ -155,7 +155,7 @@ def test_serial_numbers_are_shown_in_even_hex_digits_with_their_sign() -> None:
     from types import SimpleNamespace
     from typing import Any, cast
 
-    from directmilter.trust.binding import serial_hex
+    from directmilter.certfacts import serial_hex
 
     def shown(serial: int) -> str:
         return serial_hex(cast(Any, SimpleNamespace(serial_number=serial)))
@@ -179,7 +179,7 @@ def test_a_certificate_whose_names_cannot_be_read_binds_nothing_and_is_still_des
     from types import SimpleNamespace
     from typing import Any, cast
 
-    from directmilter.trust.binding import _name_string
+    from directmilter.certfacts import _name_string
 
     for error in (ValueError, TypeError):
         def fail(*_: object, error: type[Exception] = error) -> Any:

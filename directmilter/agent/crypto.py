@@ -2,8 +2,8 @@
 
 The agent's decisions (who is configured, whose certificates are trusted) need discovery, trust anchors and the
 validator's caches, and stay in the calling process. What they lead to is pure crypto on bytes: these functions
-take the configuration (for our private keys, which never leave the process that loaded them) and bytes and
-certificates, and return bytes, certificates and errors, all of which pickle. So they can run in worker processes
+take the configuration (for our private keys) and bytes and certificates, and return bytes, certificates and
+errors, all of which pickle (the configuration with :func:`register_pickling`). So they can run in worker processes
 (:mod:`directmilter.agent.workers`): pymilter's threads share one GIL, and RSA, AES, hashing and MIME work on a
 large message would otherwise use one core however many there are.
 """
@@ -17,16 +17,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
+from types import MappingProxyType
 from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from directmilter import cms, spool
 from directmilter.budget import Deadline
 from directmilter.cms.mime import CRLF, Chunk
 from directmilter.config import Config, Limits
 from directmilter.errors import CMSError, DecryptionFailed, DirectMilterError, MalformedMessage, TemporaryFailure
+from directmilter.keys.identity import PrivateKey
 from directmilter.spool import Message
 
 __all__ = ["CryptoRunner", "InProcess", "Opened", "OpenedContent", "open_message", "seal"]
@@ -40,11 +43,38 @@ def _reduce_certificate(cert: x509.Certificate) -> tuple[object, tuple[bytes]]:
     return _certificate_from_der, (cert.public_bytes(serialization.Encoding.DER),)
 
 
+def _private_key_from_der(der: bytes) -> PrivateKey:
+    # The process that pickled the key loaded and checked it: OpenSSL's RSA key check (most of the cost of loading
+    # a key) is not repeated.
+    key = serialization.load_der_private_key(der, None, unsafe_skip_rsa_key_validation=True)
+    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+    return key
+
+
+def _reduce_private_key(key: PrivateKey) -> tuple[object, tuple[bytes]]:
+    return _private_key_from_der, (key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()),)
+
+
+def _mapping_proxy(items: dict[object, object]) -> MappingProxyType[object, object]:
+    return MappingProxyType(items)
+
+
+def _reduce_mapping_proxy(proxy: MappingProxyType[object, object]) -> tuple[object, tuple[dict[object, object]]]:
+    return _mapping_proxy, (dict(proxy),)
+
+
 def register_pickling() -> None:
-    """Let certificates cross a process boundary (as DER); cryptography's Rust objects do not pickle by themselves."""
+    """Let certificates (as DER), our private keys (as PKCS#8 DER) and so the whole configuration cross to a
+    worker process; cryptography's Rust objects and read-only mappings do not pickle by themselves. The keys only
+    ever go down the pipe to the workers the milter spawned itself."""
+    from cryptography.hazmat.bindings._rust import openssl as rust_openssl
     from cryptography.hazmat.bindings._rust import x509 as rust_x509
 
     copyreg.pickle(rust_x509.Certificate, _reduce_certificate)  # type: ignore[arg-type]
+    copyreg.pickle(rust_openssl.rsa.RSAPrivateKey, _reduce_private_key)  # type: ignore[arg-type]
+    copyreg.pickle(rust_openssl.ec.ECPrivateKey, _reduce_private_key)  # type: ignore[arg-type]
+    copyreg.pickle(MappingProxyType, _reduce_mapping_proxy)  # type: ignore[arg-type]
 
 
 def _der(cert: x509.Certificate) -> bytes:
@@ -70,8 +100,8 @@ def seal(config: Config, message: Message, sender: str, signers: Sequence[x509.C
     wanted = {_der(c) for c in signers}
     identities = [i for i in config.identities_for(sender) if _der(i.certificate) in wanted]
     if not identities:
-        # The worker loaded another generation of the configuration (a reload race): the retry will match.
-        raise TemporaryFailure(f"sender {sender}: the signing keys are not loaded in this worker yet")
+        # The agent chose signers this configuration does not hold (a caller mixing generations): never unsigned.
+        raise TemporaryFailure(f"sender {sender}: the signing keys chosen are not in this configuration")
     crypto = config.crypto
     _check(deadline, "reading the message to sign")
     entity = prepare(cms.canonicalize(spool.read(message)), sender, config.limits)

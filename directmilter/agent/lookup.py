@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from directmilter.agent.context import AgentContext
 from directmilter.agent.outgoing import recipient_certificates
+from directmilter.certfacts import describe_certificate
 from directmilter.errors import DirectMilterError, TemporaryFailure
-from directmilter.trust.binding import binding_error, bound_to, describe_certificate, split_address
+from directmilter.trust.binding import binding_error, bound_to, split_address
 
 
 def explain(ctx: AgentContext, address: str, sender: str | None, moment: datetime | None = None) -> list[str]:

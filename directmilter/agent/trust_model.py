@@ -14,11 +14,13 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from directmilter import certfacts
 from directmilter.budget import WorkBudget
+from directmilter.certfacts import describe_certificate
 from directmilter.errors import FetchBudgetSpent, NoCertificate, PolicyViolation, TrustError
 from directmilter.log import get_logger
 from directmilter.memo import kept
-from directmilter.trust.binding import binding_error, bound_to, describe_certificate
+from directmilter.trust.binding import binding_error, bound_to
 from directmilter.trust.certificate_policy import CertificatePolicy
 from directmilter.trust.validator import TrustValidator
 
@@ -96,8 +98,10 @@ def _unusable(cert: x509.Certificate, address: str,
 def _not_for_email(cert: x509.Certificate) -> str | None:
     """With key-usage enforcement on, an extendedKeyUsage that is present must allow S/MIME (RFC 5280 4.2.1.12)."""
     try:
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
+        usages = certfacts.extension(cert, x509.ExtendedKeyUsage)
+    except certfacts.UnreadableExtensions as exc:
+        return f"certificate ({describe_certificate(cert)}) cannot be read: {exc}"
+    if usages is None:
         return None
     allowed = {ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
     if not allowed & set(usages):

@@ -2,10 +2,11 @@
 
 pymilter runs one thread per SMTP connection, and they share one GIL: with the crypto in those threads, a
 two-core HISP runs at one core's speed. :class:`WorkerPool` sends :func:`~directmilter.agent.crypto.seal` and
-:func:`~directmilter.agent.crypto.open_message` to a pool of processes. Each worker loads the same configuration
-file itself (private keys never cross a process boundary); what crosses is bytes, certificates (as DER) and
-errors. Workers are started with ``spawn`` (the milter process has threads, which ``fork`` would copy
-half-way).
+:func:`~directmilter.agent.crypto.open_message` to a pool of processes. Each worker is given the milter's
+configuration, the generation that owns the pool, when it starts (its private keys as PKCS#8 DER, down the pipe
+to the worker and nowhere else); a worker that read the file itself could hold another generation's keys, or
+none when the file no longer loads. What crosses per message is bytes, certificates (as DER) and errors.
+Workers are started with ``spawn`` (the milter process has threads, which ``fork`` would copy half-way).
 
 A message over 1 MiB crosses as a :class:`~directmilter.spool.Spool` file rather than through the pipe (pickling
 would hold it twice more in each process), both ways: the worker reads the milter's spool a block at a time and
@@ -27,7 +28,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from multiprocessing import resource_tracker
-from pathlib import Path
 from typing import Any, TypeVar
 
 from cryptography import x509
@@ -35,7 +35,7 @@ from cryptography import x509
 from directmilter import spool
 from directmilter.agent.crypto import Opened, open_message, register_pickling, seal
 from directmilter.budget import Deadline
-from directmilter.config import Config, load_config
+from directmilter.config import Config
 from directmilter.errors import DirectMilterError, TemporaryFailure
 from directmilter.log import get_logger
 from directmilter.spool import Message
@@ -94,7 +94,7 @@ def _start_resource_tracker() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
-def _start_worker(path: str, log_level: str, json_logs: bool, parent: int = 0) -> None:
+def _start_worker(config: Config, log_level: str, json_logs: bool, parent: int = 0) -> None:
     global _config
     from directmilter.log import configure
 
@@ -106,7 +106,9 @@ def _start_worker(path: str, log_level: str, json_logs: bool, parent: int = 0) -
 
     configure(log_level, json=json_logs)
     register_pickling()
-    _config = load_config(Path(path))
+    # The milter's own configuration, as it loaded it (not the file again: the file may have changed since, or
+    # no longer load, and a worker must hold the keys and settings of the generation that uses it).
+    _config = config
 
 
 def _seal(message: Message, sender: str, signers: Sequence[x509.Certificate],
@@ -129,8 +131,8 @@ class WorkerPool:
         self.inline_below = inline_below
         self.processes = processes
         self.timeout = timeout
-        self._initargs = (str(config.path), log_level, json_logs, os.getpid())
-        register_pickling()
+        register_pickling()  # before the configuration is pickled for the workers
+        self._initargs = (config, log_level, json_logs, os.getpid())
         self._lock = threading.Lock()
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 
 from cryptography import x509
 
+from directmilter import certfacts
+
 
 class LocalCertificates:
     """An index of configured certificates by the names they carry (SAN rfc822Name and dNSName)."""
@@ -23,8 +25,5 @@ class LocalCertificates:
 
 
 def _names(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
-    return [*san.get_values_for_type(x509.RFC822Name), *san.get_values_for_type(x509.DNSName)]
+    found = certfacts.names(cert)
+    return [*found.rfc822, *found.dns]

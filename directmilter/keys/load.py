@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7, pkcs12
 
+from directmilter import certfacts
 from directmilter.errors import ConfigError
 from directmilter.keys.identity import PrivateIdentity, PrivateKey
 
@@ -162,6 +163,12 @@ def parse_certificates(data: bytes, path: Path, where: str) -> tuple[list[x509.C
                     raise ValueError("the PKCS#7 bundle holds no certificate") from None
     except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError
         raise ConfigError(f"{where}: {path}: {exc}") from None
+    for number, cert in enumerate(certs, 1):
+        # Nothing could be read from it (its names, its usages, whether it is a CA): refused here, where the
+        # operator sees which file, rather than a certificate that fails wherever it is used.
+        if (reason := certfacts.unreadable(cert)) is not None:
+            raise ConfigError(f"{where}: {path}: certificate {number} ({certfacts.describe_certificate(cert)}): "
+                              f"{reason}")
     return certs, holds_key
 
 

@@ -79,6 +79,10 @@ class Runtime:
             except DirectMilterError as exc:
                 log.error("reload_failed", config=str(old.config.path), reason=exc.reason, keeping="previous")
                 return False
+            except Exception as exc:  # a defect of ours: the running generation stays, and so does this thread
+                log.exception("reload_failed", config=str(old.config.path), keeping="previous",
+                              reason=f"unexpected {type(exc).__name__}: {exc}")
+                return False
             for name in ("socket", "metrics"):
                 if getattr(config.milter, name) != getattr(old.config.milter, name):
                     log.warning("reload_ignored", key=f"[milter] {name}", reason="takes effect on restart")

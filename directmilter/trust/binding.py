@@ -24,7 +24,8 @@ import enum
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from directmilter.memo import kept
+from directmilter import certfacts
+from directmilter.certfacts import describe_certificate as describe_certificate  # still imported from here
 
 
 class Binding(enum.Enum):
@@ -52,24 +53,12 @@ def split_address(address: str) -> tuple[str, str] | None:
     return local, domain
 
 
-def _san(cert: x509.Certificate) -> x509.SubjectAlternativeName | None:
-    """The subjectAltName extension, or None when absent or unparseable (an unparseable SAN binds nothing)."""
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    except (ValueError, TypeError):  # malformed or duplicate extensions
-        return None
+def _rfc822_names(cert: x509.Certificate) -> tuple[str, ...]:
+    return certfacts.names(cert).rfc822
 
 
-def _rfc822_names(cert: x509.Certificate) -> list[str]:
-    san = _san(cert)
-    return [] if san is None else [str(n) for n in san.get_values_for_type(x509.RFC822Name)]
-
-
-def _dns_names(cert: x509.Certificate) -> list[str]:
-    san = _san(cert)
-    return [] if san is None else [str(n) for n in san.get_values_for_type(x509.DNSName)]
+def _dns_names(cert: x509.Certificate) -> tuple[str, ...]:
+    return certfacts.names(cert).dns
 
 
 def _subject_email_addresses(cert: x509.Certificate) -> list[str]:
@@ -110,32 +99,6 @@ def bound_to(cert: x509.Certificate, address: str) -> Binding | None:
     if bound_to_domain(cert, parts[1]):
         return Binding.ORGANIZATION
     return None
-
-
-def _name_string(name: x509.Name) -> str:
-    try:
-        return name.rfc4514_string() or "(empty)"
-    except (ValueError, TypeError):
-        return "(unparseable name)"
-
-
-def serial_hex(cert: x509.Certificate) -> str:
-    """The serial number in upper-case hex, an even number of digits (``0A1B``); a negative one gets ``-``."""
-    serial = cert.serial_number
-    digits = format(abs(serial), "X")
-    if len(digits) % 2:
-        digits = "0" + digits
-    return ("-" if serial < 0 else "") + digits
-
-
-@kept(1024)
-def describe_certificate(cert: x509.Certificate) -> str:
-    """``subject CN=..., issuer CN=..., serial 0A1B`` (RFC 4514 names, hex serial), for operator messages.
-
-    Kept per certificate (they are immutable): every message's log records describe the same few certificates."""
-    return (
-        f"subject {_name_string(cert.subject)}, issuer {_name_string(cert.issuer)}, serial {serial_hex(cert)}"
-    )
 
 
 def certificate_names(cert: x509.Certificate) -> str:

@@ -28,6 +28,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from directmilter import certfacts
 from directmilter.memo import kept
 
 DIRECTIONS = ("recipients", "signers", "own")
@@ -184,23 +185,15 @@ def _names(oids: frozenset[str] | set[str]) -> str:
 
 
 def _key_usages(cert: x509.Certificate) -> set[str] | None:
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-    return {name for name in KEY_USAGES if getattr(usage, name)}
+    usage = certfacts.extension(cert, x509.KeyUsage)
+    return None if usage is None else {name for name in KEY_USAGES if getattr(usage, name)}
 
 
 def _extended_key_usages(cert: x509.Certificate) -> set[str] | None:
-    try:
-        return {oid.dotted_string for oid in cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value}
-    except x509.ExtensionNotFound:
-        return None
+    usages = certfacts.extension(cert, x509.ExtendedKeyUsage)
+    return None if usages is None else {oid.dotted_string for oid in usages}
 
 
 def _policies(cert: x509.Certificate) -> set[str]:
-    try:
-        found = cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
-    except x509.ExtensionNotFound:
-        return set()
-    return {info.policy_identifier.dotted_string for info in found}
+    found = certfacts.extension(cert, x509.CertificatePolicies)
+    return set() if found is None else {info.policy_identifier.dotted_string for info in found}

@@ -77,6 +77,7 @@ from pyhanko_certvalidator.errors import (
 from pyhanko_certvalidator.policy_decl import DisallowWeakAlgorithmsPolicy
 
 from directmilter.budget import WorkBudget
+from directmilter.certfacts import describe_certificate
 from directmilter.errors import (
     CertificateExpired,
     CertificateRevoked,
@@ -90,7 +91,6 @@ from directmilter.errors import (
     TrustError,
 )
 from directmilter.memo import fingerprint, kept
-from directmilter.trust.binding import describe_certificate
 from directmilter.trust.fetching import message_budget
 
 __all__ = ["KEY_USAGES", "REVOCATION_MODES", "TrustValidator", "ValidatedPath"]
