@@ -1,5 +1,5 @@
-# One command each: `make test` sets up a fresh machine (Debian packages + .venv) and runs the whole suite;
-# `make demo` will run the two-HISP demo once the milter lands. Everything runs on loopback only.
+# One command each: `make demo` runs the two-HISP demo; `make check` sets up a fresh machine (Debian packages,
+# .venv) and runs lint, typecheck and the whole suite (`make test`: the suite alone). Everything runs on loopback.
 VENV := .venv
 PY := $(VENV)/bin/python
 
