@@ -51,6 +51,7 @@ from directmilter.postfix import warnings as postfix_warnings
 from directmilter.trust.bundles import is_bundle_url, url_problem
 from directmilter.trust.certificate_policy import DIRECTIONS as POLICY_DIRECTIONS
 from directmilter.trust.certificate_policy import CertificatePolicy
+from directmilter.trust.validator import REVOCATION_MODES
 
 __all__ = [
     "CIPHERS_ACCEPT",
@@ -128,7 +129,6 @@ _AGENT_KEYS = (
 _PARTY_KEYS = ("keys", "anchors", "incoming_anchors", "outgoing_anchors", "revocation", "routing_check", "policy")
 _TRUST_KEYS = ("fetch", "fetch_allow", "revocation", "http_timeout", "max_download", "bundle_refresh", "bundle_cache",
                "min_rsa_bits", "enforce_key_usage")
-REVOCATION_MODES = ("soft-fail", "hard-fail", "require")
 _CERTIFICATES_KEYS = ("files",)
 _LIMITS_KEYS = ("max_message_size", "max_headers", "max_mime_depth", "max_certificates", "max_seconds", "max_fetches",
                 "max_fetches_per_host")

@@ -20,10 +20,6 @@ from directmilter.log import get_logger
 
 log = get_logger("directmilter.metrics")
 
-#: Milter decisions, as the audit events name them.
-OUTCOMES = ("processed", "rejected", "consumed", "replay", "bounce_secured", "tempfail")
-
-
 class _StateCollector(Collector):
     def __init__(self, state: Callable[[], tuple[Any, Any]]) -> None:
         self._state = state

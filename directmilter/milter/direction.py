@@ -28,7 +28,6 @@ from directmilter.postfix import AddressMaps
 class Direction(enum.Enum):
     OUTGOING = "outgoing"  # hosted sender, trusted client: sign and encrypt
     INCOMING = "incoming"  # to hosted recipients: decrypt, verify, enforce trust
-    OTHER = "other"  # no hosted party: policy decides
 
 
 class Group(enum.Enum):

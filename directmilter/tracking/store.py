@@ -186,10 +186,6 @@ class TrackingStore:
                          (now, message_id, recipient.lower()))
             return bool(cursor.rowcount)
 
-    def is_tracked(self, message_id: str) -> bool:
-        with self._cursor() as run:
-            return run("SELECT 1 FROM outgoing WHERE message_id = %s", (message_id,)).fetchone() is not None
-
     def overdue(self, now: float, processed_within: float, dispatched_within: float) -> list[Overdue]:
         """Recipients with no failure reported yet whose processed (or requested dispatched) MDN is late."""
         with self._cursor() as run:
