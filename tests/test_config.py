@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -690,3 +691,103 @@ def _umask() -> Iterator[None]:
 def test_certificate_objects_are_x509(certs: Certs, tmp_path: Path) -> None:
     config = load_config(write(tmp_path, good_text(certs, tmp_path)))
     assert all(isinstance(c, x509.Certificate) for c in config.anchors_for(ALICE, "incoming"))
+
+
+# --- the schema: one statement of every key --------------------------------------------------------------------
+
+
+def _sample_keys() -> dict[str, set[str]]:
+    """Section -> the keys the sample sets or shows commented out (``# key = ...``), for the flat sections."""
+    found: dict[str, set[str]] = {}
+    section = ""
+    for line in (REPO / "etc" / "directmilter.conf").read_text().splitlines():
+        header = re.fullmatch(r"\[([a-z]+)\]", line.strip())
+        if header:
+            section = header.group(1)
+            continue
+        key = re.match(r"^#? ?([a-z][a-z0-9_]*) = ", line)
+        if key and section:
+            found.setdefault(section, set()).add(key.group(1))
+    return found
+
+
+def test_every_key_is_declared_once_and_documented_in_the_sample_and_the_man_page() -> None:
+    """The model is the one statement of the flat sections' keys: the sample shows exactly those keys in each
+    section (set or commented out), and the man page names each of them."""
+    from directmilter.config import keys
+
+    declared = keys()
+    man = (REPO / "packaging" / "man" / "directmilter.conf.5").read_text()
+    sample = _sample_keys()
+    for section, documented in declared.items():
+        assert sample.get(section, set()) == set(documented), section
+        assert all(doc.strip() for doc in documented.values()), section
+        missing = [key for key in documented if f"\\fB{key}\\fR" not in man]
+        assert not missing, (section, missing)
+
+
+def test_check_config_shows_every_key_with_the_value_in_force(tmp_path: Path) -> None:
+    from directmilter.config import keys
+
+    lines = describe(load_config(write(tmp_path, '[milter]\ntimeout = 42\ninternal_hosts = ["10.1.0.0/16"]\n'
+                                                 '[trust]\nrevocation = "hard-fail"\n')))
+    shown = {line.split("] ", 1)[0][1:]: line for line in lines if line.startswith("[")}
+    assert set(shown) == set(keys())
+    for section, documented in keys().items():
+        assert [part.split(" = ")[0] for part in shown[section].split("] ", 1)[1].split("; ")] == list(documented)
+    assert "; timeout = 42;" in shown["milter"] and "internal_hosts = 10.1.0.0/16;" in shown["milter"]
+    assert "revocation = hard-fail;" in shown["trust"] and "socket_mode = 0660;" in shown["milter"]
+
+
+@pytest.mark.parametrize(("text", "fragments"), [
+    ('[milter]\nsocket_mode = "0999"\n', ("[milter].socket_mode", "an octal mode")),
+    ("[milter]\nworkers = 300\n", ("[milter].workers", "300: expected 0 (no worker processes) to 256")),
+    ("[milter]\ninline_below = -1\n", ("[milter].inline_below", "-1: must be a number of bytes, 0 or more")),
+    ("[milter]\ntimeout = 0\n", ("[milter].timeout", "must be a positive number of seconds")),
+    ('[milter]\ninternal_hosts = ["10.1.0.0/16", "not-a-net"]\n', ("[milter].internal_hosts[1]",
+                                                                    "'not-a-net' is not an IP address or network")),
+    ('[trust]\nfetch_allow = ["300.1.1.1"]\n', ("[trust].fetch_allow[0]", "is not an IP address or network")),
+    ('[milter]\ndelivery_transports = ["local", "smtp relay"]\n', ("[milter].delivery_transports[1]",
+                                                                    "is not a Postfix transport name")),
+    ('[milter]\nrecipient_delimiter = "a"\n', ("[milter].recipient_delimiter", "punctuation")),
+    ('[milter]\nsocket = "/run/x.sock"\n', ("[milter].socket", "use unix:/path or inet:PORT@HOST")),
+    ('[milter]\nother_mail = "bounce"\n', ("[milter].other_mail", "'bounce': expected one of accept, reject")),
+    ('[milter]\nmetrics = "9464"\n', ("[milter].metrics", "expected HOST:PORT")),
+    ('[discovery]\ndns_servers = ["ns.example"]\n', ("[discovery].dns_servers[0]", "an IP address, optionally")),
+    ("[discovery]\ntimeout = true\n", ("[discovery].timeout", "must be a positive number, not True")),
+    ("[limits]\nmax_headers = 0\n", ("[limits].max_headers", "must be a positive number, not 0")),
+    ('[notify]\ntracking = "mysql://x"\n', ("[notify].tracking", "use sqlite:/path or postgresql://")),
+    ("[notify]\ncommit_witness = true\n", ("[notify].commit_witness", "needs reinject")),
+    ('[notify]\nreinject = "127.0.0.1:0"\n', ("[notify].reinject", "expected HOST:PORT of a milter-free")),
+    ('[trust]\nrevocation = "maybe"\n', ("[trust].revocation", "expected one of soft-fail, hard-fail, require")),
+    ('[milter]\npostfix_config = "nowhere"\n', ("[milter].postfix_config", "no main.cf there")),
+    ("[trust]\nenforce_key_usage = 1\n", ("[trust].enforce_key_usage", "must be a boolean, not an integer")),
+])
+def test_each_kind_of_value_is_refused_with_the_key_and_the_reason(tmp_path: Path, text: str,
+                                                                   fragments: tuple[str, ...]) -> None:
+    raises(write(tmp_path, text), *fragments)
+
+
+def test_values_are_read_as_declared(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+[milter]
+socket_mode = "0640"
+workers = 0
+recipient_delimiter = "+-"
+postfix_config = "none"
+metrics = "[::1]:9464"
+[discovery]
+dns_servers = ["127.0.0.1:5300", "[::1]:53", "10.0.0.1"]
+http_max_bytes = 1000.7
+[trust]
+bundle_cache = "bundles"
+[limits]
+max_seconds = 30
+"""))
+    assert config.milter.socket_mode == 0o640 and config.milter.workers == 0
+    assert config.milter.recipient_delimiter == "+-" and config.milter.postfix_config is None
+    assert config.milter.metrics == ("::1", 9464)
+    assert config.discovery.dns_servers == (("127.0.0.1", 5300), ("::1", 53), ("10.0.0.1", 53))
+    assert config.discovery.http_max_bytes == 1000 and config.trust.bundle_cache == tmp_path / "bundles"
+    assert config.limits.max_seconds == 30 and isinstance(config.limits.max_seconds, int)
+    assert config.discovery.timeout == 5.0 and config.milter.workers == 0
